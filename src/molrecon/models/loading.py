@@ -1,0 +1,28 @@
+"""Load a learned model for reconstruction from a training checkpoint or a shipped pretrained name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+
+
+def load_learned_model(method: str | None = None, checkpoint: str | Path | None = None,
+                       pretrained: str | None = None, map_location: str = "cpu") -> torch.nn.Module:
+    """Return an eval-mode model from ``checkpoint`` or ``pretrained``; check it is ``method`` when given."""
+    if (checkpoint is None) == (pretrained is None):
+        raise InputError("give exactly one of a checkpoint or a pretrained model name")
+    if pretrained is not None:
+        from .pretrained import load_pretrained
+
+        model = load_pretrained(pretrained)
+    else:
+        from ..train import load_model_from_checkpoint
+
+        model = load_model_from_checkpoint(checkpoint, map_location=map_location)
+    name = getattr(model, "method_name", None)
+    if method is not None and name != method:
+        raise InputError(f"{checkpoint or pretrained} holds a {name!r} model, not {method!r}")
+    return model.eval()

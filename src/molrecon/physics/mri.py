@@ -1,0 +1,178 @@
+r"""Multi-coil Cartesian MRI forward model for 2D, 3D and 2D+time data.
+
+The measurement model is
+
+.. math::
+    b = A x + n,\qquad A x = M\,\mathcal{F}\,(S_c\,x)_{c=1..C},\qquad
+    A^H b = \sum_c \bar S_c\,\mathcal{F}^H(M b_c),\qquad A^H A x = \sum_c \bar S_c\,\mathcal{F}^H M \mathcal{F}(S_c x),
+
+with :math:`\mathcal{F}` the centred orthonormal FFT (:mod:`molrecon.physics.fft`), :math:`M` a 0/1 sampling
+mask (so :math:`M^H M = M`) and :math:`S_c` coil sensitivities normalised so that :math:`\sum_c |S_c|^2 = 1`
+inside the object. Then :math:`\|A\| \le 1`, which is why the step sizes and weights of MOL carry over
+between datasets.
+
+Shapes: image ``x`` is ``[B, *spatial]`` complex64, k-space ``y`` is ``[B, C, *spatial]``, maps are
+``[B or 1, C, *spatial]`` and the mask broadcasts against k-space. ``*spatial`` is ``(H, W)`` for 2D,
+``(D, H, W)`` for 3D (FFT over all three axes) or ``(T, H, W)`` for 2D+time (FFT over the last two axes only,
+one mask per frame, static maps).
+
+Example
+-------
+>>> import torch
+>>> from molrecon.physics import MultiCoilMRI, simulate_coil_maps, RandomMask
+>>> maps = simulate_coil_maps((64, 64), num_coils=4)[None]
+>>> mask = RandomMask(center_fraction=0.08, acceleration=4)((64, 64), seed=0)
+>>> physics = MultiCoilMRI(maps, mask)
+>>> x = torch.randn(1, 64, 64, dtype=torch.complex64)
+>>> physics.A(x).shape
+torch.Size([1, 4, 64, 64])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from .fft import fft_centered, ifft_centered
+
+DIMS = ("2d", "3d", "2d+t")
+
+
+def infer_dims(spatial_ndim: int, dims: str | None = None) -> str:
+    """Return ``"2d"``, ``"3d"`` or ``"2d+t"`` for a spatial rank, checking an explicit choice."""
+    if dims is None:
+        if spatial_ndim == 2:
+            return "2d"
+        if spatial_ndim == 3:
+            return "3d"
+        raise InputError(f"expected 2 or 3 spatial axes, got {spatial_ndim}")
+    if dims not in DIMS:
+        raise InputError(f"dims must be one of {DIMS}, got {dims!r}")
+    want = 2 if dims == "2d" else 3
+    if spatial_ndim != want:
+        raise InputError(f"dims={dims!r} needs {want} spatial axes, got {spatial_ndim}")
+    return dims
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Raise :class:`InputError` naming ``what`` if ``t`` holds NaN or Inf."""
+    if not torch.isfinite(t).all():
+        bad = "NaN" if torch.isnan(t).any() else "Inf"
+        raise InputError(f"{what} contains {bad} values")
+
+
+class MultiCoilMRI:
+    """Cartesian multi-coil MRI operator ``A = M · F · S`` (see the module docstring for the math).
+
+    Parameters
+    ----------
+    maps:
+        Coil sensitivities ``[B or 1, C, *spatial]``, complex.
+    mask:
+        Sampling mask broadcastable to ``[B, C, *spatial]`` (0/1, real or bool).
+    dims:
+        ``"2d"``, ``"3d"`` or ``"2d+t"``; inferred from the rank of ``maps`` when ``None``
+        (a 3-axis spatial shape means 3D unless ``dims="2d+t"``).
+    """
+
+    def __init__(self, maps: torch.Tensor, mask: torch.Tensor, dims: str | None = None) -> None:
+        if not isinstance(maps, torch.Tensor) or not isinstance(mask, torch.Tensor):
+            raise InputError("maps and mask must be torch tensors")
+        if not maps.is_complex():
+            raise InputError(f"coil maps must be complex, got dtype {maps.dtype}")
+        if maps.ndim not in (4, 5):
+            raise InputError(f"coil maps must be [B, C, *spatial] with 2 or 3 spatial axes, got shape "
+                             f"{tuple(maps.shape)}")
+        check_finite(maps, "coil maps")
+        self.dims = infer_dims(maps.ndim - 2, dims)
+        self.maps = maps.to(torch.complex64)
+        if mask.is_complex():
+            raise InputError("mask must be real (0/1) or bool, got a complex tensor")
+        mask = mask.to(torch.float32)
+        check_finite(mask, "mask")
+        if mask.ndim > maps.ndim:
+            raise InputError(f"mask of shape {tuple(mask.shape)} has more axes than k-space "
+                             f"[B, C, *spatial] = {maps.ndim}")
+        try:
+            torch.broadcast_shapes(mask.shape, maps.shape[2:] if mask.ndim <= maps.ndim - 2 else maps.shape)
+        except RuntimeError:
+            raise InputError(f"mask shape {tuple(mask.shape)} does not broadcast to the k-space shape "
+                             f"[B, C, {', '.join(map(str, maps.shape[2:]))}]") from None
+        if mask.sum() == 0:
+            raise InputError("mask is empty: no k-space sample is acquired")
+        self.mask = mask
+        self.fft_dims = (-2, -1) if self.dims in ("2d", "2d+t") else (-3, -2, -1)
+
+    # -- shapes ---------------------------------------------------------------------------------------------
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.maps.shape[2:])
+
+    @property
+    def num_coils(self) -> int:
+        return int(self.maps.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.maps.device
+
+    def check_image(self, x: torch.Tensor, what: str = "image") -> None:
+        if not x.is_complex():
+            raise InputError(f"{what} must be complex, got dtype {x.dtype}")
+        if tuple(x.shape[1:]) != self.spatial_shape:
+            expected = ", ".join(map(str, self.spatial_shape))
+            raise InputError(f"{what} has shape {tuple(x.shape)}, expected [B, {expected}] to match the coil maps")
+        if self.maps.shape[0] not in (1, x.shape[0]):
+            raise InputError(f"{what} batch {x.shape[0]} does not match coil-map batch {self.maps.shape[0]}")
+
+    def check_kspace(self, y: torch.Tensor, what: str = "k-space") -> None:
+        if not y.is_complex():
+            raise InputError(f"{what} must be complex, got dtype {y.dtype}")
+        if y.ndim != self.maps.ndim:
+            raise InputError(f"{what} has shape {tuple(y.shape)}, expected [B, C, *spatial] with "
+                             f"{self.maps.ndim - 2} spatial axes")
+        if y.shape[1] != self.num_coils:
+            raise InputError(f"{what} has {y.shape[1]} coils but the coil maps have {self.num_coils}")
+        if tuple(y.shape[2:]) != self.spatial_shape:
+            raise InputError(f"{what} spatial shape {tuple(y.shape[2:])} does not match the coil maps "
+                             f"{self.spatial_shape}")
+        if self.maps.shape[0] not in (1, y.shape[0]):
+            raise InputError(f"{what} batch {y.shape[0]} does not match coil-map batch {self.maps.shape[0]}")
+
+    # -- operators ------------------------------------------------------------------------------------------
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward model: image ``[B, *spatial]`` → masked multi-coil k-space ``[B, C, *spatial]``."""
+        return self.mask * fft_centered(self.maps * x.unsqueeze(1), self.fft_dims)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Adjoint: k-space ``[B, C, *spatial]`` → coil-combined image ``[B, *spatial]``."""
+        return (self.maps.conj() * ifft_centered(self.mask * y, self.fft_dims)).sum(dim=1)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """Normal operator ``A^H A`` (the mask is 0/1, so it is applied once)."""
+        return (self.maps.conj() * ifft_centered(
+            self.mask * fft_centered(self.maps * x.unsqueeze(1), self.fft_dims), self.fft_dims)).sum(dim=1)
+
+    def A_dagger(self, y: torch.Tensor, lam: float = 1e-4, max_iter: int = 50) -> torch.Tensor:
+        """Regularised pseudo-inverse ``(A^H A + lam I)^{-1} A^H y`` by conjugate gradient."""
+        from ..solvers.cg import conjugate_gradient
+
+        x, _ = conjugate_gradient(lambda v: self.normal(v) + lam * v, self.A_adjoint(y), max_iter=max_iter,
+                                  tol=1e-6)
+        return x
+
+    # -- utilities ------------------------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> MultiCoilMRI:
+        return MultiCoilMRI(self.maps.to(device), self.mask.to(device), self.dims)
+
+    def subset(self, index: slice | list[int] | torch.Tensor) -> MultiCoilMRI:
+        """The operator for a subset of batch elements (maps and mask with batch 1 are shared)."""
+        maps = self.maps if self.maps.shape[0] == 1 else self.maps[index]
+        mask = self.mask
+        if mask.ndim == self.maps.ndim and mask.shape[0] > 1:
+            mask = mask[index]
+        return MultiCoilMRI(maps, mask, self.dims)
+
+    def __repr__(self) -> str:
+        return (f"MultiCoilMRI(dims={self.dims!r}, coils={self.num_coils}, spatial={self.spatial_shape}, "
+                f"sampled={float(self.mask.mean()):.3f})")
