@@ -1,8 +1,15 @@
-"""``molrecon recon``: reconstruct a multicoil HDF5 file (fastMRI layout) with a chosen method."""
+"""``molrecon recon``: reconstruct a multicoil HDF5 file (fastMRI layout) with a chosen method.
+
+``--input`` may also be a folder: every ``*.h5``/``*.hdf5`` file in it is reconstructed into the ``--out``
+folder under the same name. Launched with ``torchrun --nproc_per_node=N -m molrecon recon ...`` the files are
+split across the ranks (rank ``r`` takes ``files[r::N]``, sorted by name); each output depends on its file only,
+so the result does not depend on the number of processes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 CLASSICAL = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
@@ -15,9 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "layout: 'kspace' [slices, coils, *spatial], optional 'maps' (else ESPIRiT) and 'mask' "
                        "(else the non-zero k-space locations).")
     p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
-    p.add_argument("--input", required=True, type=Path, help="input HDF5 file")
-    p.add_argument("--out", required=True, type=Path, help="output HDF5 file (written atomically)")
-    p.add_argument("--nifti", type=Path, default=None, help="also write the magnitude as NIfTI (.nii/.nii.gz)")
+    p.add_argument("--input", required=True, type=Path,
+                   help="input HDF5 file, or a folder of them (split across ranks under torchrun)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output HDF5 file (written atomically); a folder when --input is a folder")
+    p.add_argument("--nifti", type=Path, default=None,
+                   help="also write the magnitude as NIfTI (.nii/.nii.gz); a folder when --input is a folder")
     p.add_argument("--lam", type=float, default=None, help="regularisation weight (classical methods)")
     p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS)")
     p.add_argument("--dims", choices=["2d", "3d", "2d+t"], default=None,
@@ -64,31 +74,99 @@ def _mask_for_slice(mask, index: int, kspace_ndim: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+
+    if args.method in LEARNED and args.checkpoint is None and args.pretrained is None:
+        raise InputError(f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME")
+    if args.input.is_dir():
+        return _run_folder(args)
+    _recon_file(args, args.input, args.out, args.nifti, _load_model(args))
+    return 0
+
+
+def _load_model(args: argparse.Namespace):
+    if args.method not in LEARNED:
+        return None
+    from ..models.loading import load_learned_model
+
+    return load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
+
+
+def _run_folder(args: argparse.Namespace) -> int:
+    """Reconstruct every HDF5 file of ``args.input`` into the folder ``args.out``; split across torchrun ranks.
+
+    A file that fails is reported (``error: FILE: ...``) and the others still run; the exit code is then 2.
+    The final gathering of the per-rank errors doubles as the barrier that every rank waits at.
+    """
+    from ..errors import InputError, MolreconError
+    from ..train import distributed as D
+
+    files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"))
+    if not files:
+        raise InputError(f"{args.input}: no .h5/.hdf5 files in this folder")
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"{args.out}: --input is a folder, so --out must be a folder (it is a file)")
+    if args.nifti is not None and args.nifti.exists() and not args.nifti.is_dir():
+        raise InputError(f"{args.nifti}: --input is a folder, so --nifti must be a folder (it is a file)")
+    info = D.init_distributed("cpu")  # gloo: reconstruction runs on the CPU; the group only coordinates
+    try:
+        mine = D.shard(files, info.rank, info.world_size)
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.nifti is not None:
+            args.nifti.mkdir(parents=True, exist_ok=True)
+        errors: list[str] = []
+        model = None
+        try:  # a failure on one rank must still reach the gathering below, or the others would wait forever
+            model = _load_model(args) if mine else None
+        except MolreconError as exc:
+            errors.append(str(exc))
+            mine = []
+        for path in mine:
+            nifti = args.nifti / f"{path.stem}.nii.gz" if args.nifti is not None else None
+            try:
+                _recon_file(args, path, args.out / path.name, nifti, model, quiet=not info.is_main)
+            except MolreconError as exc:
+                msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                errors.append(msg)
+        if info.world_size > 1:
+            gathered: list[list[str]] = [[] for _ in range(info.world_size)]
+            import torch.distributed as dist
+
+            dist.all_gather_object(gathered, errors)  # also the final barrier
+            errors = [e for part in gathered for e in part]
+    finally:
+        D.cleanup(info)
+    if not info.is_main:
+        return 2 if errors else 0
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    done = len(files) - len(errors)
+    print(f"reconstructed {done}/{len(files)} files into {args.out} ({args.method}, {info.world_size} process"
+          f"{'es' if info.world_size > 1 else ''})")
+    return 2 if errors else 0
+
+
+def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nifti_path: Path | None, model,
+                quiet: bool = False) -> None:
+    """Reconstruct one file (every slice/volume) and write ``out_path`` (and the NIfTI) atomically."""
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from .. import __version__
-    from ..errors import InputError
     from ..io import write_h5_atomic
     from ..physics import MultiCoilMRI
     from ..recon import DEFAULT_LAM, reconstruct
 
-    if args.method in LEARNED and args.checkpoint is None and args.pretrained is None:
-        raise InputError(f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME")
-    kspace, maps, mask, dims, data = load_problem(args.input, args.dims, args.calib_width)
-    model = None
-    if args.method in LEARNED:
-        from ..models.loading import load_learned_model
-
-        model = load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    kspace, maps, mask, dims, data = load_problem(input_path, args.dims, args.calib_width)
     kwargs: dict = {}
     if args.method in DEFAULT_LAM:
         kwargs["lam"] = DEFAULT_LAM[args.method] if args.lam is None else args.lam
     if args.max_iter is not None and args.method != "zero-filled":
         kwargs["max_iter"] = args.max_iter
     out = []
-    for s in tqdm(range(kspace.shape[0]), desc=f"{args.method}", unit="slice", disable=kspace.shape[0] < 2):
+    for s in tqdm(range(kspace.shape[0]), desc=f"{args.method}", unit="slice",
+                  disable=kspace.shape[0] < 2 or quiet):
         physics = MultiCoilMRI(maps[s:s + 1] if maps.shape[0] > 1 else maps, _mask_for_slice(mask, s, kspace.ndim),
                                dims=dims)
         y = physics.mask * kspace[s:s + 1]
@@ -99,14 +177,13 @@ def run(args: argparse.Namespace) -> int:
                 x = model(y, physics)
         out.append(x[0].detach().cpu().numpy())
     recon = np.stack(out).astype(np.complex64)
-    attrs = {"method": args.method, "source": str(args.input), "dims": dims, "molrecon_version": __version__}
+    attrs = {"method": args.method, "source": str(input_path), "dims": dims, "molrecon_version": __version__}
     attrs.update({k: v for k, v in kwargs.items()})
-    write_h5_atomic(args.out, {"reconstruction": np.abs(recon).astype(np.float32),
+    write_h5_atomic(out_path, {"reconstruction": np.abs(recon).astype(np.float32),
                                "reconstruction_complex": recon}, attrs)
-    print(f"wrote {args.out} ({recon.shape[0]} x {'x'.join(map(str, recon.shape[1:]))}, {args.method})")
-    if args.nifti is not None:
+    print(f"wrote {out_path} ({recon.shape[0]} x {'x'.join(map(str, recon.shape[1:]))}, {args.method})")
+    if nifti_path is not None:
         from ..data import export_nifti
 
-        export_nifti(np.abs(recon), args.nifti)
-        print(f"wrote {args.nifti}")
-    return 0
+        export_nifti(np.abs(recon), nifti_path)
+        print(f"wrote {nifti_path}")

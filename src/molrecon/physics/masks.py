@@ -12,6 +12,7 @@ broadcasts against k-space ``[B, C, *spatial]``:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -123,12 +124,47 @@ class PoissonDiscMask(_PlaneMask):
         self.calib_size = int(calib_size)
 
     def plane(self, shape: tuple[int, int], rng_seed: int | None) -> np.ndarray:
-        import sigpy.mri
+        # sigpy's Poisson-disc kernel, with sigpy's bisection on the density slope but a capped number of
+        # steps: sigpy's own loop never ends on small grids where no slope hits the target within its tolerance.
+        from sigpy.mri.samp import _poisson
 
-        calib = (min(self.calib_size, shape[0]), min(self.calib_size, shape[1]))
-        mask = sigpy.mri.poisson(tuple(shape), self.acceleration, calib=calib, dtype=np.float32,
-                                 seed=0 if rng_seed is None else int(rng_seed) % (2**32))
-        return (np.abs(mask) > 0)
+        if self.acceleration <= 1:
+            return np.ones(shape, dtype=bool)
+        ny, nx = shape
+        calib = (min(self.calib_size, ny), min(self.calib_size, nx))
+        seed = 0 if rng_seed is None else int(rng_seed) % (2**32)
+        yy, xx = np.mgrid[:ny, :nx].astype(np.float64)
+        xx = np.maximum(abs(xx - nx / 2) - calib[1] / 2, 0)
+        xx /= max(xx.max(), 1e-12)
+        yy = np.maximum(abs(yy - ny / 2) - calib[0] / 2, 0)
+        yy /= max(yy.max(), 1e-12)
+        r = np.sqrt(xx**2 + yy**2)
+        state = np.random.get_state()  # sigpy's kernel draws from numpy's global generator
+        try:
+            lo, hi = 0.0, float(max(nx, ny))
+            best, best_err = None, np.inf
+            for _ in range(40):
+                slope = 0.5 * (lo + hi)
+                radius_x = np.clip((1 + r * slope) * nx / max(nx, ny), 1, None)
+                radius_y = np.clip((1 + r * slope) * ny / max(nx, ny), 1, None)
+                mask = _poisson(nx, ny, 30, radius_x, radius_y, calib, seed) * (r < 1)
+                mask[ny // 2 - calib[0] // 2: ny // 2 + (calib[0] + 1) // 2,
+                     nx // 2 - calib[1] // 2: nx // 2 + (calib[1] + 1) // 2] = 1
+                accel = mask.size / max(mask.sum(), 1)
+                if abs(accel - self.acceleration) < best_err:
+                    best, best_err = mask.copy(), abs(accel - self.acceleration)
+                if best_err < 0.02 * self.acceleration:
+                    break
+                if accel < self.acceleration:
+                    lo = slope
+                else:
+                    hi = slope
+        finally:
+            np.random.set_state(state)
+        if best_err > 0.1 * self.acceleration:
+            warnings.warn(f"PoissonDiscMask: {shape} grid with a {calib} calibration region reaches "
+                          f"{best.size / best.sum():.2f}x, not {self.acceleration}x", stacklevel=3)
+        return best.reshape(shape) > 0
 
     def __repr__(self) -> str:
         return f"PoissonDiscMask(acceleration={self.acceleration}, calib_size={self.calib_size})"

@@ -1,0 +1,332 @@
+r"""Inference speed: time per slice/volume, forward iterations to ``tol`` (plain vs Anderson) and where the
+time goes (CNN vs FFT vs CG vector work vs the rest).
+
+Profile
+-------
+Explicit wall-clock timers wrap, for the duration of one reconstruction (then removed):
+
+- ``cnn``: every application of the CNN — ``MOL._h`` (:math:`H(x)`) or ``MoDL.denoise`` (:math:`D_w(x)`);
+- ``fft``: the encoding operator — ``physics.A``, ``physics.A_adjoint``, ``physics.normal`` (coil-map products
+  and the centred FFTs);
+- ``cg``: the conjugate-gradient solver's own work (dot products, axpys) — its calls of ``physics.normal`` are
+  charged to ``fft``;
+- ``error-bound``: MOL's a-posteriori bound (``MOL._lipschitz_for_bound``: for MOL-LR/DEQ in eval mode a
+  10-step Jacobian power iteration — CNN JVP/VJPs charged here, not to ``cnn``, since it is not part of the
+  solve);
+- ``cnn-weights``: the effective CNN weights (MOL-SN: certified spectral norms, cached per shape);
+- ``other``: the remainder of the wall time (fixed-point/Anderson updates, norms, checks, Python).
+
+Time is charged *exclusively* to the innermost timer (a stack), so the shares add up to 1 by construction
+with ``other`` the unattributed rest. On CUDA each timer synchronises the device (the figures then include
+the lost overlap; say so when comparing). The timed runs for the time per slice run without the timers.
+
+Optionally a :mod:`torch.profiler` table of the top operators by self time is added, to locate precisely
+what dominates when it is not the CNN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+CATEGORIES = ("cnn", "fft", "cg", "error-bound", "cnn-weights", "other")
+
+
+class ExclusiveTimer:
+    """Wall-clock time charged to the innermost active label (see the module docstring).
+
+    ``absorb=True`` labels swallow the time of the labels called inside them.
+    """
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self.totals: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._stack: list[tuple[str, bool]] = []
+        self._last = 0.0
+        self._sync = sync or (lambda: None)
+
+    def _charge(self) -> None:
+        self._sync()
+        now = time.perf_counter()
+        if self._stack:
+            label = self._stack[-1][0]
+            self.totals[label] = self.totals.get(label, 0.0) + (now - self._last)
+        self._last = now
+
+    def wrap(self, fn: Callable, label: str, absorb: bool = False) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._stack and self._stack[-1][1]:  # inside an absorbing label: charged there
+                return fn(*args, **kwargs)
+            self._charge()
+            self._stack.append((label, absorb))
+            self.calls[label] = self.calls.get(label, 0) + 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._charge()
+                self._stack.pop()
+
+        return timed
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    had = name in vars(obj)
+    old = vars(obj).get(name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(obj, name, old)
+        else:
+            delattr(obj, name)
+
+
+def _is_mol(model: Any) -> bool:
+    return hasattr(model, "solve") and hasattr(model, "_h")
+
+
+def infer(model: Any, y: torch.Tensor, physics: Any) -> tuple[torch.Tensor, Any]:
+    """One reconstruction without gradients: ``(x, info)`` (``info`` = ``model.last_info`` or ``None``)."""
+    with torch.no_grad():
+        if _is_mol(model):
+            return model.solve(y, physics)
+        x = model(y, physics)
+    return x, getattr(model, "last_info", None)
+
+
+def _sync_fn(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def profile_inference(model: Any, y: torch.Tensor, physics: Any) -> dict[str, Any]:
+    """Time one reconstruction with the component timers; returns ``{"total_s", "seconds": {cat: s},
+    "shares": {cat: fraction}, "calls": {cat: n}, "cnn_share"}`` (shares sum to 1)."""
+    from ..models import modl as modl_mod
+    from ..models import mol as mol_mod
+
+    sync = _sync_fn(y.device)
+    timer = ExclusiveTimer(sync)
+    with contextlib.ExitStack() as stack:
+        if _is_mol(model):
+            stack.enter_context(_patched(model, "_h", timer.wrap(model._h, "cnn")))
+            stack.enter_context(_patched(model, "_lipschitz_for_bound",
+                                         timer.wrap(model._lipschitz_for_bound, "error-bound", absorb=True)))
+            stack.enter_context(_patched(model, "_weights", timer.wrap(model._weights, "cnn-weights", absorb=True)))
+        elif hasattr(model, "denoise"):
+            stack.enter_context(_patched(model, "denoise", timer.wrap(model.denoise, "cnn")))
+        else:
+            raise InputError(f"speed profile: do not know where the CNN of {type(model).__name__} is")
+        for name in ("A", "A_adjoint", "normal"):
+            stack.enter_context(_patched(physics, name, timer.wrap(getattr(physics, name), "fft")))
+        # the solvers call conjugate_gradient through their module's global name: time it there
+        for mod in (mol_mod, modl_mod):
+            if hasattr(mod, "conjugate_gradient"):
+                stack.enter_context(_patched(mod, "conjugate_gradient", timer.wrap(mod.conjugate_gradient, "cg")))
+        sync()
+        t0 = time.perf_counter()
+        timer._last = t0
+        infer(model, y, physics)
+        sync()
+        total = time.perf_counter() - t0
+    seconds = {c: timer.totals.get(c, 0.0) for c in CATEGORIES if c != "other"}
+    seconds["other"] = max(0.0, total - sum(seconds.values()))
+    shares = {c: v / total for c, v in seconds.items()}
+    return {"total_s": total, "seconds": seconds, "shares": shares, "calls": dict(timer.calls),
+            "cnn_share": shares["cnn"]}
+
+
+def torch_profile(model: Any, y: torch.Tensor, physics: Any, top: int = 12) -> list[dict[str, Any]]:
+    """The ``top`` operators by self time (CPU, plus CUDA when on GPU) of one reconstruction."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if y.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        infer(model, y, physics)
+    events = prof.key_averages()
+    key = "self_cuda_time_total" if y.device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, key, 0.0) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    return [{"op": e.key, "self_ms": getattr(e, key, 0.0) / 1e3, "share": getattr(e, key, 0.0) / total,
+             "calls": int(e.count)} for e in ranked]
+
+
+def time_inference(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1,
+                   device: torch.device | None = None) -> dict[str, Any]:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
+    sync = _sync_fn(device or torch.device("cpu"))
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "times_s": times}
+
+
+@contextlib.contextmanager
+def _solver_settings(model: Any, **settings: Any) -> Iterator[None]:
+    old = {k: getattr(model, k) for k in settings}
+    for k, v in settings.items():
+        setattr(model, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(model, k, v)
+
+
+def iterations_to_tol(model: Any, examples: Sequence[tuple[torch.Tensor, Any]], tol: float = 1e-4,
+                      max_iter: int = 500) -> dict[str, dict[str, Any]]:
+    """Forward iterations of a MOL/DEQ model to relative change ``tol`` with the plain and the Anderson
+    solver (same start, same model), averaged over ``examples``; plus the wall time of each solve."""
+    import warnings
+
+    out: dict[str, dict[str, Any]] = {}
+    for solver in ("plain", "anderson"):
+        its, conv, secs = [], [], []
+        with _solver_settings(model, solver=solver, tol=float(tol), max_iter=int(max_iter), strict=False):
+            for y, physics in examples:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported below
+                    t0 = time.perf_counter()
+                    _, info = infer(model, y, physics)
+                    secs.append(time.perf_counter() - t0)
+                its.extend(int(v) for v in info.iterations.tolist())
+                conv.extend(bool(v) for v in info.converged.tolist())
+        out[solver] = {"iterations": statistics.mean(its), "iterations_all": its,
+                       "converged_fraction": sum(conv) / len(conv), "seconds": statistics.mean(secs)}
+    out["anderson_over_plain"] = out["anderson"]["iterations"] / max(out["plain"]["iterations"], 1e-9)
+    return out
+
+
+def random_mol(method: str, dims: str, channels: int = 32, layers: int = 5, seed: int = 0, **kw: Any):
+    """An untrained MOL (``mol-lr``/``mol-sn``/``deq``) with the configs' CNN; for timings only — its iteration
+    counts are NOT those of a trained model (label them so)."""
+    from ..models import MOL
+
+    constraint = {"mol-lr": "lr", "mol-sn": "sn", "deq": "none"}[method]
+    torch.manual_seed(seed)
+    return MOL(constraint=constraint, dims=dims, channels=channels, layers=layers, **kw).eval()
+
+
+def random_modl(dims: str, K: int = 10, channels: int = 32, layers: int = 5, seed: int = 0):
+    """An untrained MoDL with the configs' CNN and K (timings only)."""
+    from ..models import MoDL
+
+    torch.manual_seed(seed)
+    return MoDL(K=K, dims=dims, channels=channels, layers=layers).eval()
+
+
+def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
+                  device: str = "cpu") -> list[tuple[torch.Tensor, Any]]:
+    """``count`` test items of the built-in ``kind`` set (built if absent) as ``(y, physics)`` on ``device``;
+    ``y`` is the masked k-space (the file's k-space is fully sampled)."""
+    from ..data.builtin import DIMS_OF_KIND, builtin_dataset, normalize_kind
+    from ..data.slice_dataset import collate, physics_from_batch
+    from ..physics import mask_for
+
+    kind = normalize_kind(kind)
+    ds = builtin_dataset(kind, "test", mask_func=mask_for(DIMS_OF_KIND[kind], acceleration))
+    if count < 1:
+        raise InputError(f"speed benchmark: need at least one example, got {count}")
+    # spread the examples over the split (different contrasts/positions)
+    step = max(1, len(ds) // count)
+    out = []
+    for i in range(0, min(len(ds), step * count), step):
+        batch = collate([ds[i]])
+        physics = physics_from_batch(batch).to(device)
+        y = (physics.mask * batch["kspace"].to(device)).to(torch.complex64)
+        out.append((y, physics))
+    return out
+
+
+def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, Any]], source: str,
+                repeats: int = 3, tol: float = 1e-4, max_iter: int = 500, with_torch_profile: bool = True,
+                note: str = "") -> dict[str, Any]:
+    """Everything ``bench speed`` reports for one learned model (see the module docstring)."""
+    device = examples[0][0].device
+    times = [time_inference(lambda y=y, p=p: infer(model, y, p), repeats=repeats, device=device)["median_s"]
+             for y, p in examples]
+    _, info = infer(model, *examples[0])
+    profiles = [profile_inference(model, y, p) for y, p in examples]
+    cats = profiles[0]["shares"].keys()
+    shares = {c: statistics.mean(p["shares"][c] for p in profiles) for c in cats}
+    row: dict[str, Any] = {
+        "label": label, "method": getattr(model, "method_name", type(model).__name__), "source": source,
+        "note": note, "time_per_item_s": statistics.mean(times), "times_s": times,
+        "default_solver": getattr(model, "solver", None), "default_tol": getattr(model, "tol", None),
+        "default_iterations": None if info is None else float(info.iterations.float().mean()),
+        "profile": {"shares": shares, "cnn_share": shares["cnn"],
+                    "seconds": {c: statistics.mean(p["seconds"][c] for p in profiles) for c in cats},
+                    "calls": profiles[0]["calls"], "total_s": statistics.mean(p["total_s"] for p in profiles)},
+    }
+    if _is_mol(model):
+        row["iterations"] = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter)
+    if with_torch_profile:
+        row["torch_profile_top_ops"] = torch_profile(model, *examples[0])
+    return row
+
+
+def bench_classical(method: str, examples: Sequence[tuple[torch.Tensor, Any]], repeats: int = 1) -> dict[str, Any]:
+    """Time per item of a classical method (default parameters of :mod:`molrecon.recon`)."""
+    from .. import recon
+
+    kw = {"lam": recon.DEFAULT_LAM[method]} if method in recon.DEFAULT_LAM else {}
+    times = [time_inference(lambda y=y, p=p: recon.reconstruct(method, y, p, **kw), repeats=repeats,
+                            warmup=0, device=y.device)["median_s"] for y, p in examples]
+    return {"label": method, "method": method, "source": "classical", "time_per_item_s": statistics.mean(times),
+            "times_s": times}
+
+
+def speed_markdown(results: dict[str, Any]) -> str:
+    """Tables of ``speed.md``: time per item and CNN share; iterations plain vs Anderson; top operators."""
+    from ..evaluate.report import markdown_table
+
+    unit = "slice" if results.get("dims") == "2d" else "volume"
+    rows = []
+    for m in results["models"]:
+        p = m.get("profile")
+        rows.append({"model": m["label"], "source": m["source"], f"time/{unit} (s)": f"{m['time_per_item_s']:.3f}",
+                     "iterations (default)": "" if m.get("default_iterations") is None
+                     else f"{m['default_iterations']:.1f}",
+                     **({f"{c} %": f"{100 * v:.1f}" for c, v in p["shares"].items()} if p else {})})
+    cols = ["model", "source", f"time/{unit} (s)", "iterations (default)"] + [f"{c} %" for c in CATEGORIES]
+    lines = [f"Inference on {results['data']} ({results['device']}, {results['threads']} thread(s))\n",
+             markdown_table(rows, cols)]
+    it_rows = [{"model": m["label"],
+                "plain iters": f"{m['iterations']['plain']['iterations']:.1f}",
+                "plain converged": f"{m['iterations']['plain']['converged_fraction']:.2f}",
+                "Anderson iters": f"{m['iterations']['anderson']['iterations']:.1f}",
+                "Anderson converged": f"{m['iterations']['anderson']['converged_fraction']:.2f}",
+                "Anderson / plain": f"{m['iterations']['anderson_over_plain']:.2f}",
+                "plain s": f"{m['iterations']['plain']['seconds']:.2f}",
+                "Anderson s": f"{m['iterations']['anderson']['seconds']:.2f}"}
+               for m in results["models"] if m.get("iterations")]
+    if it_rows:
+        lines += [f"\nForward iterations to tol {results['tol']:g} (max {results['max_iter']}); acceptance: "
+                  "Anderson ≤ 0.5 × plain\n", markdown_table(it_rows, list(it_rows[0]))]
+    top = next((m for m in results["models"] if m.get("torch_profile_top_ops")), None)
+    if top is not None:
+        op_rows = [{"op": o["op"], "self ms": f"{o['self_ms']:.1f}", "share %": f"{100 * o['share']:.1f}",
+                    "calls": o["calls"]} for o in top["torch_profile_top_ops"]]
+        lines += [f"\ntorch.profiler, top operators by self time ({top['label']}, one reconstruction)\n",
+                  markdown_table(op_rows, ["op", "self ms", "share %", "calls"])]
+    notes = [m["label"] + ": " + m["note"] for m in results["models"] if m.get("note")]
+    notes += results.get("notes", [])
+    if notes:
+        lines.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    return "\n".join(lines)

@@ -1,0 +1,541 @@
+r"""The built-in offline dataset: SIMULATED multi-coil k-space from real anatomy (the MNI152 2009 template).
+
+Simulation ("inverse crime": the same discrete forward model makes and reconstructs the data, so results are
+optimistic and not comparable with raw fastMRI numbers). For a magnitude image :math:`m` (one of the contrasts of
+:mod:`molrecon.data.anatomy`):
+
+.. math::
+    x = s\,m\,e^{i\varphi},\qquad y_c = \mathcal{F}(S_c x) + n_c,\qquad
+    n_c \sim \mathcal{CN}(0, \sigma^2),\qquad \sigma = \frac{\operatorname{rms}(\mathcal{F}(S x))}{10^{\mathrm{SNR}/20}}
+
+- :math:`\varphi` a smooth random phase (quadratic polynomial over the field of view, new per slice/volume);
+- :math:`S_c` birdcage coils (``simulate_coil_maps``; radius drawn per file from 1.3–1.7), :math:`\sum_c|S_c|^2 = 1`;
+- :math:`s` scales the target so that :math:`\max|x| = 1` over each file (``attrs["scale"]`` keeps it);
+- the fully-sampled noisy :math:`y` is stored; the noise std σ is computed once per file (same σ for all its
+  slices) and stored in ``attrs["sigma"]``; SNR (dB) is defined on the rms of the whole noiseless k-space of
+  the file (= rms of the coil images, the FFT being orthonormal).
+
+Kinds and layout (``ROOT/<kind>/{train,val,test}/*.h5`` + ``ROOT/<kind>/manifest.json``):
+
+- ``2d``: 128×128 axial slices (1.82 mm pixels, 233 mm FOV), 8 coils, 4 contrasts. The axial range of the brain
+  is cut into ``units`` blocks; in each block ``[train slices][gap][val slice][gap][test slice][gap]``
+  (1.5 mm spacing of train slices, ≥ 5 mm gaps), so no split sees another split's slices. One file per
+  (contrast, block): ``kspace`` ``[S, C, H, W]``; ``maps`` ``[1, C, H, W]`` (shared by the slices).
+- ``3d``: 64³ volumes (3.25 mm isotropic, 208 mm FOV), 8 coils; each volume is the template under a new random
+  affine deformation (±6 % scale, ±6° rotation, ±2 voxel shift) in one contrast. One volume per file:
+  ``kspace`` ``[1, C, D, H, W]`` (readout along ``D``), Poisson-disc 4× mask ``[H, W]`` (variable-density
+  random sampling below 48³, where sigpy's Poisson-disc generator is unreliable). The 3D splits share the
+  one template brain (they differ in deformation, contrast, phase, coils, noise, mask) — use them for code
+  paths, speed and memory, not for claims of generalisation.
+- ``dynamic``: 12 frames of 96×96 (2.43 mm pixels) of one axial slice under a periodic deformation (one
+  respiratory-like cycle: 3 mm antero-posterior shift + 3 % stretch; two cardiac-like cycles: 2.5 mm radial
+  pulsation of the centre, Gaussian envelope), slices taken from the 2D split blocks (no leakage). One series
+  per file: ``kspace`` ``[1, C, T, H, W]``, ``maps`` ``[1, C, T, H, W]`` (static, repeated), per-frame masks
+  ``[T, 1, W]``.
+
+Every file also has ``reconstruction_rss`` (rss of the noisy fully-sampled coil images), ``target`` (the
+noiseless complex image), ``mask`` (the default 4× mask, seeded by the file name as fastMRI does),
+``ismrmrd_header`` and attributes (``dims``, ``contrast``, ``scale``, ``sigma``, ``snr_db``, ``max``, ``norm``,
+``simulated``...). Arrays are byte-identical for a given seed and parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from . import anatomy
+from .header import make_header
+from .transforms import fname_seed
+
+KINDS = ("2d", "3d", "dynamic")
+_KIND_ALIASES = {"2d": "2d", "3d": "3d", "dynamic": "dynamic", "2d+t": "dynamic", "2dt": "dynamic"}
+FORMAT_VERSION = 1
+DIMS_OF_KIND = {"2d": "2d", "3d": "3d", "dynamic": "2d+t"}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "2d": {"size": 128, "coils": 8, "snr_db": 30.0, "contrasts": list(anatomy.CONTRASTS), "units": 4,
+           "spacing_mm": 1.5, "gap_mm": 5, "acceleration": 4.0, "center_fraction": 0.08},
+    "3d": {"size": 64, "coils": 8, "snr_db": 30.0, "contrasts": list(anatomy.CONTRASTS), "n_train": 4,
+           "n_val": 1, "n_test": 2, "acceleration": 4.0, "calib_size": 12},
+    "dynamic": {"size": 96, "coils": 8, "snr_db": 30.0, "contrasts": list(anatomy.CONTRASTS), "frames": 12,
+                "n_train": 8, "n_val": 2, "n_test": 2, "units": 4, "spacing_mm": 1.5, "gap_mm": 5,
+                "acceleration": 4.0, "center_fraction": 0.08, "resp_mm": 3.0, "card_mm": 2.5,
+                "card_cycles": 2},
+}
+
+
+def normalize_kind(kind: str) -> str:
+    """``"2d"``, ``"3d"`` or ``"dynamic"`` (``"2d+t"``/``"2dt"`` are accepted for the latter)."""
+    try:
+        return _KIND_ALIASES[str(kind).lower()]
+    except KeyError:
+        raise InputError(f"unknown built-in dataset kind {kind!r} (choose from {', '.join(KINDS)})") from None
+
+
+def default_root() -> Path:
+    """Root folder of the built-in data: ``$MOLRECON_DATA`` or ``~/.cache/molrecon/builtin``."""
+    env = os.environ.get("MOLRECON_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "molrecon" / "builtin"
+
+
+# ------------------------------------------------------------------------------------------------ simulation
+def _rng(seed: int, name: str) -> np.random.Generator:
+    """A generator for one file: independent of the others, fixed by (build seed, file name)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), fname_seed(name)]))
+
+
+def smooth_phase(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    r"""A random smooth phase map over ``shape`` (2 or 3 axes): a constant plus a quadratic polynomial in the
+    normalised coordinates :math:`u \in [-1, 1]`, :math:`\varphi = a_0 + \sum_i b_i u_i + \sum_{i\le j} c_{ij}
+    u_i u_j` with :math:`a_0 \sim U(-\pi, \pi)`, :math:`b \sim N(0, 0.4^2)`, :math:`c \sim N(0, 0.8^2)` —
+    the slowly varying phase of B0/B1 inhomogeneity, without large k-space shifts."""
+    basis = _phase_basis(tuple(int(n) for n in shape))
+    coef = np.concatenate([[rng.uniform(-math.pi, math.pi)], rng.normal(0, 0.4, size=len(shape)),
+                           rng.normal(0, 0.8, size=basis.shape[0] - 1 - len(shape))])
+    return np.tensordot(coef, basis, axes=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _phase_basis(shape: tuple[int, ...]) -> np.ndarray:
+    """``[1, u_i..., u_i u_j (i <= j)...]`` over ``shape`` (the monomials of :func:`smooth_phase`)."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float64) for n in shape], indexing="ij")
+    terms = [np.ones(shape)] + list(grids)
+    terms += [g * h for i, g in enumerate(grids) for h in grids[i:]]
+    return np.stack(terms)
+
+
+@functools.lru_cache(maxsize=16)
+def _coil_maps(spatial: tuple[int, ...], coils: int, radius: float) -> np.ndarray:
+    """Birdcage maps (cached: the radius is drawn from a few values, and sigpy's simulator is slow)."""
+    from ..physics import simulate_coil_maps
+
+    return simulate_coil_maps(spatial, coils, radius=radius).numpy()
+
+
+def simulate_file(mag: np.ndarray, dims: str, coils: int, snr_db: float, rng: np.random.Generator,
+                  static_phase: bool = False) -> dict[str, Any]:
+    """Simulate one file from magnitude images ``mag`` ``[S, *spatial]`` (see the module docstring).
+
+    Returns ``kspace`` ``[S, C, *sp]`` complex64 (noisy, fully sampled), ``maps`` ``[1, C, *sp]``,
+    ``target`` ``[S, *sp]`` complex64 (max |target| = 1), ``rss`` ``[S, *sp]`` float32, ``scale``, ``sigma``
+    and ``coil_radius``.
+    """
+    import scipy.fft
+
+    mag = np.asarray(mag, np.float64)
+    spatial = mag.shape[1:]
+    # the phase lives on the object: for 2D+time one map for the series (it moves only with the magnitude)
+    if static_phase or dims == "2d+t":
+        phase = np.broadcast_to(smooth_phase(spatial[-2:] if dims == "2d+t" else spatial, rng), mag.shape)
+    else:
+        phase = np.stack([smooth_phase(spatial, rng) for _ in range(mag.shape[0])])
+    x = mag * np.exp(1j * phase)
+    peak = float(np.abs(x).max())
+    if peak <= 0:
+        raise InputError("simulation got an all-zero image (empty slice)")
+    scale = 1.0 / peak
+    target = (x * scale).astype(np.complex64)
+    radius = float(rng.choice([1.3, 1.4, 1.5, 1.6, 1.7]))
+    maps = _coil_maps(tuple(spatial[-2:] if dims == "2d+t" else spatial), coils, radius)
+    if dims == "2d+t":
+        # static over frames; stored repeated so that every reader (molrecon.io.read_kspace_file too) sees
+        # maps of k-space's shape
+        maps = np.ascontiguousarray(np.broadcast_to(maps[:, None], (coils, *spatial)))
+    axes = (-2, -1) if dims in ("2d", "2d+t") else (-3, -2, -1)
+
+    # The centred orthonormal FFT of shared/CONVENTIONS.md, computed with scipy here: the same numbers as
+    # molrecon.physics.fft_centered, but torch's complex fftshift is several times slower on CPU.
+    def fft_c(a: np.ndarray) -> np.ndarray:
+        return np.fft.fftshift(scipy.fft.fftn(np.fft.ifftshift(a, axes=axes), axes=axes, norm="ortho"), axes=axes)
+
+    def ifft_c(a: np.ndarray) -> np.ndarray:
+        return np.fft.fftshift(scipy.fft.ifftn(np.fft.ifftshift(a, axes=axes), axes=axes, norm="ortho"), axes=axes)
+
+    clean = fft_c(maps[None] * target[:, None]).astype(np.complex64)
+    sigma = float(np.sqrt(np.mean(np.abs(clean) ** 2))) / 10 ** (snr_db / 20)
+    gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    noise = torch.randn((2, *clean.shape), generator=gen).numpy()
+    kspace = (clean + (noise[0] + 1j * noise[1]).astype(np.complex64) * np.float32(sigma / math.sqrt(2)))
+    kspace = kspace.astype(np.complex64)
+    rss = np.sqrt((np.abs(ifft_c(kspace)) ** 2).sum(axis=1))
+    return {"kspace": kspace, "maps": maps[None].astype(np.complex64),
+            "target": target, "rss": rss.astype(np.float32), "scale": scale, "sigma": sigma,
+            "coil_radius": radius}
+
+
+def _write_file(path: Path, sim: dict[str, Any], mask: np.ndarray, header: str, attrs: dict[str, Any]) -> str:
+    """Write one fastMRI-layout file atomically (no HDF5 timestamps); return its sha256."""
+    import h5py
+
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            f.create_dataset("kspace", data=sim["kspace"], track_times=False)
+            f.create_dataset("reconstruction_rss", data=sim["rss"], track_times=False)
+            f.create_dataset("target", data=sim["target"], track_times=False)
+            f.create_dataset("maps", data=sim["maps"], track_times=False)
+            f.create_dataset("mask", data=mask.astype(np.float32), track_times=False)
+            f.create_dataset("ismrmrd_header", data=header)
+            rss = sim["rss"]
+            base = {"acquisition": "SIMULATED", "patient_id": "mni152-2009a", "max": float(rss.max()),
+                    "norm": float(np.linalg.norm(rss)), "simulated": True, "inverse_crime": True,
+                    "scale": float(sim["scale"]), "sigma": float(sim["sigma"]), "target_max": 1.0,
+                    "coil_radius": float(sim["coil_radius"])}
+            for k, v in {**base, **attrs}.items():
+                f.attrs[k] = v
+    return sha256_file(path)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- 2D splits
+def plan_axial_splits(units: int = 4, spacing_mm: float = 1.5, gap_mm: int = 5,
+                      min_area_fraction: float = 0.2) -> list[dict[str, list[int]]]:
+    """Axial positions (1 mm template indices) per block: ``[{"train": [...], "val": [z], "test": [z]}, ...]``.
+
+    The brain's axial range is cut into ``units`` equal blocks laid out as
+    ``[train slices every spacing_mm][gap][val][gap][test][gap]``, so every val/test slice is at least
+    ``gap_mm`` from any slice of another split.
+    """
+    if units < 1 or gap_mm < 1 or spacing_mm <= 0:
+        raise InputError(f"bad split plan: units={units}, gap_mm={gap_mm}, spacing_mm={spacing_mm}")
+    z_lo, z_hi = anatomy.brain_z_range(min_area_fraction)
+    unit_len = (z_hi - z_lo + 1) / units
+    if unit_len < 3 * gap_mm + 1:
+        raise InputError(f"{units} blocks with {gap_mm} mm gaps do not fit the {z_hi - z_lo + 1} mm brain range")
+    plan = []
+    for u in range(units):
+        start = z_lo + int(round(u * unit_len))
+        end = z_lo + int(round((u + 1) * unit_len))  # first index of the next block
+        test = end - gap_mm
+        val = test - gap_mm
+        train = sorted({int(round(z)) for z in np.arange(start, val - gap_mm + 1e-9, spacing_mm)})
+        plan.append({"train": train, "val": [val], "test": [test]})
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def build_2d(out: Path, seed: int = 0, *, size: int = 128, coils: int = 8, snr_db: float = 30.0,
+             contrasts: Sequence[str] = anatomy.CONTRASTS, units: int = 4, spacing_mm: float = 1.5,
+             gap_mm: int = 5, acceleration: float = 4.0, center_fraction: float = 0.08,
+             max_train_slices: int | None = None) -> dict[str, Any]:
+    """Build the 2D set into ``out/{train,val,test}``; return the manifest's ``files``/``splits`` part.
+
+    ``max_train_slices`` keeps only the first slices of each train block (for tiny test builds).
+    """
+    from ..physics import RandomMask
+
+    plan = plan_axial_splits(units, spacing_mm, gap_mm)
+    fov = anatomy.axial_fov_mm()
+    mask_obj = RandomMask(center_fraction, acceleration)
+    files: list[dict[str, Any]] = []
+    for u, block in enumerate(plan):
+        for split in ("train", "val", "test"):
+            zs = block[split][:max_train_slices] if split == "train" and max_train_slices else block[split]
+            for contrast in contrasts:
+                name = f"mni_{contrast}_z{zs[0]:03d}.h5"
+                mag = anatomy.axial_slices(contrast, zs, size)
+                sim = simulate_file(mag, "2d", coils, snr_db, _rng(seed, name))
+                mask = mask_obj((size, size), seed=fname_seed(name))[0].numpy()  # [W]
+                header = make_header((size, size, 1), (fov, fov, 1.0), coils, phase_steps=size)
+                attrs = {"dims": "2d", "contrast": contrast, "snr_db": snr_db, "seed": seed, "block": u,
+                         "z_index_mm": np.asarray(zs, np.int32), "voxel_size_mm": [1.0, fov / size, fov / size],
+                         "mask_default": repr(mask_obj)}
+                path = out / split / name
+                digest = _write_file(path, sim, mask, header, attrs)
+                files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "block": u,
+                              "z_index_mm": list(map(int, zs)), "slices": len(zs), "sha256": digest})
+    return {"files": files, "plan": plan}
+
+
+def _deform_cube(vol: torch.Tensor, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random affine deformation of ``vol`` ``[N, N, N]`` (oversampled), area-resampled to ``size``³."""
+    ang = math.radians(rng.uniform(-6, 6))
+    scale = rng.uniform(0.94, 1.06, size=3)
+    shift = rng.uniform(-2, 2, size=3) * 2 / size  # voxels of the output grid, normalised coordinates
+    rot = np.eye(3)
+    # rotation in the axial plane (about the D axis); grid_sample's theta maps (W, H, D) output coords to input
+    rot[0, 0], rot[0, 1], rot[1, 0], rot[1, 1] = math.cos(ang), -math.sin(ang), math.sin(ang), math.cos(ang)
+    theta = np.zeros((3, 4))
+    theta[:, :3] = rot @ np.diag(1 / scale)
+    theta[:, 3] = shift
+    grid = F.affine_grid(torch.tensor(theta, dtype=torch.float32)[None], [1, 1, *vol.shape], align_corners=False)
+    warped = F.grid_sample(vol[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.interpolate(warped, size=(size,) * 3, mode="area")[0, 0].numpy()
+
+
+def build_3d(out: Path, seed: int = 0, *, size: int = 64, coils: int = 8, snr_db: float = 30.0,
+             contrasts: Sequence[str] = anatomy.CONTRASTS, n_train: int = 4, n_val: int = 1, n_test: int = 2,
+             acceleration: float = 4.0, calib_size: int = 12) -> dict[str, Any]:
+    """Build the 3D set (one deformed template volume per file) into ``out/{train,val,test}``."""
+    from ..physics import PoissonDiscMask, VariableDensity2DMask
+
+    fov = 208
+    # sigpy's Poisson-disc generator can fail or never return on small grids (its bisection on the density
+    # slope does not terminate when the tolerance cannot be met); tiny builds use random variable density.
+    mask_obj = PoissonDiscMask(acceleration, calib_size) if size >= 48 else VariableDensity2DMask(acceleration)
+    files: list[dict[str, Any]] = []
+    cubes: dict[str, torch.Tensor] = {}
+    k = 0
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for _ in range(n):
+            contrast = list(contrasts)[k % len(contrasts)]
+            if contrast not in cubes:
+                cubes[contrast] = anatomy.cube_volume(contrast, size, fov)
+            name = f"vol_{contrast}_s{k:02d}.h5"
+            rng = _rng(seed, name)
+            mag = _deform_cube(cubes[contrast], size, rng)[None]
+            sim = simulate_file(mag, "3d", coils, snr_db, rng)
+            mask = mask_obj((size,) * 3, seed=fname_seed(name))[0].numpy()  # [H, W]
+            header = make_header((size, size, size), (fov, fov, fov), coils, phase_steps=size,
+                                 partition_steps=size)
+            attrs = {"dims": "3d", "contrast": contrast, "snr_db": snr_db, "seed": seed,
+                     "voxel_size_mm": [fov / size] * 3, "mask_default": repr(mask_obj)}
+            digest = _write_file(out / split / name, sim, mask, header, attrs)
+            files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "slices": 1,
+                          "sha256": digest})
+            k += 1
+    return {"files": files}
+
+
+def deform_series(image: torch.Tensor, frames: int, rng: np.random.Generator, resp_mm: float = 3.0,
+                  card_mm: float = 2.5, card_cycles: int = 2, pixel_mm: float = 1.0) -> torch.Tensor:
+    r"""A periodic deformation of one slice ``[N, N]`` → ``[T, N, N]``.
+
+    With :math:`\theta_r = 2\pi t/T + \phi_r`, :math:`\theta_c = 2\pi k t/T + \phi_c` (random phases), the
+    backward displacement at position :math:`r` (normalised to [-1, 1]) is
+
+    .. math:: d(r, t) = a_r \sin\theta_r\,(e_{AP} + 0.03\,r_{AP}\,e_{AP}/a_r)
+              + a_c \sin\theta_c\,r\,e^{-|r|^2/(2\cdot0.35^2)}
+
+    a respiratory-like antero-posterior shift/stretch and a cardiac-like radial pulsation of the centre.
+    The series is periodic (frame ``T`` would equal frame 0).
+    """
+    n = image.shape[-1]
+    half = n * pixel_mm / 2  # mm per unit of normalised coordinate
+    a_r, a_c = resp_mm / half, card_mm / half
+    phi_r, phi_c = rng.uniform(0, 2 * math.pi, size=2)
+    lin = torch.linspace(-1 + 1 / n, 1 - 1 / n, n)  # pixel centres (align_corners=False)
+    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+    envelope = torch.exp(-(gx**2 + gy**2) / (2 * 0.35**2))
+    grids = []
+    for t in range(frames):
+        sr = math.sin(2 * math.pi * t / frames + phi_r)
+        sc = math.sin(2 * math.pi * card_cycles * t / frames + phi_c)
+        dy = a_r * sr + 0.03 * sr * gy + a_c * sc * gy * envelope
+        dx = a_c * sc * gx * envelope
+        # sample the image at r - d(r): content moves by +d
+        grids.append(torch.stack([gx - dx, gy - dy], dim=-1))
+    grid = torch.stack(grids).to(torch.float32)
+    src = image[None, None].expand(frames, 1, n, n).to(torch.float32)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
+def build_dynamic(out: Path, seed: int = 0, *, size: int = 96, coils: int = 8, snr_db: float = 30.0,
+                  contrasts: Sequence[str] = anatomy.CONTRASTS, frames: int = 12, n_train: int = 8,
+                  n_val: int = 2, n_test: int = 2, units: int = 4, spacing_mm: float = 1.5, gap_mm: int = 5,
+                  acceleration: float = 4.0, center_fraction: float = 0.08, resp_mm: float = 3.0,
+                  card_mm: float = 2.5, card_cycles: int = 2) -> dict[str, Any]:
+    """Build the 2D+time set (one moving axial slice per file) into ``out/{train,val,test}``."""
+    from ..physics import RandomMask
+
+    plan = plan_axial_splits(units, spacing_mm, gap_mm)
+    fov = anatomy.axial_fov_mm()
+    mask_obj = RandomMask(center_fraction, acceleration)
+    # positions: train spread over the blocks' train slices, val/test from the blocks' val/test slices
+    train_pool = [z for b in plan for z in b["train"][1::2]]
+    picks = {"train": [train_pool[int(i)] for i in np.linspace(0, len(train_pool) - 1, n_train).round()]
+             if n_train else [],
+             "val": [b["val"][0] for b in plan][:n_val], "test": [b["test"][0] for b in plan][::-1][:n_test]}
+    files: list[dict[str, Any]] = []
+    k = 0
+    for split in ("train", "val", "test"):
+        for z in picks[split]:
+            contrast = list(contrasts)[k % len(contrasts)]
+            k += 1
+            name = f"dyn_{contrast}_z{z:03d}.h5"
+            rng = _rng(seed, name)
+            hi = anatomy._square_axial(anatomy.contrast_volume(contrast), [z])[0]  # 1 mm grid
+            series = deform_series(hi, frames, rng, resp_mm, card_mm, card_cycles, pixel_mm=fov / hi.shape[-1])
+            mag = F.interpolate(series[:, None], size=(size, size), mode="area")[:, 0].numpy()[None]
+            sim = simulate_file(mag, "2d+t", coils, snr_db, rng)
+            mask = mask_obj((frames, size, size), seed=fname_seed(name), dims="2d+t").numpy()  # [T, 1, W]
+            header = make_header((size, size, 1), (fov, fov, 1.0), coils, phase_steps=size, repetitions=frames)
+            attrs = {"dims": "2d+t", "contrast": contrast, "snr_db": snr_db, "seed": seed, "frames": frames,
+                     "z_index_mm": np.asarray([z], np.int32), "voxel_size_mm": [1.0, fov / size, fov / size],
+                     "resp_mm": resp_mm, "card_mm": card_mm, "card_cycles": card_cycles,
+                     "mask_default": repr(mask_obj)}
+            digest = _write_file(out / split / name, sim, mask, header, attrs)
+            files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "z_index_mm": [int(z)],
+                          "slices": 1, "frames": frames, "sha256": digest})
+    return {"files": files, "plan": plan}
+
+
+_BUILDERS = {"2d": build_2d, "3d": build_3d, "dynamic": build_dynamic}
+
+
+def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overwrite: bool = False,
+                  **params: Any) -> Path:
+    """Build one kind of the built-in set into ``out`` (the folder of that kind: ``out/{train,val,test}`` and
+    ``out/manifest.json``), atomically: everything is written into a temporary sibling folder that is renamed
+    into place at the end. ``params`` override :data:`DEFAULTS` (e.g. ``size=32`` for tiny builds).
+    """
+    import nilearn
+
+    from .. import __version__
+
+    kind = normalize_kind(kind)
+    out = Path(out)
+    unknown = set(params) - set(DEFAULTS[kind]) - {"max_train_slices"}
+    if unknown:
+        raise InputError(f"unknown parameter(s) for the {kind} set: {', '.join(sorted(unknown))}")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (use overwrite=True / --force to rebuild)")
+    cfg = {**DEFAULTS[kind], **params}
+    for c in cfg["contrasts"]:
+        if c not in anatomy.CONTRASTS:
+            raise InputError(f"unknown contrast {c!r} (choose from {', '.join(anatomy.CONTRASTS)})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+    try:
+        t0 = time.perf_counter()
+        result = _BUILDERS[kind](tmp, seed, **cfg)
+        seconds = time.perf_counter() - t0
+        splits = {s: [f["file"] for f in result["files"] if f["split"] == s] for s in ("train", "val", "test")}
+        manifest = {
+            "name": f"molrecon-builtin-{kind}", "format_version": FORMAT_VERSION, "kind": kind,
+            "dims": DIMS_OF_KIND[kind], "simulated": True,
+            "note": "SIMULATED multi-coil k-space from a real anatomical template (inverse crime: the same "
+                    "discrete forward model simulates and reconstructs; results are optimistic and not "
+                    "comparable with raw-data numbers).",
+            "source": {"anatomy": anatomy.TEMPLATE_NAME, "package": f"nilearn {nilearn.__version__}",
+                       "files": [{"file": Path(p).name, "sha256": sha256_file(Path(p))}
+                                 for p in anatomy.template_files()],
+                       "licence": "MNI ICBM152 2009 template, Copyright (C) 1993-2009 Louis Collins, McConnell "
+                                  "Brain Imaging Centre, Montreal Neurological Institute, McGill University; "
+                                  "permissive licence (copy/modify/distribute with the copyright notice); "
+                                  "see docs/data.md",
+                       "references": ["Fonov et al., NeuroImage 54(1) 2011", "Fonov et al., NeuroImage 47 S102 "
+                                      "2009", "Collins et al., 1999"]},
+            "parameters": cfg, "seed": int(seed), "splits": splits, "files": result["files"],
+            "num_slices": {s: sum(f["slices"] for f in result["files"] if f["split"] == s) for s in splits},
+            "layout": {"2d": "kspace [S,C,H,W]; maps [1,C,H,W]; mask [W]",
+                       "3d": "kspace [1,C,D,H,W]; maps [1,C,D,H,W]; mask [H,W]",
+                       "dynamic": "kspace [1,C,T,H,W]; maps [1,C,T,H,W] (static); mask [T,1,W]"}[kind],
+            "plan": result.get("plan"),
+            "build": {"seconds": round(seconds, 2), "molrecon": __version__, "torch": torch.__version__},
+        }
+        from ..io import atomic_write
+
+        with atomic_write(tmp / "manifest.json", "w") as fh:
+            json.dump(manifest, fh, indent=1)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_builtin(kind: str = "2d", root: str | os.PathLike | None = None, seed: int = 0,
+                   **params: Any) -> Path:
+    """Return ``ROOT/<kind>`` (``ROOT`` = ``root`` or :func:`default_root`), building it first if absent
+    (with ``seed`` and ``params``, see :func:`build_builtin`; an existing set is returned as it is).
+
+    Concurrent callers serialise on a lock file ``ROOT/.<kind>.lock``; the build itself lands by an atomic
+    folder rename, so a reader never sees half a dataset.
+    """
+    kind = normalize_kind(kind)
+    root = Path(root) if root is not None else default_root()
+    folder = root / kind
+    if (folder / "manifest.json").exists():
+        return folder
+    with _file_lock(root / f".{kind}.lock"):
+        if not (folder / "manifest.json").exists():
+            build_builtin(folder, kind, seed=seed, overwrite=True, **params)
+    return folder
+
+
+def load_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read ``folder/manifest.json`` (``folder`` = one kind's folder)."""
+    path = Path(folder) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no manifest (not a built-in dataset folder?)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: corrupted manifest ({exc})") from None
+
+
+def verify_builtin(folder: str | os.PathLike) -> list[str]:
+    """Check every file of a built set against the manifest's sha256; return the problems (empty = fine)."""
+    folder = Path(folder)
+    problems = []
+    for entry in load_manifest(folder)["files"]:
+        path = folder / entry["file"]
+        if not path.exists():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: checksum mismatch")
+    return problems
+
+
+def builtin_dataset(kind: str = "2d", split: str = "train", root: str | os.PathLike | None = None,
+                    mask_func: Any = None, **kwargs: Any):
+    """The :class:`~molrecon.data.SliceDataset` of one split of the built-in set (built first if absent)."""
+    from .slice_dataset import SliceDataset
+
+    if split not in ("train", "val", "test"):
+        raise InputError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    folder = ensure_builtin(kind, root)
+    return SliceDataset(folder / split, mask_func=mask_func, **kwargs)
+
+
+def builtin_test_example(index: int = 0, kind: str = "2d", root: str | os.PathLike | None = None,
+                         mask_func: Any = None):
+    """One test item of the built-in set as ``(y [1, C, *sp], physics, target [1, *sp])`` (complex64)."""
+    from .slice_dataset import physics_from_batch
+
+    ds = builtin_dataset(kind, "test", root, mask_func=mask_func)
+    if not 0 <= index < len(ds):
+        raise InputError(f"test example index {index} out of range (the {kind} test split has {len(ds)} items)")
+    from .slice_dataset import collate
+
+    batch = collate([ds[index]])
+    return batch["kspace"], physics_from_batch(batch), batch["target"]

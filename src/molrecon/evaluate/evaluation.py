@@ -1,0 +1,392 @@
+r"""Evaluate reconstruction methods, classical and learned, over a dataset, as fastMRI does.
+
+For every volume ``v`` (the slices of one file) and method ``m`` the slices are reconstructed, stacked and
+scored on the magnitude inside the object support :math:`\Omega` (:func:`~molrecon.evaluate.metrics.object_support`,
+computed per slice from the target):
+
+.. math::
+    \mathrm{PSNR}_v = 10\log_{10}\frac{R_v^2}{\operatorname{mean}\big((|x|-|t|)^2\,1_\Omega\big)},\qquad
+    R_v = \max_v |t|,\qquad
+    \mathrm{NMSE}_v = \frac{\|(|x|-|t|)1_\Omega\|^2}{\|\,|t|1_\Omega\|^2},
+
+and SSIM with a 7×7 window and the same data range :math:`R_v`, averaged over the slices of the volume.
+The report gives, per method, the mean over volumes and the spread (sample standard deviation, ``ddof=1``;
+0 for a single volume), the iterations the solver needed (``model.last_info`` for MOL/DEQ, ``None`` for
+methods that do not report them) and the wall time per slice. ``average_over="slices"`` instead averages the
+per-slice scores (still with the volume's data range); the demo uses it because the issue defines its figures
+as means over the test slices.
+
+Methods are given as names: classical ones (``zero-filled``, ``sense``, ``cs-wavelet``, ``cs-tv``) run
+:func:`molrecon.recon.reconstruct`; learned ones are training checkpoints or pretrained names, loaded through
+:func:`molrecon.models.loading.load_learned_model` (never unpickling code).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+#: Canonical display order of the methods (``shared/CONVENTIONS.md``).
+METHOD_ORDER = ["zero-filled", "sense", "cs-wavelet", "cs-tv", "modl", "deq", "mol-sn", "mol-lr"]
+CLASSICAL_METHODS = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
+LEARNED_METHODS = ["modl", "deq", "mol-sn", "mol-lr"]
+
+
+@dataclass
+class MethodRunner:
+    """One method ready to run: ``fn(y, physics) -> (x, solver)`` where ``solver`` is
+    ``{"iterations": [B] or None, "converged": [B] or None}``; ``model`` is the learned module, if any."""
+
+    name: str
+    method: str
+    source: str
+    fn: Callable[[Any, Any], tuple[Any, dict[str, Any]]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+
+
+def classical_runner(method: str, **kwargs: Any) -> MethodRunner:
+    """A runner for ``zero-filled``, ``sense``, ``cs-wavelet`` or ``cs-tv`` with ``kwargs`` for
+    :func:`molrecon.recon.reconstruct` (defaults: the lead's tuned ``DEFAULT_LAM``)."""
+    from .. import recon
+
+    if method not in CLASSICAL_METHODS:
+        raise InputError(f"unknown classical method {method!r} (choose from {', '.join(CLASSICAL_METHODS)})")
+    kw = dict(kwargs)
+    default_lam = getattr(recon, "DEFAULT_LAM", {})
+    if method in default_lam and "lam" not in kw:
+        kw["lam"] = default_lam[method]
+
+    def fn(y: Any, physics: Any) -> tuple[Any, dict[str, Any]]:
+        out = recon.reconstruct(method, y, physics, **kw)
+        info = None
+        if isinstance(out, tuple):  # tolerate reconstruct returning (x, info)
+            out, info = out
+        return out, _solver_report(info)
+
+    return MethodRunner(name=method, method=method, source="classical", fn=fn, meta={"params": kw})
+
+
+def model_runner(model: Any, name: str | None = None, source: str = "model") -> MethodRunner:
+    """A runner for a learned model called as ``model(y, physics)``.
+
+    Iterations come from ``model.last_info`` (a :class:`~molrecon.solvers.SolverInfo`) when the model sets it,
+    as MOL and the DEQ do; unrolled MoDL runs a fixed number of steps and reports none.
+    """
+    import torch
+
+    method = getattr(model, "method_name", None) or "model"
+    model.eval()
+    # MoDL has no last_info attribute; a stale one from an earlier call must not be attributed to this call.
+    has_info = hasattr(model, "last_info")
+
+    def fn(y: Any, physics: Any) -> tuple[Any, dict[str, Any]]:
+        if has_info:
+            model.last_info = None
+        with torch.no_grad():
+            x = model(y, physics)
+        return x, _solver_report(getattr(model, "last_info", None))
+
+    meta: dict[str, Any] = {"num_parameters": int(sum(p.numel() for p in model.parameters()))}
+    pmeta = getattr(model, "pretrained_meta", None)
+    if isinstance(pmeta, dict):
+        meta["pretrained"] = {k: pmeta.get(k) for k in ("name", "validation", "training") if k in pmeta}
+    return MethodRunner(name=name or method, method=method, source=source, fn=fn, meta=meta, model=model)
+
+
+def _per_sample(info: Any, key: str, cast: type) -> list | None:
+    v = info.get(key) if isinstance(info, dict) else getattr(info, key, None)
+    if v is None:
+        return None
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    return [cast(e) for e in (v if isinstance(v, (list, tuple)) else [v])]
+
+
+def _solver_report(info: Any) -> dict[str, Any]:
+    """Per-sample iterations and convergence flags of a :class:`~molrecon.solvers.SolverInfo` (or dict)."""
+    if info is None:
+        return {"iterations": None, "converged": None}
+    return {"iterations": _per_sample(info, "iterations", int), "converged": _per_sample(info, "converged", bool)}
+
+
+def resolve_methods(methods: Sequence[str] = (), checkpoints: Sequence[str | Path] = (),
+                    pretrained: Sequence[str] = (), classical_kwargs: dict[str, dict] | None = None,
+                    device: str = "cpu") -> list[MethodRunner]:
+    """Runners for classical ``methods``, training ``checkpoints`` and ``pretrained`` names, in canonical order.
+
+    A learned method name in ``methods`` (``mol-lr``...) resolves to the pretrained model
+    ``<method>-2d-4x``; prefer ``pretrained`` to be explicit. Two models of the same method get their
+    source (file stem or pretrained name) as label so that both appear in the report.
+    """
+    from ..models.loading import load_learned_model
+
+    runners: list[MethodRunner] = []
+    classical_kwargs = classical_kwargs or {}
+    pretrained = list(pretrained)
+    for m in methods:
+        if m in CLASSICAL_METHODS:
+            runners.append(classical_runner(m, **classical_kwargs.get(m, {})))
+        elif m in LEARNED_METHODS:
+            pretrained.append(f"{m}-2d-4x")
+        else:
+            raise InputError(f"unknown method {m!r} (choose from {', '.join(METHOD_ORDER)})")
+    for ck in checkpoints:
+        model = load_learned_model(checkpoint=ck, map_location=device).to(device)
+        runners.append(model_runner(model, source=f"checkpoint:{ck}"))
+    for name in dict.fromkeys(pretrained):
+        model = load_learned_model(pretrained=name).to(device)
+        runners.append(model_runner(model, source=f"pretrained:{name}"))
+    counts: dict[str, int] = {}
+    for r in runners:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    for r in runners:
+        if counts[r.name] > 1 and r.source != "classical":
+            r.name = f"{r.method} ({Path(r.source.split(':', 1)[1]).stem})"
+    if not runners:
+        raise InputError("no method to evaluate: give --methods, --checkpoint or --pretrained")
+    return sorted(runners, key=lambda r: METHOD_ORDER.index(r.method) if r.method in METHOD_ORDER else 99)
+
+
+# --------------------------------------------------------------------------------------------------------
+# data
+
+
+def load_dataset(data: str | Path | None, kind: str = "2d", split: str = "test",
+                 acceleration: float | None = None, center_fraction: float | None = None) -> Any:
+    """The dataset to evaluate: ``None``/``"builtin"`` → the built-in ``split`` (built if absent); a folder →
+    :class:`molrecon.data.SliceDataset` over its HDF5 files.
+
+    Without ``acceleration`` the files' stored masks are used; with it, a seeded fastMRI-style mask at that
+    acceleration (:func:`molrecon.physics.mask_for`) replaces them.
+    """
+    from ..data.builtin import builtin_dataset
+    from ..data.slice_dataset import SliceDataset
+
+    mask_func = None
+    if acceleration is not None:
+        from ..physics import mask_for
+
+        mask_func = mask_for({"dynamic": "2d+t"}.get(kind, kind), acceleration, center_fraction)
+    if data is None or str(data) == "builtin":
+        return builtin_dataset(kind, split, None, mask_func=mask_func)
+    path = Path(data)
+    if not path.exists():
+        raise InputError(f"{path}: data folder not found")
+    return SliceDataset(path, mask_func=mask_func)
+
+
+def iter_volumes(dataset: Any, max_volumes: int | None = None,
+                 max_slices: int | None = None) -> Iterable[tuple[str, list[dict]]]:
+    """Group consecutive dataset items by ``fname``: yields ``(fname, items)`` per volume."""
+    current, items, n_vol, n_items = None, [], 0, 0
+    for i in range(len(dataset)):
+        if max_slices is not None and n_items >= max_slices:
+            break
+        item = dataset[i]
+        fname = str(item.get("fname", i))
+        if current is not None and fname != current:
+            yield current, items
+            n_vol += 1
+            items = []
+            if max_volumes is not None and n_vol >= max_volumes:
+                return
+        current = fname
+        items.append(item)
+        n_items += 1
+    if items:
+        yield current, items
+
+
+# --------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _middle_2d(a: np.ndarray) -> np.ndarray:
+    """A 2D image of an item: itself (2D) or its middle partition/frame (3D, 2D+t)."""
+    while a.ndim > 2:
+        a = a[a.shape[0] // 2]
+    return a
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4, device: str = "cpu",
+             max_volumes: int | None = None, max_slices: int | None = None, average_over: str = "volumes",
+             progress: bool = True) -> dict[str, Any]:
+    """Run every method over ``dataset`` and score it (see the module docstring for the metrics).
+
+    Returns ``{"methods": {name: summary}, "volumes": [...per-volume, per-method scores...],
+    "slices": [...], "example": {...images of one slice for the figure...}, "settings": {...}}``.
+    """
+    import torch
+
+    from ..data.slice_dataset import collate, physics_from_batch
+    from .metrics import evaluate_volume, nmse, object_support, psnr
+
+    if average_over not in ("volumes", "slices"):
+        raise InputError(f"average_over must be 'volumes' or 'slices', got {average_over!r}")
+    per_volume: list[dict[str, Any]] = []
+    per_slice: list[dict[str, Any]] = []
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    iters: dict[str, list[int]] = {r.name: [] for r in runners}
+    converged: dict[str, list[bool]] = {r.name: [] for r in runners}
+    example: dict[str, Any] | None = None
+    for fname, items in iter_volumes(dataset, max_volumes, max_slices):
+        targets = np.stack([np.asarray(it["target"]) for it in items])
+        supports = np.stack([object_support(t) for t in targets])
+        data_range = float(np.abs(targets).max())
+        vol_record: dict[str, Any] = {"fname": fname, "num_slices": len(items), "data_range": data_range,
+                                      "metrics": {}}
+        slice_records = [{"fname": fname, "slice": int(it.get("slice", k)), "metrics": {}}
+                         for k, it in enumerate(items)]
+        ex_index = len(items) // 2
+        if example is None:
+            example = {"fname": fname, "slice": slice_records[ex_index]["slice"],
+                       "target": np.abs(_middle_2d(targets[ex_index])), "support": _middle_2d(supports[ex_index]),
+                       "data_range": data_range, "images": {}, "metrics": {}}
+        for r in runners:
+            preds = []
+            for start in range(0, len(items), batch_size):
+                batch = collate(items[start:start + batch_size])
+                physics = physics_from_batch(batch).to(device)
+                y = (physics.mask * batch["kspace"].to(device)).to(torch.complex64)
+                t0 = time.perf_counter()
+                x, solver = r.fn(y, physics)
+                elapsed = time.perf_counter() - t0
+                if not torch.isfinite(torch.view_as_real(x)).all():
+                    raise InputError(f"{r.name} produced NaN/Inf on {fname}")
+                n = y.shape[0]
+                times[r.name].extend([elapsed / n] * n)
+                iters[r.name].extend(solver["iterations"] or [])
+                converged[r.name].extend(solver["converged"] or [])
+                preds.append(x.detach().cpu().numpy())
+            pred = np.concatenate(preds)
+            vol_scores = {"psnr": psnr(pred, targets, data_range, supports),
+                          "nmse": nmse(pred, targets, supports)}
+            slice_ssim = []
+            for k in range(len(items)):
+                s = evaluate_volume(pred[k], targets[k], data_range, supports[k])
+                slice_records[k]["metrics"][r.name] = s
+                slice_ssim.append(s["ssim"])
+            vol_scores["ssim"] = float(np.mean(slice_ssim))
+            vol_record["metrics"][r.name] = vol_scores
+            if example["fname"] == fname:
+                example["images"][r.name] = np.abs(_middle_2d(pred[ex_index]))
+                example["metrics"][r.name] = slice_records[ex_index]["metrics"][r.name]
+        per_volume.append(vol_record)
+        per_slice.extend(slice_records)
+        if progress:
+            scores = "  ".join(f"{n}: {vol_record['metrics'][n]['psnr']:.2f} dB" for n in vol_record["metrics"])
+            print(f"  {fname} ({len(items)} slices)  {scores}", flush=True)
+    if not per_volume:
+        raise InputError("the dataset holds no slice to evaluate")
+    units = per_volume if average_over == "volumes" else per_slice
+    summary: dict[str, dict[str, Any]] = {}
+    for r in runners:
+        s: dict[str, Any] = {"method": r.method, "source": r.source}
+        for key in ("psnr", "ssim", "nmse"):
+            mean, std = _stats([u["metrics"][r.name][key] for u in units])
+            s[key], s[f"{key}_std"] = mean, std
+        s["iterations"] = float(np.mean(iters[r.name])) if iters[r.name] else None
+        s["iterations_max"] = int(max(iters[r.name])) if iters[r.name] else None
+        s["converged_fraction"] = float(np.mean(converged[r.name])) if converged[r.name] else None
+        s["time_per_slice_s"] = float(np.mean(times[r.name]))
+        s["num_volumes"] = len(per_volume)
+        s["num_slices"] = len(per_slice)
+        s.update({k: v for k, v in r.meta.items() if k != "params"})
+        if "params" in r.meta:
+            s["params"] = r.meta["params"]
+        summary[r.name] = s
+    return {
+        "methods": summary,
+        "volumes": per_volume,
+        "slices": per_slice,
+        "example": example,
+        "settings": {"average_over": average_over, "batch_size": batch_size, "device": device,
+                     "metric": "fastMRI-style on magnitude inside the object support; data_range = volume max; "
+                               "SSIM 7x7"},
+    }
+
+
+SUMMARY_COLUMNS = ["method", "PSNR (dB)", "SSIM", "NMSE", "iterations", "time/slice (s)"]
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for :func:`~molrecon.evaluate.report.markdown_table`: ``mean ± std`` per metric."""
+    rows = []
+    for name, s in results["methods"].items():
+        rows.append({
+            "method": name,
+            "PSNR (dB)": f"{s['psnr']:.2f} ± {s['psnr_std']:.2f}",
+            "SSIM": f"{s['ssim']:.4f} ± {s['ssim_std']:.4f}",
+            "NMSE": f"{s['nmse']:.4g} ± {s['nmse_std']:.2g}",
+            "iterations": "-" if s["iterations"] is None else f"{s['iterations']:.1f}",
+            "time/slice (s)": f"{s['time_per_slice_s']:.3f}",
+        })
+    return rows
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """Replace non-finite floats (a DEQ's robustness constant is ``inf``) by ``None``: JSON has no Inf/NaN."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "molrecon evaluation",
+                 data_description: str = "", extra: dict[str, Any] | None = None,
+                 json_name: str = "report.json") -> dict[str, Path]:
+    """Write ``out_dir/<json_name>`` (summary, per-volume and per-slice scores, machine info),
+    ``report.md`` (table) and ``figure.png`` (grid of the example slice), each atomically."""
+    from .figures import comparison_grid
+    from .report import machine_info, markdown_table, write_json_atomic, write_text_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / json_name, "markdown": out / "report.md", "figure": out / "figure.png"}
+    ex = results["example"]
+    comparison_grid(ex["target"], ex["images"], paths["figure"], metrics=ex["metrics"],
+                    data_range=ex["data_range"], support=ex["support"],
+                    title=f"{title}: {ex['fname']} slice {ex['slice']}")
+    payload = {
+        "title": title,
+        "data": data_description,
+        "methods": results["methods"],
+        "settings": results["settings"],
+        "volumes": results["volumes"],
+        "slices": results["slices"],
+        "figure": paths["figure"].name,
+        "machine": machine_info(),
+    }
+    payload.update(extra or {})
+    write_json_atomic(paths["json"], _finite_or_none(payload))
+    avg = results["settings"]["average_over"]
+    n_vol = len(results["volumes"])
+    n_sl = len(results["slices"])
+    md = [f"# {title}\n", f"Data: {data_description}\n" if data_description else "",
+          f"{n_vol} volume(s), {n_sl} slice(s); mean ± std over {avg}. Metrics on the magnitude inside the object "
+          "support, data range = target volume maximum, SSIM 7×7 (fastMRI).\n",
+          markdown_table(summary_rows(results), SUMMARY_COLUMNS)]
+    notes = (extra or {}).get("notes")
+    if notes:
+        md.append("\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    md.append(f"\n![comparison]({paths['figure'].name})\n")
+    write_text_atomic(paths["markdown"], "\n".join(s for s in md if s))
+    return paths

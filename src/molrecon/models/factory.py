@@ -1,0 +1,62 @@
+"""Build any learned model from a plain config dict (what configs, checkpoints and pretrained sidecars store).
+
+``config["method"]`` picks the class; every other key is a constructor keyword:
+
+=========  ==================================================================
+``mol-sn``  ``MOL(constraint="sn", ...)``  spectral-normalised CNN (certified)
+``mol-lr``  ``MOL(constraint="lr", ...)``  Lipschitz-regularised CNN (estimated)
+``deq``     ``MOL(constraint="none", ...)``  the unconstrained DEQ baseline
+``modl``    ``MoDL(...)``  unrolled baseline (Aggarwal et al.)
+=========  ==================================================================
+
+Every model exposes ``config()`` so that ``build_model(model.config())`` rebuilds the same architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+METHODS = ("mol-sn", "mol-lr", "deq", "modl")
+_MOL_CONSTRAINT = {"mol-sn": "sn", "mol-lr": "lr", "deq": "none"}
+_CONSTRAINT_METHOD = {v: k for k, v in _MOL_CONSTRAINT.items()}
+
+
+def model_config(model: torch.nn.Module) -> dict[str, Any]:
+    """``model.config()`` with ``"method"`` always present (so it can be stored and fed to :func:`build_model`)."""
+    cfg = dict(model.config())
+    cfg.setdefault("method", model.method_name)
+    return cfg
+
+
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate the model described by ``config`` (``{"method": ..., **kwargs}``; a MOL config that only
+    names its ``constraint`` is accepted too)."""
+    if not isinstance(config, dict):
+        raise InputError(f"model config must be a mapping, got {type(config).__name__}")
+    kwargs = dict(config)
+    method = kwargs.pop("method", None)
+    if method is None and kwargs.get("constraint") in _CONSTRAINT_METHOD:
+        method = _CONSTRAINT_METHOD[kwargs["constraint"]]  # a bare MOL.config() names only its constraint
+    if method not in METHODS:
+        raise InputError(f"unknown model method {method!r} (known: {', '.join(METHODS)})")
+    if method == "modl":
+        from .modl import MoDL
+
+        cls, extra = MoDL, {}
+    else:
+        from .mol import MOL
+
+        constraint = _MOL_CONSTRAINT[method]
+        given = kwargs.pop("constraint", constraint)
+        if given != constraint:
+            raise InputError(f"model method {method!r} implies constraint={constraint!r}, but the config says "
+                             f"constraint={given!r}")
+        cls, extra = MOL, {"constraint": constraint}
+    try:
+        return cls(**extra, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"bad model config for {method!r}: {exc}") from None

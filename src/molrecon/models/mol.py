@@ -1,0 +1,419 @@
+r"""MOL: Monotone Operator Learning (Pramanik, Zimmerman & Jacob, IEEE TCI 2023) as a deep-equilibrium model.
+
+The reconstruction is the solution of the monotone inclusion
+
+.. math:: F(x) + \lambda A^H (A x - b) = 0,\qquad F = I - H,
+
+with :math:`H` a CNN (:class:`~molrecon.models.cnn.ConvDenoiser`). When :math:`\operatorname{Lip}(H) \le L < 1`,
+:math:`F` is :math:`m = 1 - L` monotone and the solution is unique and robust to perturbations of :math:`b`.
+It is found by iterating the MOL block
+
+.. math:: z = (1-\alpha)\,x + \alpha\,H(x),\qquad x^+ = (I + \alpha\lambda A^H A)^{-1}(z + \alpha\lambda A^H b),
+
+whose fixed points are exactly the solutions above for every :math:`\alpha > 0`. The block is a contraction with
+factor :math:`c = |1-\alpha| + \alpha L` for :math:`0 < \alpha < 2/(1+L)`; the default :math:`\alpha = 1`
+minimises :math:`c` (:math:`c = L`) — the authors' :math:`\alpha = 0.01` gives :math:`c = 1 - 0.01\,m`, hence
+their ~150 iterations. See ``docs/theory.md`` for the derivations.
+
+Forward: from the CG-SENSE start, plain or Anderson iterations under ``no_grad`` with per-sample stopping; the DC
+step is ``cg_iter`` CG iterations warm-started at :math:`x` (fixed points are unchanged: at a fixed point the
+warm start already solves the system). A last *exact* block (CG to ``cg_tol``) gives the output and the
+a-posteriori bound :math:`\|x_{out} - x^\star\| \le c/(1-c)\,\|x_{out} - x_n\|`.
+
+Backward: implicit (:mod:`molrecon.solvers.implicit`) — one recorded exact block, an adjoint fixed-point solve
+with vector–Jacobian products, and an implicit CG backward of the DC solve. Memory does not depend on the
+number of forward iterations.
+
+Example
+-------
+>>> model = MOL(constraint="sn", dims="2d", channels=8, layers=3)
+>>> x = model(y, physics)                       # doctest: +SKIP
+>>> x, info = model.solve(y, physics)           # doctest: +SKIP
+>>> model.certificate(physics)["contraction"]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import ConvergenceError, InputError
+from ..physics.mri import check_finite
+from ..solvers.cg import conjugate_gradient
+from ..solvers.fixed_point import fixed_point_solve
+from ..solvers.implicit import attach_implicit_backward, dc_solve
+from ..solvers.info import SolverInfo
+from .cnn import DIMS, ConvDenoiser
+from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
+
+CONSTRAINTS = {"sn": "mol-sn", "lr": "mol-lr", "none": "deq"}
+
+
+def _norms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+
+
+def contraction_factor(alpha: float, lipschitz: float) -> float:
+    """Lipschitz bound ``|1−α| + αL`` of the MOL block (``‖(I + αλA^HA)^{-1}‖ ≤ 1``)."""
+    return abs(1.0 - alpha) + alpha * lipschitz
+
+
+def robustness_constant(lam: float, m: float, norm_a: float = 1.0) -> float:
+    r"""``C`` in ``‖x*(b1) − x*(b2)‖ ≤ C‖b1 − b2‖``: :math:`\min(\lambda\|A\|/m,\ \tfrac12\sqrt{\lambda/m})`."""
+    if m <= 0:
+        return math.inf
+    return min(lam * norm_a / m, 0.5 * math.sqrt(lam / m))
+
+
+class MOL(nn.Module):
+    """Monotone Operator Learning reconstruction (see the module docstring for the math).
+
+    Parameters
+    ----------
+    denoiser: the CNN ``H`` (complex → complex); ``None`` builds the paper's :class:`ConvDenoiser` for ``dims``
+        (now if ``dims`` is given, else at the first call from ``physics.dims``).
+    constraint: ``"sn"`` (MOL-SN, certified), ``"lr"`` (MOL-LR, Lipschitz penalty), ``"none"`` (plain DEQ).
+    max_iter, tol: forward fixed-point iterations and relative-change tolerance.
+    alpha: step of the block (default 1: the smallest contraction factor; any ``0 < α < 2/(1+L)`` contracts).
+    lam: data-consistency weight λ (learnable when ``learn_lam``; stored as ``log_lam``).
+    solver: ``"anderson"`` or ``"plain"`` (forward and adjoint).
+    dims, channels, layers, kernel_size: the CNN built when ``denoiser`` is ``None``.
+    lipschitz_target: ``L`` of MOL-SN. cg_iter: CG iterations of the DC step per forward iteration.
+    strict: raise :class:`ConvergenceError` instead of warning when the forward does not converge.
+    cg_tol, dc_exact_iter: tolerance/cap of the exact DC solves (output step, recorded step, backward).
+    anderson_m: Anderson memory. min_iter: minimum forward iterations.
+    backward_max_iter, backward_tol: adjoint solve (defaults: ``max_iter``, ``tol/10``).
+    init_lam, init_cg_iter: CG-SENSE start (the authors': λ = 100, 50 iterations).
+    lr_weight, lr_threshold, lr_eps, lr_steps, lr_noise, lr_step_size: MOL-LR penalty (authors: 1e-6, 0.98,
+        1e-3, 10 ascent steps, 0.01, 1.0).
+    """
+
+    def __init__(self, denoiser: nn.Module | None = None, constraint: str = "sn", max_iter: int = 100,
+                 tol: float = 1e-4, alpha: float = 1.0, lam: float = 100.0, solver: str = "anderson",
+                 dims: str | None = None, channels: int = 64, layers: int = 5, lipschitz_target: float = 0.95,
+                 cg_iter: int = 5, strict: bool = False, learn_lam: bool = True, kernel_size: int = 3,
+                 cg_tol: float = 1e-6, dc_exact_iter: int = 100, anderson_m: int = 5, min_iter: int = 2,
+                 backward_max_iter: int | None = None, backward_tol: float | None = None,
+                 init_lam: float = 100.0, init_cg_iter: int = 50, lr_weight: float = 1e-6,
+                 lr_threshold: float = 0.98, lr_eps: float = 1e-3, lr_steps: int = 10, lr_noise: float = 0.01,
+                 lr_step_size: float = 1.0) -> None:
+        super().__init__()
+        if constraint not in CONSTRAINTS:
+            raise InputError(f"MOL: constraint must be one of {tuple(CONSTRAINTS)}, got {constraint!r}")
+        if solver not in ("anderson", "plain"):
+            raise InputError(f"MOL: solver must be 'anderson' or 'plain', got {solver!r}")
+        if dims is not None and dims not in DIMS:
+            raise InputError(f"MOL: dims must be one of {DIMS} or None, got {dims!r}")
+        if not (alpha > 0):
+            raise InputError(f"MOL: alpha must be > 0, got {alpha}")
+        if not (lam > 0) or not math.isfinite(lam):
+            raise InputError(f"MOL: lam must be a positive number, got {lam}")
+        if max_iter < 1 or cg_iter < 1:
+            raise InputError(f"MOL: max_iter and cg_iter must be >= 1, got {max_iter}, {cg_iter}")
+        if constraint == "sn" and not (0 < lipschitz_target < 1):
+            raise InputError(f"MOL-SN: lipschitz_target must be in (0, 1), got {lipschitz_target}")
+        self.constraint, self.max_iter, self.tol, self.alpha = constraint, int(max_iter), float(tol), float(alpha)
+        self.solver, self.dims, self.channels, self.layers = solver, dims, int(channels), int(layers)
+        self.kernel_size, self.lipschitz_target = int(kernel_size), float(lipschitz_target)
+        self.cg_iter, self.strict, self.learn_lam = int(cg_iter), bool(strict), bool(learn_lam)
+        self.cg_tol, self.dc_exact_iter, self.anderson_m = float(cg_tol), int(dc_exact_iter), int(anderson_m)
+        self.min_iter = int(min_iter)
+        self.backward_max_iter = int(backward_max_iter) if backward_max_iter is not None else None
+        self.backward_tol = float(backward_tol) if backward_tol is not None else None
+        self.init_lam, self.init_cg_iter = float(init_lam), int(init_cg_iter)
+        self.lr_weight, self.lr_threshold, self.lr_eps = float(lr_weight), float(lr_threshold), float(lr_eps)
+        self.lr_steps, self.lr_noise, self.lr_step_size = int(lr_steps), float(lr_noise), float(lr_step_size)
+        self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
+        self._custom_denoiser = denoiser is not None
+        self.denoiser: nn.Module | None = denoiser
+        if denoiser is None and dims is not None:
+            self._build(dims)
+        self.last_info: SolverInfo | None = None
+        self.last_backward_info: SolverInfo | None = None
+        self._lip_estimate: float | None = None
+        self._last_x: torch.Tensor | None = None
+
+    # -- construction ---------------------------------------------------------------------------------------
+    def _build(self, dims: str) -> None:
+        self.denoiser = ConvDenoiser(dims=dims, channels=self.channels, layers=self.layers,
+                                     kernel_size=self.kernel_size, spectral_norm=self.constraint == "sn",
+                                     lipschitz_target=self.lipschitz_target).to(self.log_lam.device)
+        self.dims = dims
+
+    def _ensure_denoiser(self, physics) -> nn.Module:
+        if self.denoiser is None:
+            self._build(physics.dims)
+        den_dims = getattr(self.denoiser, "dims", None)
+        if den_dims is not None and den_dims != physics.dims:
+            raise InputError(f"MOL: the CNN was built for dims={den_dims!r} but the data is {physics.dims!r}")
+        return self.denoiser
+
+    @property
+    def method_name(self) -> str:
+        return CONSTRAINTS[self.constraint]
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """λ = exp(log_lam) (always positive)."""
+        return self.log_lam.exp()
+
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable) that rebuild this model; weights come from the state dict."""
+        den = self.denoiser
+        cfg = {"constraint": self.constraint, "max_iter": self.max_iter, "tol": self.tol, "alpha": self.alpha,
+               "lam": float(self.lam.detach()), "solver": self.solver, "dims": self.dims,
+               "channels": self.channels, "layers": self.layers, "lipschitz_target": self.lipschitz_target,
+               "cg_iter": self.cg_iter, "strict": self.strict, "learn_lam": self.learn_lam,
+               "kernel_size": self.kernel_size, "cg_tol": self.cg_tol, "dc_exact_iter": self.dc_exact_iter,
+               "anderson_m": self.anderson_m, "min_iter": self.min_iter,
+               "backward_max_iter": self.backward_max_iter, "backward_tol": self.backward_tol,
+               "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter, "lr_weight": self.lr_weight,
+               "lr_threshold": self.lr_threshold, "lr_eps": self.lr_eps, "lr_steps": self.lr_steps,
+               "lr_noise": self.lr_noise, "lr_step_size": self.lr_step_size}
+        if isinstance(den, ConvDenoiser):
+            cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
+        elif den is not None:
+            raise InputError(f"MOL.config: a custom denoiser ({type(den).__name__}) cannot be described by a "
+                             f"config; use ConvDenoiser")
+        return cfg
+
+    # -- checks ---------------------------------------------------------------------------------------------
+    def _check_inputs(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> None:
+        if not hasattr(physics, "check_kspace") or not hasattr(physics, "normal"):
+            raise InputError(f"MOL: physics must be a MultiCoilMRI, got {type(physics).__name__}")
+        if not isinstance(y, torch.Tensor):
+            raise InputError(f"MOL: k-space must be a torch tensor, got {type(y).__name__}")
+        physics.check_kspace(y, "MOL input k-space")
+        check_finite(y, "MOL input k-space")
+        if y.device != self.log_lam.device:
+            raise InputError(f"MOL: k-space is on {y.device} but the model is on {self.log_lam.device}")
+        if x0 is not None:
+            physics.check_image(x0, "MOL start image x0")
+            check_finite(x0, "MOL start image x0")
+            if x0.shape[0] != y.shape[0]:
+                raise InputError(f"MOL: start image batch {x0.shape[0]} != k-space batch {y.shape[0]}")
+        for name, p in self.named_parameters():
+            if not torch.isfinite(p).all():
+                raise InputError(f"MOL: parameter {name} contains NaN/Inf")
+
+    # -- the block ------------------------------------------------------------------------------------------
+    def _h(self, x: torch.Tensor, weights) -> torch.Tensor:
+        if isinstance(self.denoiser, ConvDenoiser):
+            return self.denoiser.apply(x, weights)
+        return self.denoiser(x)
+
+    def _weights(self, spatial):
+        if isinstance(self.denoiser, ConvDenoiser):
+            return self.denoiser.effective_weights(spatial)
+        return None
+
+    def _block(self, x: torch.Tensor, weights, aty: torch.Tensor, physics, mu: torch.Tensor,
+               exact: bool, where: str = "") -> torch.Tensor:
+        """One MOL block ``x⁺ = (I + μN)^{-1}((1−α)x + αH(x) + μA^H b)`` with ``μ = αλ``."""
+        hx = self._h(x, weights)
+        if not torch.isfinite(hx).all():
+            raise InputError(f"MOL: the CNN output H(x) contains NaN/Inf {where} (check the weights and the "
+                             f"scale of the input)")
+        rhs = (1 - self.alpha) * x + self.alpha * hx + mu * aty
+        if exact:
+            return dc_solve(rhs, mu, physics.normal, x0=x, max_iter=self.dc_exact_iter, tol=self.cg_tol)
+        mu_d = mu.detach()
+        out, _ = conjugate_gradient(lambda v: v + mu_d * physics.normal(v), rhs, x0=x, max_iter=self.cg_iter,
+                                    tol=self.cg_tol)
+        return out
+
+    def initial_image(self, y: torch.Tensor, physics) -> torch.Tensor:
+        """CG-SENSE start: ``argmin λ0‖Ax − b‖² + ‖x‖²`` (λ0 = ``init_lam``, ``init_cg_iter`` CG iterations)."""
+        lam0 = self.init_lam
+        with torch.no_grad():
+            x, _ = conjugate_gradient(lambda v: v + lam0 * physics.normal(v), lam0 * physics.A_adjoint(y),
+                                      max_iter=self.init_cg_iter, tol=1e-6)
+        return x
+
+    # -- certificates and bounds ----------------------------------------------------------------------------
+    def _lipschitz_for_bound(self, x: torch.Tensor, weights) -> tuple[float, bool]:
+        """``(L, certified)`` used for the a-posteriori bound of a solve."""
+        den = self.denoiser
+        if self.constraint == "sn" and isinstance(den, ConvDenoiser):
+            t = den.per_layer_target
+            L = 1.0
+            for s in den.last_sigmas:
+                L *= min(s, t)
+            # eval mode normalises by certified upper bounds (certified); training mode by power iteration
+            return L, not den.training
+        if self.training:
+            return (self._lip_estimate if self._lip_estimate is not None else math.nan), False
+        est = jacobian_spectral_norm(lambda v: self._h(v, weights), x, n_iter=10,
+                                     generator=torch.Generator().manual_seed(0))
+        return float(est.max()), False
+
+    @staticmethod
+    def _norm_a_bound(physics) -> float:
+        """Rigorous ``‖A‖ ≤ max_pixels sqrt(Σ_c |S_c|²)`` (orthonormal FFT, 0/1 mask)."""
+        return float(physics.maps.abs().pow(2).sum(dim=1).sqrt().max())
+
+    def certificate(self, physics, x: torch.Tensor | None = None) -> dict:
+        """The theorems' constants for this model on this acquisition (see ``docs/theory.md``).
+
+        Keys: ``m`` (monotonicity of F = I − H), ``L`` (Lipschitz bound of H), ``alpha_range`` (steps with a
+        contractive block), ``alpha``, ``contraction`` (factor of the block at ``alpha``),
+        ``robustness_constant`` (C in ‖x*(b1) − x*(b2)‖ ≤ C‖b1 − b2‖), ``certified`` (True only when L is a
+        proven bound < 1: MOL-SN), ``estimator``, ``lam``, ``norm_A_bound``, ``method``.
+        For MOL-LR / DEQ, L is the larger of the adversarial and Jacobian power-iteration estimates at ``x``
+        (default: the last reconstruction of matching shape, else the CG-SENSE-free random image).
+        """
+        den = self.denoiser if self.denoiser is not None else None
+        if den is None:
+            if self.dims is None:
+                self._build(physics.dims)
+            else:
+                self._build(self.dims)
+            den = self.denoiser
+        spatial = tuple(physics.spatial_shape)
+        if self.constraint == "sn" and isinstance(den, ConvDenoiser):
+            with torch.no_grad():
+                L = den.certified_lipschitz(spatial)
+            estimator = "certified: product of circular-embedding conv norms"
+            certified = L < 1
+        else:
+            if x is None:
+                if self._last_x is not None and tuple(self._last_x.shape[1:]) == spatial:
+                    x = self._last_x[:1]
+                else:
+                    g = torch.Generator().manual_seed(0)
+                    x = torch.randn((1, *spatial), generator=g, dtype=torch.complex64).to(self.log_lam.device)
+            weights = self._weights(spatial)
+            h = lambda v: self._h(v, weights)  # noqa: E731
+            jac = float(jacobian_spectral_norm(h, x, n_iter=30, generator=torch.Generator().manual_seed(0)).max())
+            adv = float(adversarial_lipschitz(h, x, steps=self.lr_steps, noise=self.lr_noise,
+                                              step_size=self.lr_step_size,
+                                              generator=torch.Generator().manual_seed(0)).detach().max())
+            L = max(jac, adv)
+            self._lip_estimate = L
+            estimator = "estimate: max(adversarial, Jacobian power iteration)"
+            certified = False
+        lam = float(self.lam.detach())
+        m = 1.0 - L
+        norm_a = self._norm_a_bound(physics)
+        return {"method": self.method_name, "m": m, "L": L,
+                "alpha_range": [0.0, 2.0 / (1.0 + L)] if L < 1 else [0.0, 0.0], "alpha": self.alpha,
+                "contraction": contraction_factor(self.alpha, L),
+                "robustness_constant": robustness_constant(lam, m, norm_a),
+                "certified": bool(certified), "estimator": estimator, "lam": lam, "norm_A_bound": norm_a,
+                "spatial_shape": list(spatial)}
+
+    # -- solving --------------------------------------------------------------------------------------------
+    def _run(self, y: torch.Tensor, physics, x0: torch.Tensor | None, weights) -> tuple[torch.Tensor, SolverInfo]:
+        """Fixed-point solve under no_grad with per-sample stopping, then one exact block + error bound."""
+        B = y.shape[0]
+        with torch.no_grad():
+            w_d = [w.detach() for w in weights] if weights is not None else None
+            mu = (self.alpha * self.lam).detach()
+            aty = physics.A_adjoint(y.detach())
+            if x0 is None:
+                x0 = self.initial_image(y.detach(), physics)
+            counter = {"k": 0}
+
+            def T(xs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+                counter["k"] += 1
+                if idx.numel() == B:
+                    ph, a = physics, aty
+                else:
+                    ph, a = physics.subset(idx), aty[idx]
+                return self._block(xs, w_d, a, ph, mu, exact=False, where=f"at iteration {counter['k']}")
+
+            x_last, info = fixed_point_solve(T, x0.detach(), solver=self.solver, max_iter=self.max_iter,
+                                             tol=self.tol, min_iter=self.min_iter, m=self.anderson_m)
+            # one exact block: the output, and the a-posteriori bound ‖x_out − x*‖ ≤ c/(1−c)‖x_out − x_last‖
+            # (CG to cg_tol; its residual r enters the bound as ‖r‖/(1−c) since ‖(I + μN)^{-1}‖ ≤ 1)
+            hx = self._h(x_last, w_d)
+            if not torch.isfinite(hx).all():
+                raise InputError("MOL: the CNN output H(x) contains NaN/Inf in the final step")
+            rhs = (1 - self.alpha) * x_last + self.alpha * hx + mu * aty
+            x_out, cg_info = conjugate_gradient(lambda v: v + mu * physics.normal(v), rhs, x0=x_last,
+                                                max_iter=self.dc_exact_iter, tol=self.cg_tol)
+            step = _norms(x_out - x_last)
+            cg_err = cg_info.final_residual.to(step.dtype) * _norms(rhs)
+        L, certified = self._lipschitz_for_bound(x_out, w_d)
+        c = contraction_factor(self.alpha, L) if math.isfinite(L) else math.nan
+        if math.isfinite(c) and c < 1:
+            bound = step * (c / (1 - c)) + cg_err / (1 - c)
+        else:
+            bound = torch.full_like(step, math.inf if math.isfinite(c) else math.nan)
+        xn = _norms(x_out).clamp_min(1e-30)
+        info.extra.update({"error_bound": bound, "error_bound_relative": bound / xn, "contraction": c,
+                           "lipschitz": L, "bound_certified": bool(certified and c < 1),
+                           "method": self.method_name, "final_step": step, "init": "cg-sense" if x0 is None else "x0"})
+        if not info.all_converged:
+            bad = (~info.converged).nonzero().flatten().tolist()
+            res = float(info.extra["best_residual"][~info.converged].max())
+            msg = (f"MOL ({self.method_name}) forward did not converge for sample(s) {bad}: relative change "
+                   f"{res:.2e} > tol {self.tol:.1e} after {self.max_iter} iterations")
+            if self.strict:
+                raise ConvergenceError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if not torch.isfinite(x_out).all():
+            raise InputError(f"MOL ({self.method_name}): the reconstruction contains NaN/Inf (diverged)")
+        self._last_x = x_out.detach()
+        self.last_info = info
+        return x_out, info
+
+    def solve(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolverInfo]:
+        """Reconstruct without gradients; return ``(x, info)``. ``info.extra["error_bound"]`` is the per-sample
+        a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode)."""
+        self._check_inputs(y, physics, x0)
+        self._ensure_denoiser(physics)
+        with torch.no_grad():
+            weights = self._weights(tuple(physics.spatial_shape))
+            return self._run(y, physics, x0, weights)
+
+    def forward(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation."""
+        self._check_inputs(y, physics, x0)
+        self._ensure_denoiser(physics)
+        weights = self._weights(tuple(physics.spatial_shape))  # once: the same H for every iteration
+        x_star, info = self._run(y, physics, x0, weights)
+        need_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if not need_grad:
+            return x_star
+        x_in = x_star.detach().requires_grad_(True)
+        mu = self.alpha * self.lam
+        out = self._block(x_in, weights, physics.A_adjoint(y), physics, mu, exact=True,
+                          where="in the recorded step")
+
+        def record(binfo: SolverInfo) -> None:
+            self.last_backward_info = binfo
+
+        return attach_implicit_backward(out, x_in, solver=self.solver,
+                                        max_iter=self.backward_max_iter or self.max_iter,
+                                        tol=self.backward_tol if self.backward_tol is not None else self.tol / 10,
+                                        m=self.anderson_m, on_info=record)
+
+    # -- training penalty -----------------------------------------------------------------------------------
+    def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate around ``x_hat``
+        (detached); logs ``lipschitz`` (max over the batch) and ``lipschitz_penalty``. Zero for SN / DEQ."""
+        zero = self.log_lam.new_zeros(())
+        if self.constraint != "lr":
+            return zero, {}
+        if self.denoiser is None:
+            raise InputError("MOL.extra_loss: call the model once (or pass dims=) before the penalty")
+        if not torch.isfinite(x_hat).all():
+            raise InputError("MOL.extra_loss: x_hat contains NaN/Inf")
+        weights = self._weights(tuple(x_hat.shape[1:]))
+        lip = adversarial_lipschitz(lambda v: self._h(v, weights), x_hat.detach(), steps=self.lr_steps,
+                                    noise=self.lr_noise, step_size=self.lr_step_size)
+        pen = lipschitz_barrier(lip, self.lr_threshold, self.lr_eps).mean()
+        lmax = float(lip.detach().max())
+        self._lip_estimate = lmax
+        return self.lr_weight * pen, {"lipschitz": lmax, "lipschitz_penalty": float(self.lr_weight * pen.detach())}
+
+    def extra_repr(self) -> str:
+        return (f"method={self.method_name!r}, solver={self.solver!r}, alpha={self.alpha}, "
+                f"max_iter={self.max_iter}, tol={self.tol}")
+
+
+__all__ = ["MOL", "contraction_factor", "robustness_constant"]

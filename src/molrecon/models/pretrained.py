@@ -1,0 +1,253 @@
+"""Registry of the pretrained models shipped with molrecon.
+
+Each shipped model is a pair of files in ``molrecon/pretrained/`` (or another ``root``):
+
+- ``<name>.safetensors``: the weights (a flat ``str -> tensor`` map; safetensors never executes code on load,
+  unlike a pickle);
+- ``<name>.json``: the sidecar: the model config that :func:`molrecon.models.build_model` turns into the
+  module, the exact training command and config that reproduce the weights, the validation figures reached,
+  the SHA-256 of the weights file (checked on every load, so a truncated or swapped file is refused) and the
+  machine it was trained on.
+
+Names follow ``<method>-<2d|3d|2dt>-<accel>x`` (``shared/CONVENTIONS.md``), e.g. ``mol-lr-2d-4x``.
+
+Example
+-------
+>>> import molrecon
+>>> model = molrecon.load_pretrained("mol-lr-2d-4x")          # doctest: +SKIP
+>>> x = model(y, physics)                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, InputError
+
+#: Folder of the weights shipped inside the package.
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+#: Environment variable naming another folder of pretrained pairs (your own exports), used instead.
+PRETRAINED_ENV = "MOLRECON_PRETRAINED_DIR"
+
+#: Sidecar format version; bump when the JSON layout changes incompatibly.
+FORMAT_VERSION = 1
+
+_NAME_RE = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<dims>2d|3d|2dt)-(?P<accel>\d+(?:\.\d+)?)x$")
+_DIMS_FROM_TAG = {"2d": "2d", "3d": "3d", "2dt": "2d+t"}
+
+
+def parse_name(name: str) -> dict[str, Any]:
+    """Split ``"mol-lr-2d-4x"`` into ``{"method": "mol-lr", "dims": "2d", "acceleration": 4.0}``.
+
+    ``dims`` is the physics spelling (``"2d"``, ``"3d"``, ``"2d+t"``); the name uses ``2dt`` for ``2d+t``.
+    """
+    m = _NAME_RE.match(name)
+    if not m:
+        raise InputError(f"pretrained name {name!r} does not follow '<method>-<2d|3d|2dt>-<accel>x' "
+                         f"(e.g. 'mol-lr-2d-4x')")
+    return {"method": m["method"], "dims": _DIMS_FROM_TAG[m["dims"]], "acceleration": float(m["accel"])}
+
+
+def _root(root: str | os.PathLike | None) -> Path:
+    """``root``, else ``$MOLRECON_PRETRAINED_DIR``, else the package's ``pretrained/`` folder."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get(PRETRAINED_ENV)
+    return Path(env).expanduser() if env else PRETRAINED_DIR
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_meta(json_path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{json_path}: unreadable pretrained sidecar ({exc})") from None
+    if not isinstance(meta, dict) or "model_config" not in meta or "weights" not in meta:
+        raise CheckpointError(f"{json_path}: not a molrecon pretrained sidecar (missing 'model_config'/'weights')")
+    return meta
+
+
+def list_pretrained(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The shipped models, sorted by name: each entry is the sidecar JSON plus ``"name"`` and ``"path"``.
+
+    A sidecar without its weights file is left out (it cannot be loaded).
+    """
+    folder = _root(root)
+    if not folder.is_dir():
+        return []
+    out = []
+    for json_path in sorted(folder.glob("*.json")):
+        weights = json_path.with_suffix(".safetensors")
+        if not weights.exists():
+            continue
+        meta = _read_meta(json_path)
+        meta.setdefault("name", json_path.stem)
+        meta["path"] = str(weights)
+        out.append(meta)
+    return out
+
+
+def available_names(root: str | os.PathLike | None = None) -> list[str]:
+    """Names accepted by :func:`load_pretrained`."""
+    return [m["name"] for m in list_pretrained(root)]
+
+
+def pretrained_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The sidecar of one shipped model; unknown name → :class:`InputError` listing the available ones."""
+    folder = _root(root)
+    json_path, weights = folder / f"{name}.json", folder / f"{name}.safetensors"
+    if not (json_path.exists() and weights.exists()):
+        names = available_names(root)
+        listing = ", ".join(names) if names else "none shipped yet"
+        raise InputError(f"unknown pretrained model {name!r} (available: {listing}; see `molrecon models`)")
+    meta = _read_meta(json_path)
+    meta.setdefault("name", name)
+    meta["path"] = str(weights)
+    return meta
+
+
+def load_pretrained(name: str, device: str | Any = "cpu", root: str | os.PathLike | None = None,
+                    verify: bool = True):
+    """Build the shipped model ``name`` and load its weights, ready for ``model(y, physics)``.
+
+    The module comes from :func:`molrecon.models.build_model` applied to the sidecar's ``model_config``; the
+    weights come from safetensors (no pickle, so loading cannot run code) and must match the module exactly
+    (``strict=True``). With ``verify`` the weights' SHA-256 must equal the one recorded at export. The model
+    is returned in ``eval()`` mode with the sidecar attached as ``model.pretrained_meta``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .factory import build_model
+
+    meta = pretrained_info(name, root)
+    weights = Path(meta["path"])
+    expected = meta["weights"].get("sha256")
+    if verify and expected and _sha256(weights) != expected:
+        raise CheckpointError(f"{weights}: SHA-256 does not match the sidecar (corrupted or replaced weights)")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: cannot read safetensors weights ({exc})") from None
+    model = build_model(dict(meta["model_config"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{weights}: weights do not fit the model built from the sidecar config ({first})") \
+            from None
+    model.pretrained_meta = meta
+    return model.to(device).eval()
+
+
+def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: dict[str, Any] | None = None,
+                    root: str | os.PathLike | None = None) -> Path:
+    """Write ``model``'s weights and sidecar as the shipped pair ``root/<name>.safetensors|.json``.
+
+    ``model_config`` must rebuild ``model`` through :func:`molrecon.models.build_model`. Both files are written
+    atomically; the JSON is written last, so a listed model always has complete weights.
+    """
+    from safetensors.torch import save_file
+
+    from ..evaluate.report import machine_info, write_json_atomic
+    from ..io import atomic_path
+
+    parsed = parse_name(name)
+    folder = _root(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared or non-contiguous storage; cloned contiguous CPU tensors are always accepted.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    weights = folder / f"{name}.safetensors"
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"name": name, "format": "molrecon-pretrained"})
+    sidecar: dict[str, Any] = {
+        "name": name,
+        "format_version": FORMAT_VERSION,
+        "method": getattr(model, "method_name", parsed["method"]),
+        "dims": parsed["dims"],
+        "acceleration": parsed["acceleration"],
+        "model_config": dict(model_config),
+        "weights": {
+            "file": weights.name,
+            "sha256": _sha256(weights),
+            "bytes": weights.stat().st_size,
+            "num_parameters": int(sum(v.numel() for v in state.values())),
+        },
+        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "export_machine": machine_info(),
+    }
+    for key, value in (meta or {}).items():
+        if key in ("weights", "format_version", "model_config"):
+            raise InputError(f"extra_meta may not override {key!r}")
+        sidecar[key] = value
+    write_json_atomic(folder / f"{name}.json", sidecar)
+    return weights
+
+
+def _read_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``(model, model_config, checkpoint_summary)`` of a training checkpoint, loaded without pickle code.
+
+    :func:`molrecon.train.checkpoint.load_checkpoint` reads it with ``torch.load(weights_only=True)`` and checks
+    the layout; the model is rebuilt from its ``model_config`` exactly as the trainer does.
+    """
+    from ..train.checkpoint import load_checkpoint
+    from .factory import build_model
+
+    state = load_checkpoint(path)
+    model_config = dict(state["model_config"])
+    try:
+        model = build_model(dict(model_config))
+        model.load_state_dict(state["model_state"], strict=True)
+        # The model's own description is complete (e.g. MOL's lazily inferred ``dims``), so prefer it: the
+        # shipped model must rebuild without the training defaults that filled the checkpoint's config.
+        if callable(getattr(model, "config", None)):
+            full = {"method": model.method_name, **model.config()}
+            build_model(dict(full)).load_state_dict(model.state_dict(), strict=True)
+            model_config = full
+    except Exception as exc:  # noqa: BLE001 - any failure here means the checkpoint cannot be shipped
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot rebuild the model from the checkpoint ({first})") from None
+    summary: dict[str, Any] = {"config": state.get("config"), "step": state.get("step"),
+                               "checkpoint": path.name}
+    for key in ("epoch", "metrics", "molrecon_version"):
+        if key in state:
+            summary[key] = state[key]
+    return model.eval(), model_config, summary
+
+
+def export_pretrained(checkpoint_path: str | os.PathLike, name: str, extra_meta: dict[str, Any] | None = None,
+                      root: str | os.PathLike | None = None) -> Path:
+    """Turn a training checkpoint into the shipped pair ``<name>.safetensors`` + ``<name>.json``.
+
+    ``extra_meta`` is merged into the sidecar; put there what a reader needs to trust the numbers, e.g.
+    ``{"training": {"command": "molrecon train configs/mol_lr_2d.yaml", "device": "2 CPU cores",
+    "wall_time_s": 1800}, "validation": {"psnr": 36.1, "ssim": 0.93, "split": "builtin-2d val"}}``.
+    The checkpoint's config and step are recorded under ``"training"`` whatever ``extra_meta`` says.
+    """
+    path = Path(checkpoint_path)
+    model, model_config, summary = _read_training_checkpoint(path)
+    meta = dict(extra_meta or {})
+    training = dict(meta.pop("training", {}) or {})
+    training.setdefault("config", summary["config"])
+    training.setdefault("step", summary["step"])
+    training.setdefault("checkpoint", summary["checkpoint"])
+    if "command" not in training and isinstance(summary["config"], dict) and summary["config"].get("command"):
+        training["command"] = summary["config"]["command"]
+    for key in ("epoch", "metrics", "molrecon_version"):
+        if key in summary:
+            training.setdefault(key, summary[key])
+    meta["training"] = training
+    return save_pretrained(model, model_config, name, meta, root)

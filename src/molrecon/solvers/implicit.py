@@ -1,0 +1,147 @@
+r"""Implicit differentiation: through a fixed point, and through the CG data-consistency solve.
+
+Fixed point (deep equilibrium, Bai et al. 2019)
+-----------------------------------------------
+Let :math:`x^\star = T(x^\star, \theta)`. By the implicit function theorem, for a loss :math:`\ell(x^\star)` with
+:math:`v = \partial\ell/\partial x^\star`,
+
+.. math:: \frac{d\ell}{d\theta} = \Big(\frac{\partial T}{\partial\theta}\Big)^T g,\qquad
+          g = v + J_T(x^\star)^T g,
+
+where :math:`J_T = \partial T/\partial x`. When :math:`T` is a contraction (:math:`\|J_T\| \le c < 1`) the adjoint
+equation is itself a contraction and is solved by the same plain/Anderson iteration, using vector–Jacobian
+products of *one* step of :math:`T`. :func:`attach_implicit_backward` implements this with a single recorded
+step ``out = T(x_in)`` (``x_in`` = the detached fixed point, a leaf that requires grad) and a hook on ``out``
+that replaces the incoming gradient :math:`v` by :math:`g`; autograd then backpropagates :math:`g` through the
+one step into :math:`\theta`. Memory: one step's graph, whatever the number of forward iterations.
+
+If the adjoint iteration does not converge the hook falls back: the best iterate if its residual is below
+``fallback_tol``, otherwise the Jacobian-free gradient :math:`g = v` (Fung et al. 2022) — reported in the info
+and by a warning.
+
+Data consistency (CG)
+---------------------
+:math:`u = M(\mu)^{-1} r` with :math:`M(\mu) = I + \mu A^H A` Hermitian positive definite. Differentiating
+:math:`M u = r`: :math:`M\,du = dr - d\mu\,A^H A u`. With PyTorch's convention for complex gradients
+(:math:`d\ell = \mathrm{Re}\langle \bar g, dz\rangle`),
+
+.. math:: \bar r = M^{-1}\bar u,\qquad \bar\mu = -\,\mathrm{Re}\langle \bar r, A^H A u\rangle,
+
+so the backward of the CG solve is another CG solve with the same matrix (:class:`DCSolve`); the CG iterations
+are never recorded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from .cg import batch_dot, conjugate_gradient
+from .fixed_point import fixed_point_solve, indexed
+from .info import SolverInfo
+
+
+class DCSolve(torch.autograd.Function):
+    """``u = (I + mu·N)^{-1} rhs`` by CG with an implicit (CG) backward for ``rhs`` and ``mu``."""
+
+    @staticmethod
+    def forward(ctx, rhs: torch.Tensor, mu: torch.Tensor, normal: Callable[[torch.Tensor], torch.Tensor],
+                x0: torch.Tensor | None, max_iter: int, tol: float) -> torch.Tensor:  # type: ignore[override]
+        mu_d = mu.detach()
+
+        def op(v: torch.Tensor) -> torch.Tensor:
+            return v + mu_d * normal(v)
+
+        with torch.no_grad():
+            u, _ = conjugate_gradient(op, rhs.detach(), None if x0 is None else x0.detach(), max_iter, tol)
+        ctx.save_for_backward(u, mu_d)
+        ctx.normal, ctx.max_iter, ctx.tol = normal, max_iter, tol
+        return u
+
+    @staticmethod
+    def backward(ctx, grad_u: torch.Tensor):  # type: ignore[override]
+        u, mu = ctx.saved_tensors
+        normal = ctx.normal
+
+        def op(v: torch.Tensor) -> torch.Tensor:
+            return v + mu * normal(v)
+
+        with torch.no_grad():
+            grad_rhs, _ = conjugate_gradient(op, grad_u, None, ctx.max_iter, ctx.tol)
+            grad_mu = None
+            if ctx.needs_input_grad[1]:
+                grad_mu = (-batch_dot(grad_rhs, normal(u)).sum()).to(mu.dtype).reshape(mu.shape)
+        return grad_rhs, grad_mu, None, None, None, None
+
+
+def dc_solve(rhs: torch.Tensor, mu: torch.Tensor | float, normal: Callable[[torch.Tensor], torch.Tensor],
+             x0: torch.Tensor | None = None, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    r"""Solve :math:`(I + \mu N) u = r` by CG, differentiable in ``rhs`` and ``mu`` by an implicit CG backward."""
+    if not isinstance(mu, torch.Tensor):
+        mu = torch.as_tensor(mu, dtype=rhs.real.dtype, device=rhs.device)
+    return DCSolve.apply(rhs, mu, normal, x0, max_iter, tol)
+
+
+def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str = "anderson",
+                             max_iter: int = 100, tol: float = 1e-6, m: int = 5, fallback_tol: float = 1e-2,
+                             on_info: Callable[[SolverInfo], None] | None = None) -> torch.Tensor:
+    r"""Make gradients through ``out = T(x_in)`` equal those through the fixed point :math:`x^\star`.
+
+    ``x_in`` must be the detached fixed point with ``requires_grad=True`` and ``out`` one step of ``T`` recorded
+    from it. Registers a hook on ``out`` that solves :math:`g = v + J_T^T g` (per-sample stopping, ``solver``,
+    ``tol``, ``max_iter``) and returns ``out``. ``on_info`` receives the adjoint solve's :class:`SolverInfo`
+    (``extra["fallback"]`` says whether and how it fell back).
+    """
+    if not out.requires_grad:
+        return out
+
+    busy = [False]  # the inner VJPs pass through ``out`` too: the hook must not act on them
+
+    def hook(v: torch.Tensor) -> torch.Tensor | None:
+        if busy[0]:
+            return None
+        busy[0] = True
+        try:
+            return _solve_adjoint(v)
+        finally:
+            busy[0] = False
+
+    def _solve_adjoint(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach()
+
+        def adjoint_step(g: torch.Tensor) -> torch.Tensor:
+            (jtg,) = torch.autograd.grad(out, x_in, g, retain_graph=True)
+            return v + jtg
+
+        with torch.enable_grad():
+            g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter, tol=tol,
+                                        m=m)
+        fallback = "none"
+        bad = ~info.converged
+        if bool(bad.any()):
+            res = info.extra["best_residual"]
+            finite = torch.isfinite(res)
+            soft = bad & finite & (res < fallback_tol)
+            hard = bad & ~soft
+            if bool(hard.any()):
+                # Jacobian-free gradient for the elements whose adjoint solve failed
+                sel = hard.reshape(-1, *([1] * (v.ndim - 1)))
+                g = torch.where(sel, v, g)
+                fallback = "jacobian-free"
+            else:
+                fallback = "best-iterate"
+            warnings.warn(f"implicit backward: adjoint fixed point not converged for {int(bad.sum())} sample(s) "
+                          f"(relative residual {float(res[bad].max()):.2e} > tol {tol:.1e}); "
+                          f"fallback: {fallback}", RuntimeWarning, stacklevel=2)
+        info.extra["fallback"] = fallback
+        if on_info is not None:
+            on_info(info)
+        return g
+
+    out.register_hook(hook)
+    return out
+
+
+__all__ = ["DCSolve", "dc_solve", "attach_implicit_backward"]

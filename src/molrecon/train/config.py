@@ -1,0 +1,212 @@
+"""Training configuration: YAML files (read with ``yaml.safe_load``), defaults and ``--set key.sub=value``.
+
+A config is a plain nested dict with the sections
+
+``model``  ``method`` (``mol-sn``, ``mol-lr``, ``deq``, ``modl``) and the model's keyword arguments;
+``data``   ``source`` (``builtin``, ``files`` or ``synthetic``), ``kind``, ``root``, ``acceleration``,
+           ``center_fraction``, ``batch_size``, ``num_workers``, ``limit_train``, ``limit_val``, ...;
+``train``  ``epochs`` or ``max_steps``, ``lr``, ``lam_lr``, ``weight_decay``, ``schedule``, ``grad_clip``,
+           ``checkpoint_every``, ``val_every``, ``seed``, ``deterministic``, divergence guards, ...;
+``out_dir`` where checkpoints and logs go.
+
+Only plain YAML types are accepted (no Python tags), so a config never runs code.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+#: Every key the trainer understands, with its default. Unknown keys in ``data``/``train`` are an error
+#: (a typo must not silently fall back to a default); ``model`` keys go to the model constructor.
+DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "out_dir": "runs/default",
+    "device": "cpu",
+    "model": {"method": "mol-lr"},
+    "data": {
+        "source": "builtin",          # builtin | files | synthetic
+        "kind": "2d",                 # 2d | 3d | dynamic (built-in data)
+        "root": None,                 # built-in data folder (default of molrecon.data)
+        "train_path": None,           # source: files
+        "val_path": None,
+        "mask": "random",             # random | equispaced | poisson (3d)
+        "acceleration": 4.0,
+        "center_fraction": 0.08,
+        "batch_size": 1,
+        "num_workers": 0,
+        "limit_train": None,          # use only the first N training slices (tiny runs)
+        "limit_val": None,
+        "shape": [64, 64],            # source: synthetic
+        "num_coils": 4,               # source: synthetic
+        "num_train": 8,               # source: synthetic
+        "num_val": 2,                 # source: synthetic
+    },
+    "train": {
+        "epochs": 1,
+        "max_steps": None,            # if set, overrides epochs (training stops after this many steps)
+        "lr": 1e-3,
+        "lam_lr": 1.0,                # own learning rate for λ (the MOL authors use 1.0 with 1e-3 for the CNN)
+        "weight_decay": 0.0,
+        "schedule": "cosine",         # cosine | constant
+        "warmup_steps": 0,
+        "min_lr_ratio": 0.05,         # cosine ends at lr * min_lr_ratio
+        "grad_clip": 1.0,             # max global norm of the CNN gradients (null: no clipping)
+        "loss": "mse_magnitude",
+        "normalize_loss": True,       # divide the MSE of each slice by its max_value² (scale-free)
+        "checkpoint_every": 100,      # steps
+        "val_every": 1,               # epochs (0: only at the end)
+        "log_every": 1,               # steps (CSV / TensorBoard)
+        "seed": 0,
+        "deterministic": True,
+        "tensorboard": True,
+        "progress": True,
+        "on_divergence": "stop",      # stop | rollback (reload last good checkpoint, lower lr once)
+        "rollback_lr_factor": 0.5,
+        "max_rollbacks": 1,
+        "lipschitz_limit": 1.0,       # MOL-LR: estimate above this ...
+        "lipschitz_patience": 5,      # ... for this many consecutive steps = diverging
+        "residual_limit": 1.0,        # MOL: final relative residual above this = diverging forward
+        "nonconverged_patience": None,  # stop after this many consecutive steps with no slice converged
+        "amp": False,
+    },
+}
+
+_FREE_SECTIONS = ("model",)
+
+
+_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _fix_numbers(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) as a string; read such strings as floats, as users mean."""
+    if isinstance(value, str) and _EXP_FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _fix_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_numbers(v) for v in value]
+    return value
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value as a YAML scalar (``1e-3`` → float, ``true`` → bool, ``null`` → None, ``[1,2]``)."""
+    import yaml
+
+    try:
+        return _fix_numbers(yaml.safe_load(text)) if text.strip() != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def set_key(config: dict, dotted: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for ``dotted = "a.b"``, creating sections as needed."""
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        raise InputError(f"--set: empty key in {dotted!r}")
+    node = config
+    for p in parts[:-1]:
+        if p not in node or node[p] is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise InputError(f"--set {dotted}: {p!r} is a value, not a section")
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def apply_overrides(config: dict, overrides: list[str] | None) -> dict:
+    """Apply ``["train.lr=1e-4", "out_dir=runs/x"]`` (values parsed as YAML scalars); returns a new dict."""
+    config = copy.deepcopy(config)
+    for item in overrides or []:
+        if "=" not in item:
+            raise InputError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        set_key(config, key.strip(), parse_scalar(text))
+    return config
+
+
+def _merge(defaults: dict, user: dict, where: str) -> dict:
+    out = copy.deepcopy(defaults)
+    for key, value in user.items():
+        if key in defaults and isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise InputError(f"{where}: section {key!r} must be a mapping, got {type(value).__name__}")
+            if key in _FREE_SECTIONS:
+                out[key] = {**defaults[key], **copy.deepcopy(value)}
+            else:
+                unknown = sorted(set(value) - set(defaults[key]))
+                if unknown:
+                    raise InputError(f"{where}: unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)} "
+                                     f"(known: {', '.join(sorted(defaults[key]))})")
+                out[key] = {**defaults[key], **copy.deepcopy(value)}
+        elif key in defaults:
+            out[key] = copy.deepcopy(value)
+        else:
+            raise InputError(f"{where}: unknown top-level key {key!r} (known: {', '.join(sorted(defaults))})")
+    return out
+
+
+def validate_config(config: dict, where: str = "config") -> dict:
+    """Fill defaults and check types and ranges; returns the complete config (a new dict)."""
+    if not isinstance(config, dict):
+        raise InputError(f"{where}: expected a mapping at top level, got {type(config).__name__}")
+    cfg = _merge(DEFAULTS, config, where)
+    method = cfg["model"].get("method")
+    if method not in ("mol-sn", "mol-lr", "deq", "modl"):
+        raise InputError(f"{where}: model.method must be one of mol-sn, mol-lr, deq, modl; got {method!r}")
+    t, d = cfg["train"], cfg["data"]
+    if t["max_steps"] is None and (not isinstance(t["epochs"], int) or t["epochs"] < 1):
+        raise InputError(f"{where}: train.epochs must be a positive integer (or set train.max_steps)")
+    if t["max_steps"] is not None and (not isinstance(t["max_steps"], int) or t["max_steps"] < 1):
+        raise InputError(f"{where}: train.max_steps must be a positive integer, got {t['max_steps']!r}")
+    for key in ("lr", "lam_lr"):
+        if not isinstance(t[key], (int, float)) or isinstance(t[key], bool) or t[key] < 0:
+            raise InputError(f"{where}: train.{key} must be a non-negative number, got {t[key]!r}")
+    if t["schedule"] not in ("cosine", "constant"):
+        raise InputError(f"{where}: train.schedule must be 'cosine' or 'constant', got {t['schedule']!r}")
+    if t["on_divergence"] not in ("stop", "rollback"):
+        raise InputError(f"{where}: train.on_divergence must be 'stop' or 'rollback', got {t['on_divergence']!r}")
+    if t["loss"] != "mse_magnitude":
+        raise InputError(f"{where}: train.loss must be 'mse_magnitude', got {t['loss']!r}")
+    if t["amp"]:
+        raise InputError(f"{where}: train.amp=true is not supported (fixed-point solvers need float32)")
+    if not isinstance(t["checkpoint_every"], int) or t["checkpoint_every"] < 1:
+        raise InputError(f"{where}: train.checkpoint_every must be a positive integer")
+    if not isinstance(t["seed"], int):
+        raise InputError(f"{where}: train.seed must be an integer, got {t['seed']!r}")
+    if d["source"] not in ("builtin", "files", "synthetic"):
+        raise InputError(f"{where}: data.source must be builtin, files or synthetic; got {d['source']!r}")
+    if d["source"] == "files" and not d["train_path"]:
+        raise InputError(f"{where}: data.source=files needs data.train_path")
+    if not isinstance(d["batch_size"], int) or d["batch_size"] < 1:
+        raise InputError(f"{where}: data.batch_size must be a positive integer, got {d['batch_size']!r}")
+    for key in ("limit_train", "limit_val"):
+        if d[key] is not None and (not isinstance(d[key], int) or d[key] < 1):
+            raise InputError(f"{where}: data.{key} must be a positive integer or null, got {d[key]!r}")
+    if not cfg["out_dir"]:
+        raise InputError(f"{where}: out_dir must be set")
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
+    """Read a YAML config with ``yaml.safe_load``, apply ``--set`` overrides, fill defaults and validate."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not a valid YAML config ({str(exc).splitlines()[0]})") from None
+    if raw is None:
+        raw = {}
+    raw = _fix_numbers(raw)
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at top level, got {type(raw).__name__}")
+    return validate_config(apply_overrides(raw, overrides), where=str(path))

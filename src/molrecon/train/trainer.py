@@ -1,0 +1,714 @@
+r"""One trainer for every learned model (MOL-SN, MOL-LR, the DEQ baseline, MoDL).
+
+Loop: for each batch, ``x̂ = model(y, physics)``; loss = MSE of magnitudes (+ ``model.extra_loss``, e.g. the
+MOL-LR Lipschitz barrier); AdamW step with its own learning rate for λ; cosine schedule; gradient clipping.
+Validation (PSNR/SSIM on magnitudes, data range = ``max_value``, fastMRI style) every ``val_every`` epochs;
+checkpoints (``last.pt`` every ``checkpoint_every`` steps and at the end, ``best.pt`` at the best validation
+PSNR) are written atomically and hold everything an exact resume needs.
+
+Exact resume. The batch order comes from :class:`ResumableSampler`: a permutation drawn from a generator seeded
+by ``(seed, epoch)``, so the position inside an epoch is fully described by ``(epoch, epoch_samples)`` (global
+samples consumed) and a resumed run skips the samples already consumed. The DataLoader gets its own generator
+(re-seeded per epoch), so creating an iterator never consumes the global RNG, whose state (torch, CUDA, numpy,
+python) is saved and restored.
+Together with the model, AdamW and scheduler states, a run killed at any point and resumed from ``last.pt``
+reproduces the uninterrupted run's weights bitwise (on the same machine and thread count).
+
+Divergence. A non-finite loss/gradient/weight, a MOL forward whose final relative residual exceeds
+``residual_limit``, a MOL-LR Lipschitz estimate above ``lipschitz_limit`` for ``lipschitz_patience`` consecutive
+steps, or (optionally) ``nonconverged_patience`` steps in a row where no slice converged, stops training with
+a :class:`TrainingDivergedError` naming the step and the reason, or (``on_divergence: rollback``) reloads the last
+good checkpoint and lowers the learning rate by ``rollback_lr_factor`` (at most ``max_rollbacks`` times). A bad
+state is never written: checkpoints are only taken after healthy steps and ``save_checkpoint`` refuses NaN/Inf.
+
+Distributed training (``torchrun --nproc_per_node=N -m molrecon train CONFIG``, see
+:mod:`molrecon.train.distributed` and ``docs/distributed.md``) plugs in at :meth:`Trainer._init_distributed`
+(process group from the torchrun environment, gloo on CPU / nccl on GPU), :meth:`Trainer._wrap_model` (DDP),
+:meth:`Trainer._build_sampler` (rank ``r`` takes positions ``r, r+W, ...`` of the epoch's permutation) and
+:meth:`Trainer._reduce` (validation numbers); logs, progress bar and checkpoints are rank 0's. The position in
+an epoch is kept as *global* samples consumed (``epoch_samples``), so a run resumes on any world size. Every
+decision that changes control flow (non-finite loss, divergence guards) is taken on numbers reduced over the
+ranks, so all ranks always take the same branch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from ..errors import CheckpointError, ConvergenceError, InputError
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .losses import training_loss
+
+TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "grad_norm", "fwd_iterations",
+                 "converged_frac", "final_residual", "lipschitz", "step_time"]
+VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterations", "val_time_per_slice"]
+
+
+_DIMS_OF_KIND = {"2d": "2d", "3d": "3d", "dynamic": "2d+t", "2d+t": "2d+t"}
+
+
+class TrainingDivergedError(ConvergenceError):
+    """Training produced NaN/Inf or a diverging forward; the last good checkpoint was kept."""
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+class ResumableSampler(Sampler[int]):
+    """Per-epoch shuffled indices, reproducible from ``(seed, epoch)`` and able to start mid-epoch.
+
+    With ``world_size > 1`` each rank gets the slice ``perm[rank::world_size]`` of a permutation padded to a
+    multiple of ``world_size`` (as ``DistributedSampler`` does), so the same class serves DDP.
+
+    ``skip`` counts *global* positions of the permutation already consumed (by all ranks together): rank ``r``
+    then gets ``perm[skip:][r::world_size]`` (the remainder padded to a multiple of ``world_size``). This makes
+    the position independent of the world size: ``skip`` samples consumed by ``W`` ranks are resumed by ``W'``.
+    On one process ``skip`` is simply the number of indices to skip.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if num_samples < 1:
+            raise InputError("the training set is empty")
+        self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), bool(shuffle)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch's permutation and skip its first ``skip`` global positions (already consumed)."""
+        if skip < 0:
+            raise InputError(f"ResumableSampler: skip must be >= 0, got {skip}")
+        self.epoch, self.skip = int(epoch), int(skip)
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            perm = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            perm = list(range(self.num_samples))
+        rest = perm[self.skip:]
+        if not rest:
+            return []
+        per_rank = math.ceil(len(rest) / self.world_size)
+        # pad by repeating the epoch's permutation from its start (as DistributedSampler does)
+        pad = per_rank * self.world_size - len(rest)
+        rest = rest + (perm * math.ceil(pad / len(perm) + 1))[:pad]
+        return rest[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return math.ceil(max(0, self.num_samples - self.skip) / self.world_size)
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    from ..data import collate
+
+    return collate(items)
+
+
+def _physics(batch: dict[str, Any]) -> Any:
+    from ..data import physics_from_batch
+
+    return physics_from_batch(batch)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def build_datasets(data_cfg: dict[str, Any], seed: int = 0) -> tuple[Dataset, Dataset | None]:
+    """The training and validation datasets described by the ``data`` section of a config."""
+    source = data_cfg["source"]
+    if source == "synthetic":
+        from .synthetic import SyntheticSliceDataset
+
+        common = dict(shape=data_cfg["shape"], num_coils=data_cfg["num_coils"],
+                      acceleration=data_cfg["acceleration"], center_fraction=data_cfg["center_fraction"])
+        train = SyntheticSliceDataset(num=data_cfg["num_train"], seed=seed, **common)
+        val = SyntheticSliceDataset(num=data_cfg["num_val"], seed=seed + 7919, **common) \
+            if data_cfg["num_val"] else None
+    else:
+        from .. import data as mdata
+        from ..physics import mask_for
+
+        kind = data_cfg["kind"]
+        dims = _DIMS_OF_KIND.get(kind)
+        if dims is None:
+            raise InputError(f"data.kind must be 2d, 3d or dynamic, got {kind!r}")
+        mask_func = mask_for(dims, data_cfg["acceleration"], data_cfg["center_fraction"], kind=data_cfg["mask"])
+        if source == "builtin":
+            train = mdata.builtin_dataset(kind=kind, split="train", root=data_cfg["root"], mask_func=mask_func)
+            val = mdata.builtin_dataset(kind=kind, split="val", root=data_cfg["root"], mask_func=mask_func)
+        else:
+            train = mdata.SliceDataset(data_cfg["train_path"], mask_func=mask_func)
+            val = mdata.SliceDataset(data_cfg["val_path"], mask_func=mask_func) if data_cfg["val_path"] else None
+    if data_cfg["limit_train"] is not None and len(train) > data_cfg["limit_train"]:
+        train = Subset(train, range(data_cfg["limit_train"]))
+    if val is not None and data_cfg["limit_val"] is not None and len(val) > data_cfg["limit_val"]:
+        val = Subset(val, range(data_cfg["limit_val"]))
+    if len(train) == 0:
+        raise InputError("the training set is empty (check data.root / data.limit_train)")
+    return train, val
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; with ``deterministic`` ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: a few kernels (e.g. some CUDA scatter ops) have no deterministic version; warn, don't fail.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def is_lam_param(name: str) -> bool:
+    """λ-like parameters (data-consistency weights) get their own learning rate and no weight decay."""
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf in ("lam", "log_lam", "lam_raw", "lambda_", "log_lambda")
+
+
+def lam_of(model: torch.nn.Module) -> float | None:
+    """The effective (positive) λ of a model, for the logs."""
+    if hasattr(model, "lam_value"):
+        return float(model.lam_value().detach())
+    lam = getattr(model, "lam", None)
+    return float(lam.detach().reshape(-1)[0]) if isinstance(lam, torch.Tensor) else None
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().float().mean())
+    return float(v)
+
+
+def info_logs(model: torch.nn.Module) -> dict[str, float]:
+    """Per-step solver numbers from ``model.last_info`` (iterations, converged fraction, final residual)."""
+    info = getattr(model, "last_info", None)
+    if info is None:
+        return {}
+    out = {"fwd_iterations": _float(info.iterations), "converged_frac": _float(info.converged.float())}
+    if info.residuals:
+        out["final_residual"] = float(info.residuals[-1].detach().float().max())
+    lip = info.extra.get("lipschitz") if isinstance(info.extra, dict) else None
+    if lip is not None and math.isfinite(_float(lip)):  # NaN = "not estimated in this mode"
+        out["lipschitz"] = _float(lip)
+    return out
+
+
+class _CSVLog:
+    """Append-only CSV log with a fixed header; on resume rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, columns: list[str], resume_step: int | None) -> None:
+        from ..io import atomic_write
+
+        self.path, self.columns = path, columns
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step") and int(r["step"]) <= resume_step]
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+            with atomic_write(path, "w") as fh:
+                fh.write(buf.getvalue())
+        else:
+            with atomic_write(path, "w") as fh:
+                fh.write(",".join(columns) + "\n")
+        self.fh = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.fh, columns, extrasaction="ignore")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+# -- the trainer ------------------------------------------------------------------------------------------------
+class Trainer:
+    """Train the model described by a validated config (see :mod:`molrecon.train.config`).
+
+    Parameters
+    ----------
+    config: complete config (``validate_config`` / ``load_config`` output).
+    resume: continue from ``out_dir/last.pt`` if it exists (exactly, see the module docstring).
+    overwrite: allow starting afresh in an ``out_dir`` that already holds a checkpoint.
+    train_dataset, val_dataset: ready datasets instead of the ``data`` section (tests, notebooks).
+    """
+
+    def __init__(self, config: dict[str, Any], resume: bool = False, overwrite: bool = False,
+                 train_dataset: Dataset | None = None, val_dataset: Dataset | None = None) -> None:
+        from .config import validate_config
+
+        self.config = validate_config(config)
+        self.tcfg, self.dcfg = self.config["train"], self.config["data"]
+        self.out_dir = Path(self.config["out_dir"])
+        self.resume, self.overwrite = resume, overwrite
+        self._given = (train_dataset, val_dataset)
+        self.rank, self.world_size = self._init_distributed()
+        self.is_main = self.rank == 0
+        self.step = self.epoch = self.epoch_step = 0
+        self.epoch_samples = 0  # global samples of the current epoch already consumed (all ranks together)
+        self.rollbacks = 0
+        self.best_psnr = -math.inf
+        self.last_val: dict[str, float] = {}
+        self.last_logs: dict[str, float] = {}
+        self._lip_bad = self._nonconv_bad = 0
+
+    # -- distributed hooks ------------------------------------------------------------------------------------------
+    def _init_distributed(self) -> tuple[int, int]:
+        """Resolve the device and, under ``torchrun`` (``WORLD_SIZE > 1``), join the process group.
+
+        Backend gloo on CPU, nccl on CUDA (each rank on ``cuda:LOCAL_RANK``). Returns ``(rank, world_size)``.
+        """
+        from .distributed import init_distributed
+
+        self.dist_info = init_distributed(self.config["device"])
+        self.device = self.dist_info.device
+        return self.dist_info.rank, self.dist_info.world_size
+
+    def close(self) -> None:
+        """Leave the process group if this trainer created it (no-op on one process)."""
+        from .distributed import cleanup
+
+        cleanup(self.dist_info)
+
+    def _wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The one place where the model is wrapped for training: DDP on several processes.
+
+        DDP averages the gradients over ranks in backward; the unwrapped ``self.model`` stays the reference for
+        state dicts, validation and ``extra_loss`` (DDP broadcast rank 0's weights at construction).
+        """
+        from .distributed import wrap_ddp
+
+        return wrap_ddp(model, self.device)
+
+    def _build_sampler(self, dataset: Dataset) -> ResumableSampler:
+        return ResumableSampler(len(dataset), seed=self.tcfg["seed"], shuffle=True, rank=self.rank,
+                                world_size=self.world_size)
+
+    def _reduce(self, values: dict[str, float], count: int) -> dict[str, float]:
+        """Combine per-rank validation means, weighted by the ``count`` slices each rank validated."""
+        from .distributed import all_reduce_weighted_mean
+
+        return all_reduce_weighted_mean(values, count, [c for c in VAL_COLUMNS if c not in ("step", "epoch")])
+
+    # -- setup ------------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        seed_everything(self.tcfg["seed"], self.tcfg["deterministic"])
+        from ..models.factory import build_model, model_config
+
+        if self._given[0] is not None:
+            self.train_set, self.val_set = self._given
+        else:
+            self.train_set, self.val_set = build_datasets(self.dcfg, seed=self.tcfg["seed"])
+        mcfg = dict(self.config["model"])
+        # the CNN must exist before the optimiser is built: give the data's dimensionality if unset
+        mcfg.setdefault("dims", _DIMS_OF_KIND.get(self.dcfg["kind"], "2d") if self.dcfg["source"] != "synthetic"
+                        else "2d")
+        self.model = build_model(mcfg).to(self.device)
+        if getattr(self.model, "denoiser", True) is None:
+            raise InputError(f"model {mcfg['method']!r} has no CNN yet: set model.dims")
+        # kept from construction (not re-read later): MOL.config() reports the current λ, which trains
+        self.model_config = model_config(self.model)
+        self.method = self.model_config["method"]
+        self.train_model = self._wrap_model(self.model)
+        lam_params = [p for n, p in self.model.named_parameters() if is_lam_param(n) and p.requires_grad]
+        net_params = [p for n, p in self.model.named_parameters() if not is_lam_param(n) and p.requires_grad]
+        self.net_params = net_params
+        groups = [{"params": net_params, "lr": self.tcfg["lr"], "weight_decay": self.tcfg["weight_decay"],
+                   "name": "net"}]
+        if lam_params:
+            groups.append({"params": lam_params, "lr": self.tcfg["lam_lr"], "weight_decay": 0.0, "name": "lam"})
+        self.optimizer = torch.optim.AdamW(groups, lr=self.tcfg["lr"], weight_decay=self.tcfg["weight_decay"])
+        self.sampler = self._build_sampler(self.train_set)
+        self.global_batch = self.dcfg["batch_size"] * self.world_size
+        self.loader_gen = torch.Generator()
+        self.loader = DataLoader(self.train_set, batch_size=self.dcfg["batch_size"], sampler=self.sampler,
+                                 collate_fn=_collate, num_workers=self.dcfg["num_workers"],
+                                 generator=self.loader_gen, drop_last=False)
+        # = ceil(ceil(N / W) / b): the global batch is b·W slices
+        self.batches_per_epoch = math.ceil(len(self.train_set) / self.global_batch)
+        if self.tcfg["max_steps"] is not None:
+            self.total_steps = int(self.tcfg["max_steps"])
+        else:
+            self.total_steps = int(self.tcfg["epochs"]) * self.batches_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up then cosine decay to ``min_lr_ratio`` (or constant)."""
+        warm = self.tcfg["warmup_steps"]
+        if warm and step < warm:
+            return (step + 1) / warm
+        if self.tcfg["schedule"] == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, self.total_steps - warm))
+        r = self.tcfg["min_lr_ratio"]
+        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * t))
+
+    # -- state ------------------------------------------------------------------------------------------------------
+    def state_dict(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "model_config": copy.deepcopy(self.model_config),
+            "model_state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            # state outside the state dict that an exact resume needs (e.g. MOL-SN power-iteration vectors)
+            "model_extra": {name: m.extra_training_state() for name, m in self.model.named_modules()
+                            if hasattr(m, "extra_training_state")},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "config": copy.deepcopy(self.config),
+            "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step,
+            # world-size independent position in the epoch (global samples consumed), see ResumableSampler
+            "epoch_samples": self.epoch_samples, "world_size": self.world_size,
+            "global_batch": self.global_batch,
+            "rollbacks": self.rollbacks, "best_psnr": float(self.best_psnr),
+            "metrics": {**{k: float(v) for k, v in self.last_logs.items()},
+                        **{k: float(v) for k, v in self.last_val.items()}, **(metrics or {})},
+        }
+
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
+        if state["model_config"] != self.model_config:
+            raise CheckpointError(f"{path}: the checkpoint's model {state['model_config']} differs from the "
+                                  f"config's {self.model_config}")
+        for key in ("optimizer", "scheduler", "rng", "step"):
+            if key not in state:
+                raise CheckpointError(f"{path}: not a training checkpoint (no {key!r}); cannot resume from it")
+        self.model.load_state_dict(state["model_state"])
+        extra = state.get("model_extra", {})
+        for name, m in self.model.named_modules():
+            if name in extra and hasattr(m, "load_extra_training_state"):
+                m.load_extra_training_state(extra[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        self.step, self.epoch, self.epoch_step = int(state["step"]), int(state["epoch"]), int(state["epoch_step"])
+        if "epoch_samples" in state:
+            self.epoch_samples = int(state["epoch_samples"])
+        else:  # checkpoints from before distributed training: one process
+            self.epoch_samples = self.epoch_step * int(state["config"]["data"]["batch_size"])
+        # the same position in steps of the current global batch (differs only when the world size changed)
+        self.epoch_step = math.ceil(self.epoch_samples / self.global_batch)
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.best_psnr = float(state.get("best_psnr", -math.inf))
+        m = state.get("metrics", {})
+        self.last_val = {k: v for k, v in m.items() if k.startswith("val_")}
+
+    def save(self, name: str = "last.pt") -> Path | None:
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.out_dir / name, self.state_dict())
+
+    # -- one step ---------------------------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Forward, loss, backward, clip, AdamW step, schedule step. Returns the step's numbers.
+
+        Raises :class:`TrainingDivergedError` (before touching the weights when the loss or gradients are
+        non-finite) so the caller can stop or roll back.
+        """
+        self.model.train()
+        batch = _to_device(batch, self.device)
+        physics = _physics(batch)
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        x_hat = self.train_model(batch["kspace"], physics)
+        loss, logs = training_loss(self.model, x_hat, batch["target"],
+                                   batch["max_value"] if self.tcfg["normalize_loss"] else None)
+        for k, v in info_logs(self.model).items():
+            logs.setdefault(k, v)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
+        # agreed by all ranks before backward (DDP's all-reduce would deadlock if one rank stopped here alone)
+        if not self._all_true(math.isfinite(logs["loss"])):
+            raise TrainingDivergedError(f"loss is {logs['loss']} at step {self.step + 1}"
+                                        + (f" (on rank {self.rank} or another)" if self.world_size > 1 else ""))
+        loss.backward()
+        grads = [p.grad for p in self.net_params if p.grad is not None]
+        if self.tcfg["grad_clip"]:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.net_params, self.tcfg["grad_clip"])
+        else:
+            gnorm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
+        logs["grad_norm"] = float(gnorm)
+        if not math.isfinite(logs["grad_norm"]) or any(
+                p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                for g in self.optimizer.param_groups for p in g["params"]):
+            raise TrainingDivergedError(f"non-finite gradient at step {self.step + 1}")
+        self.optimizer.step()
+        self.scheduler.step()
+        if any(not bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingDivergedError(f"non-finite weights after step {self.step + 1}")
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        lam = lam_of(self.model)
+        if lam is not None:
+            logs["lam"] = lam
+        logs["step_time"] = time.perf_counter() - t0
+        return self._reduce_logs(logs)
+
+    def _all_true(self, flag: bool) -> bool:
+        from .distributed import all_true
+
+        return all_true(flag) if self.world_size > 1 else flag
+
+    def _reduce_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Step numbers over all ranks: means (the loss of the global batch), worst case for the guards.
+
+        The divergence guards (:meth:`check_health`) then see the same numbers on every rank.
+        """
+        if self.world_size == 1:
+            return logs
+        from .distributed import all_reduce_logs
+
+        return all_reduce_logs(logs, max_keys=("final_residual", "lipschitz", "step_time", "lipschitz_penalty"))
+
+    def check_health(self, logs: dict[str, float]) -> str | None:
+        """Return why the step counts as diverging, or ``None`` when it is healthy."""
+        res = logs.get("final_residual")
+        if res is not None and (not math.isfinite(res) or res > self.tcfg["residual_limit"]):
+            return (f"forward fixed-point iteration diverged (final relative residual {res:.3g} > "
+                    f"residual_limit {self.tcfg['residual_limit']})")
+        lip = logs.get("lipschitz")
+        # only MOL-LR relies on an estimated constraint; MOL-SN is certified and the DEQ is unconstrained
+        if lip is not None and self.method == "mol-lr":
+            self._lip_bad = self._lip_bad + 1 if (not math.isfinite(lip) or lip > self.tcfg["lipschitz_limit"]) else 0
+            if self._lip_bad >= self.tcfg["lipschitz_patience"]:
+                return (f"Lipschitz estimate {lip:.3g} above lipschitz_limit {self.tcfg['lipschitz_limit']} for "
+                        f"{self._lip_bad} consecutive steps (the monotone constraint is lost)")
+        patience = self.tcfg["nonconverged_patience"]
+        if patience and "converged_frac" in logs:
+            self._nonconv_bad = self._nonconv_bad + 1 if logs["converged_frac"] == 0 else 0
+            if self._nonconv_bad >= patience:
+                return f"no slice converged in the forward solve for {self._nonconv_bad} consecutive steps"
+        return None
+
+    # -- validation -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean PSNR / SSIM / NMSE over the validation slices (magnitude, data range = ``max_value``)."""
+        from ..evaluate.metrics import nmse, psnr, ssim
+
+        if self.val_set is None or len(self.val_set) == 0:
+            return {}
+        self.model.eval()
+        # each rank validates the slices rank, rank+W, ...; _reduce weights the means by the slice counts
+        val_set = self.val_set if self.world_size == 1 else \
+            Subset(self.val_set, range(self.rank, len(self.val_set), self.world_size))
+        loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=_collate, num_workers=0)
+        vals: dict[str, list[float]] = {"val_psnr": [], "val_ssim": [], "val_nmse": [], "val_iterations": []}
+        t0 = time.perf_counter()
+        for batch in loader:
+            batch = _to_device(batch, self.device)
+            x_hat = self.model(batch["kspace"], _physics(batch))
+            for i in range(x_hat.shape[0]):
+                pred, tgt = x_hat[i].abs().cpu().numpy(), batch["target"][i].abs().cpu().numpy()
+                dr = float(batch["max_value"][i])
+                vals["val_psnr"].append(psnr(pred, tgt, data_range=dr))
+                vals["val_ssim"].append(ssim(pred, tgt, data_range=dr))
+                vals["val_nmse"].append(nmse(pred, tgt))
+            info = info_logs(self.model)
+            if "fwd_iterations" in info:
+                vals["val_iterations"].append(info["fwd_iterations"])
+        n = len(vals["val_psnr"])
+        out = {k: float(np.mean(v)) for k, v in vals.items() if v}
+        out["val_time_per_slice"] = (time.perf_counter() - t0) / max(1, n)
+        self.model.train()
+        return self._reduce(out, n)
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def _last_exists(self) -> bool:
+        """Whether ``last.pt`` exists, as rank 0 sees it (``out_dir`` need not be shared between nodes)."""
+        exists = (self.out_dir / "last.pt").exists()
+        if self.world_size == 1:
+            return exists
+        from .distributed import broadcast_object
+
+        return bool(broadcast_object(exists if self.is_main else None))
+
+    def _load_last(self) -> dict[str, Any]:
+        """``last.pt`` read by rank 0 and sent to every rank (a read error is raised on every rank)."""
+        last = self.out_dir / "last.pt"
+        if self.world_size == 1:
+            return load_checkpoint(last, map_location=self.device)
+        from .distributed import broadcast_object
+
+        payload: tuple[str, Any] | None = None
+        if self.is_main:
+            try:
+                payload = ("ok", load_checkpoint(last, map_location="cpu"))
+            except CheckpointError as exc:
+                payload = ("error", str(exc))
+        kind, value = broadcast_object(payload)
+        if kind == "error":
+            raise CheckpointError(value)
+        return value
+
+    def _start(self) -> None:
+        last = self.out_dir / "last.pt"
+        self.resumed_from: int | None = None
+        exists = self._last_exists()
+        if exists and not self.resume and not self.overwrite:
+            raise InputError(f"{self.out_dir} already holds a checkpoint (last.pt); use --resume to continue it, "
+                             f"--overwrite to start again, or --set out_dir=...")
+        if self.resume and exists:
+            self.load_state(self._load_last(), last)
+            self.resumed_from = self.step
+            if self.tcfg["max_steps"] is None:
+                # epochs mode: the steps left depend on the (possibly new) global batch
+                n = len(self.train_set)
+                left = math.ceil(max(0, n - self.epoch_samples) / self.global_batch) if self.epoch_samples else 0
+                full = int(self.tcfg["epochs"]) - self.epoch - (1 if self.epoch_samples else 0)
+                self.total_steps = self.step + left + max(0, full) * self.batches_per_epoch
+        elif self.resume and self.is_main:
+            print(f"no checkpoint in {self.out_dir}; starting from scratch")
+
+    def _rollback(self, reason: str) -> None:
+        last = self.out_dir / "last.pt"
+        exists = self._last_exists()
+        can = (self.tcfg["on_divergence"] == "rollback" and self.rollbacks < self.tcfg["max_rollbacks"]
+               and exists)
+        if not can:
+            kept = f"last good checkpoint kept: {last}" if exists else "no checkpoint was written yet"
+            raise TrainingDivergedError(f"training diverged at step {self.step + 1}: {reason}; {kept}")
+        rollbacks = self.rollbacks + 1
+        self.load_state(self._load_last(), last)
+        self.rollbacks = rollbacks
+        factor = self.tcfg["rollback_lr_factor"]
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            g["initial_lr"] = base
+            g["lr"] = base * self._lr_factor(self.step)
+        self._lip_bad = self._nonconv_bad = 0
+        if self.is_main:
+            print(f"warning: {reason} at step {self.step + 1}; rolled back to step {self.step} and scaled the "
+                  f"learning rates by {factor}")
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps``; returns the final metrics (last step's logs and last validation)."""
+        self.setup()
+        self._start()
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            from ..io import atomic_write
+
+            with atomic_write(self.out_dir / "config.yaml", "w") as fh:
+                yaml.safe_dump(self.config, fh, sort_keys=False)
+            self.train_log = _CSVLog(self.out_dir / "train_log.csv", TRAIN_COLUMNS, self.resumed_from)
+            self.val_log = _CSVLog(self.out_dir / "val_log.csv", VAL_COLUMNS, self.resumed_from)
+            self.tb = None
+            if self.tcfg["tensorboard"]:
+                from torch.utils.tensorboard import SummaryWriter
+
+                # purge_step drops events logged after the checkpoint by the run that was killed.
+                purge = self.resumed_from + 1 if self.resumed_from is not None else None
+                self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=purge)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.model_config["method"],
+                   disable=not (self.tcfg["progress"] and self.is_main), dynamic_ncols=True)
+        val_every = self.tcfg["val_every"]
+        try:
+            while self.step < self.total_steps:
+                self.sampler.set_epoch(self.epoch, skip=self.epoch_samples)
+                self.loader_gen.manual_seed(self.tcfg["seed"] * 1_000_003 + self.epoch * 7919 + self.epoch_samples)
+                rolled_back = False
+                consumed = 0
+                for batch in self.loader:
+                    consumed += 1
+                    try:
+                        logs = self.train_step(batch)
+                        reason = self.check_health(logs)
+                    except TrainingDivergedError as exc:
+                        reason = str(exc)
+                    if reason is not None:
+                        self._rollback(reason)
+                        rolled_back = True
+                        break
+                    self.step += 1
+                    self.epoch_step += 1
+                    self.epoch_samples += self.global_batch
+                    self.last_logs = logs
+                    end_of_epoch = self.epoch_samples >= len(self.train_set)
+                    if end_of_epoch:
+                        self.epoch += 1
+                        self.epoch_step = self.epoch_samples = 0
+                    self._log_step(logs)
+                    finished = self.step >= self.total_steps
+                    if (end_of_epoch and val_every and self.epoch % val_every == 0) or finished:
+                        self._validate_and_log()
+                    if self.step % self.tcfg["checkpoint_every"] == 0 or finished:
+                        self.save("last.pt")
+                    bar.update(1)
+                    post = {"loss": f"{logs['loss']:.4g}"}
+                    if "val_psnr" in self.last_val:
+                        post["val_psnr"] = f"{self.last_val['val_psnr']:.2f}"
+                    if "fwd_iterations" in logs:
+                        post["it"] = f"{logs['fwd_iterations']:.0f}"
+                    bar.set_postfix(post, refresh=False)
+                    if finished or end_of_epoch:
+                        break
+                if rolled_back:
+                    bar.n = self.step
+                    bar.refresh()
+                elif consumed == 0:
+                    raise InputError(f"the training loader yielded no batch in epoch {self.epoch}")
+            if self.world_size > 1:
+                from .distributed import barrier
+
+                barrier()  # every rank returns once rank 0 has written the final checkpoint
+        finally:
+            bar.close()
+            if self.is_main:
+                self.train_log.close()
+                self.val_log.close()
+                if self.tb is not None:
+                    self.tb.close()
+        return {"step": self.step, "epoch": self.epoch, **self.last_logs, **self.last_val,
+                "best_val_psnr": self.best_psnr, "out_dir": str(self.out_dir)}
+
+    def _log_step(self, logs: dict[str, float]) -> None:
+        if not self.is_main or self.step % max(1, self.tcfg["log_every"]) != 0:
+            return
+        self.train_log.write({"step": self.step, "epoch": self.epoch, **logs})
+        if self.tb is not None:
+            for k, v in logs.items():
+                self.tb.add_scalar(f"train/{k}", v, self.step)
+
+    def _validate_and_log(self) -> None:
+        val = self.validate()
+        if not val:
+            return
+        self.last_val = val
+        if self.is_main:
+            self.val_log.write({"step": self.step, "epoch": self.epoch, **val})
+            if self.tb is not None:
+                for k, v in val.items():
+                    self.tb.add_scalar(f"val/{k[4:]}", v, self.step)
+        if val["val_psnr"] > self.best_psnr:  # same reduced numbers on every rank: best_psnr stays in sync
+            self.best_psnr = val["val_psnr"]
+            self.save("best.pt")  # rank 0 only
+
+
+def train(config: dict[str, Any], resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train from a config dict (validated here); returns the final metrics."""
+    trainer = Trainer(config, resume=resume, overwrite=overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

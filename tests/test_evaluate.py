@@ -1,0 +1,356 @@
+"""Evaluation, demo, pretrained registry and examples (issue 5, evaluation side)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import sigpy
+import torch
+
+from molrecon.cli import main
+from molrecon.errors import CheckpointError, InputError
+from molrecon.physics import MultiCoilMRI, RandomMask, fft_centered, simulate_coil_maps
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODL = {"method": "modl", "K": 2, "dims": "2d", "channels": 8, "layers": 3, "cg_iter": 4}
+TINY_MOL_SN = {"method": "mol-sn", "dims": "2d", "channels": 8, "layers": 3, "max_iter": 8, "tol": 1e-3}
+
+
+def _phantom(n: int, shift: int) -> np.ndarray:
+    """Shepp-Logan with a smooth phase, shifted so that the slices of a volume differ."""
+    img = np.roll(sigpy.shepp_logan((n, n)), shift, axis=0)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, n), np.linspace(-1, 1, n), indexing="ij")
+    return (np.abs(img) * np.exp(1j * 0.4 * np.pi * (xx + 0.5 * yy))).astype(np.complex64)
+
+
+def write_volume(path: Path, slices: int = 2, coils: int = 4, n: int = 48, seed: int = 0) -> None:
+    """One multicoil file in the fastMRI layout: fully sampled ``kspace`` [S, C, H, W], ``maps``, the
+    1-D column ``mask`` (4x, seeded), the complex ``target`` and ``reconstruction_rss``."""
+    maps = simulate_coil_maps((n, n), coils)
+    targets = np.stack([_phantom(n, 2 * s + seed) for s in range(slices)])
+    kspace = fft_centered(maps[None] * torch.from_numpy(targets)[:, None], (-2, -1)).numpy()
+    mask = RandomMask(0.08, 4)((n, n), seed=seed).reshape(-1).numpy()
+    coil_imgs = maps[None].numpy() * targets[:, None]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("kspace", data=kspace.astype(np.complex64))
+        f.create_dataset("maps", data=np.repeat(maps[None].numpy(), slices, axis=0).astype(np.complex64))
+        f.create_dataset("mask", data=mask.astype(np.float32))
+        f.create_dataset("target", data=targets)
+        f.create_dataset("reconstruction_rss", data=np.sqrt((np.abs(coil_imgs) ** 2).sum(1)).astype(np.float32))
+        f.attrs["max"] = float(np.abs(targets).max())
+        f.attrs["dims"] = "2d"
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for v in range(2):
+        write_volume(folder / f"vol{v}.h5", seed=v)
+    return folder
+
+
+def tiny_model(config=TINY_MODL):
+    """A small randomly initialised model (untrained: for code paths only, never for quality claims)."""
+    from molrecon.models.factory import build_model
+
+    torch.manual_seed(0)
+    return build_model(dict(config))
+
+
+def write_checkpoint(path: Path, model) -> Path:
+    from molrecon.train.checkpoint import save_checkpoint
+
+    config = {"model": dict(TINY_MODL), "out_dir": str(path.parent), "command": "molrecon train tiny.yaml"}
+    return save_checkpoint(path, {"model_state": model.state_dict(), "model_config": dict(TINY_MODL),
+                                  "config": config, "step": 7, "metrics": {"val_psnr": 12.5}})
+
+
+def tiny_dataset(folder):
+    from molrecon.evaluate.evaluation import load_dataset
+
+    return load_dataset(folder)
+
+
+# --------------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def test_evaluate_command_writes_report(tmp_path, tiny_data, capsys):
+    ckpt = write_checkpoint(tmp_path / "modl.pt", tiny_model())
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--methods", "zero-filled", "sense", "--checkpoint", str(ckpt), "--data",
+               str(tiny_data), "--out", str(out), "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["zero-filled", "sense", "modl"]
+    for name, s in report["methods"].items():
+        assert np.isfinite(s["psnr"]) and 5 < s["psnr"] < 80, (name, s)
+        assert 0 < s["ssim"] <= 1 and 0 < s["nmse"] < 2
+        assert s["psnr_std"] >= 0 and s["num_volumes"] == 2 and s["num_slices"] == 4
+        assert s["time_per_slice_s"] > 0
+    # CG-SENSE unfolds the 4x aliasing that zero-filling leaves
+    assert report["methods"]["sense"]["psnr"] > report["methods"]["zero-filled"]["psnr"] + 1.0
+    assert report["methods"]["sense"]["nmse"] < report["methods"]["zero-filled"]["nmse"]
+    assert report["methods"]["modl"]["source"].startswith("checkpoint:")
+    assert len(report["volumes"]) == 2 and len(report["slices"]) == 4
+    # the volume data range is the target volume max, as fastMRI
+    with h5py.File(tiny_data / "vol0.h5") as f:
+        vmax = float(np.abs(f["target"][()]).max())
+    vol0 = next(v for v in report["volumes"] if "vol0" in v["fname"])
+    assert vol0["data_range"] == pytest.approx(vmax, rel=1e-3)
+    assert report["machine"]["torch"] == torch.__version__
+    md = (out / "report.md").read_text()
+    for name in ("zero-filled", "sense", "modl", "PSNR"):
+        assert name in md
+    png = (out / "figure.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "sense" in captured.out
+
+
+def test_evaluate_iterations_from_model_info(tiny_data):
+    """A model that reports ``last_info`` (as MOL and the DEQ do) gets its iterations in the summary."""
+    from molrecon.evaluate.evaluation import evaluate, model_runner
+    from molrecon.solvers import SolverInfo
+
+    class FixedPoint(torch.nn.Module):
+        method_name = "deq"
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.last_info = None
+
+        def forward(self, y, physics):
+            x = physics.A_adjoint(y) * self.w
+            b = x.shape[0]
+            self.last_info = SolverInfo(iterations=torch.full((b,), 5), converged=torch.ones(b, dtype=torch.bool))
+            return x
+
+    res = evaluate([model_runner(FixedPoint())], tiny_dataset(tiny_data), progress=False)
+    s = res["methods"]["deq"]
+    assert s["iterations"] == 5 and s["iterations_max"] == 5
+
+
+def test_evaluate_metric_matches_direct_computation(tiny_data):
+    """Zero-filled PSNR of one volume equals the fastMRI formula applied by hand."""
+    from molrecon.evaluate.evaluation import classical_runner, evaluate
+    from molrecon.evaluate.metrics import object_support
+
+    ds = tiny_dataset(tiny_data)
+    res = evaluate([classical_runner("zero-filled")], ds, progress=False, max_volumes=1)
+    from molrecon.data.slice_dataset import collate, physics_from_batch
+
+    items = [ds[i] for i in range(len(ds)) if str(ds[i]["fname"]) == res["volumes"][0]["fname"]]
+    batch = collate(items)
+    physics = physics_from_batch(batch)
+    x = physics.A_adjoint(physics.mask * batch["kspace"]).abs().numpy()
+    t = np.abs(np.stack([np.asarray(it["target"]) for it in items]))
+    s = np.stack([object_support(ti) for ti in t])
+    mse = np.mean((x * s - t * s) ** 2)
+    assert res["volumes"][0]["metrics"]["zero-filled"]["psnr"] == pytest.approx(10 * np.log10(t.max() ** 2 / mse),
+                                                                               abs=1e-3)
+
+
+def test_evaluate_rejects_unknown_method(tiny_data, tmp_path):
+    rc = main(["evaluate", "--methods", "bogus", "--data", str(tiny_data), "--out", str(tmp_path / "r")])
+    assert rc == 2
+
+
+# --------------------------------------------------------------------------------------------------------
+# pretrained registry
+
+
+def test_unknown_pretrained_name_lists_available(tmp_path, capsys):
+    from molrecon.models.pretrained import load_pretrained, save_pretrained
+
+    save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
+    with pytest.raises(InputError, match=r"unknown pretrained model 'mol-lr-2d-8x' \(available: modl-2d-4x"):
+        load_pretrained("mol-lr-2d-8x", root=tmp_path)
+    with pytest.raises(InputError, match="unknown pretrained model 'nope'"):
+        import molrecon
+
+        molrecon.load_pretrained("nope")
+    rc = main(["evaluate", "--pretrained", "nope", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "unknown pretrained model 'nope'" in capsys.readouterr().err
+
+
+def test_bad_pretrained_names_refused(tmp_path):
+    from molrecon.models.pretrained import parse_name, save_pretrained
+
+    assert parse_name("mol-lr-2dt-8x") == {"method": "mol-lr", "dims": "2d+t", "acceleration": 8.0}
+    for bad in ("mol-lr-4x", "MOL-LR-2d-4x", "mol-lr-2d-4", "../evil-2d-4x"):
+        with pytest.raises(InputError):
+            save_pretrained(tiny_model(), dict(TINY_MODL), bad, root=tmp_path)
+
+
+def test_export_load_round_trip_without_pickle(tmp_path, monkeypatch):
+    from molrecon.models.pretrained import export_pretrained, list_pretrained, load_pretrained
+
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # weights that differ from a fresh init
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", model)
+    meta = {"validation": {"psnr": 30.1, "ssim": 0.9}, "training": {"device": "2 CPU cores"}}
+    weights = export_pretrained(ckpt, "modl-2d-4x", meta, root=tmp_path / "shipped")
+    assert weights.name == "modl-2d-4x.safetensors" and weights.with_suffix(".json").exists()
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("load_pretrained must not unpickle")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = load_pretrained("modl-2d-4x", root=tmp_path / "shipped")
+    monkeypatch.undo()
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not loaded.training and loaded.method_name == "modl"
+    side = loaded.pretrained_meta
+    assert {k: side["model_config"][k] for k in TINY_MODL} == TINY_MODL and side["training"]["step"] == 7
+    assert side["training"]["config"]["model"] == TINY_MODL  # the exact training config is kept
+    assert side["training"]["command"] == "molrecon train tiny.yaml" and side["validation"]["psnr"] == 30.1
+    assert side["training"]["device"] == "2 CPU cores"
+    assert [m["name"] for m in list_pretrained(tmp_path / "shipped")] == ["modl-2d-4x"]
+    # same reconstruction from the shipped model as from the trained one
+    maps = simulate_coil_maps((32, 32), 4)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
+    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(y, physics), loaded(y, physics))
+
+
+def test_corrupted_pretrained_weights_refused(tmp_path):
+    from molrecon.models.pretrained import load_pretrained, save_pretrained
+
+    weights = save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
+    raw = bytearray(weights.read_bytes())
+    raw[-5] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_pretrained("modl-2d-4x", root=tmp_path)
+    weights.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError):
+        load_pretrained("modl-2d-4x", root=tmp_path, verify=False)
+
+
+def test_models_command_lists_shipped(tmp_path, monkeypatch, capsys):
+    from molrecon.models import pretrained
+
+    pretrained.save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path,
+                               meta={"validation": {"psnr": 31.25, "ssim": 0.912}})
+    monkeypatch.setenv("MOLRECON_PRETRAINED_DIR", str(tmp_path))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "modl-2d-4x" in out and "31.25" in out and "0.9120" in out
+
+
+# --------------------------------------------------------------------------------------------------------
+# demo
+
+
+def test_demo_on_tiny_dataset(tmp_path, tiny_data, capsys):
+    from molrecon.commands.demo import run_demo
+    from molrecon.models.pretrained import save_pretrained
+
+    shipped = tmp_path / "shipped"
+    save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=shipped)
+    save_pretrained(tiny_model(TINY_MOL_SN), dict(TINY_MOL_SN), "mol-sn-2d-4x", root=shipped)
+    metrics = run_demo(tmp_path / "demo", dataset=tiny_dataset(tiny_data), pretrained_root=shipped,
+                       data_description="tiny test set")
+    out = capsys.readouterr().out
+    assert set(metrics["methods"]) == {"zero-filled", "sense", "cs-wavelet", "modl", "mol-sn"}
+    for s in metrics["methods"].values():
+        assert {"psnr", "ssim", "nmse", "psnr_std", "iterations", "time_per_slice_s"} <= set(s)
+        assert np.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1
+    assert metrics["settings"]["average_over"] == "slices"
+    assert metrics["methods"]["sense"]["psnr"] > metrics["methods"]["zero-filled"]["psnr"]
+    # what is not shipped is said, and skipped, never faked
+    assert set(metrics["skipped"]) == {"deq", "mol-lr"}
+    mol = metrics["methods"]["mol-sn"]
+    assert 1 <= mol["iterations"] <= 8 and mol["source"] == "pretrained:mol-sn-2d-4x"
+    assert mol["certificate"]["certified"] is True and mol["certificate"]["L"] < 1
+    assert "skipping mol-lr: pretrained model mol-lr-2d-4x is not shipped" in out
+    assert (tmp_path / "demo" / "figure.png").exists() and (tmp_path / "demo" / "report.md").exists()
+    assert "mol-lr skipped" in (tmp_path / "demo" / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------------
+# examples
+
+
+@pytest.fixture(scope="module")
+def builtin_2d():
+    """The built-in 2D set where the examples will find it ($MOLRECON_DATA or the user cache), built once."""
+    from molrecon.data import ensure_builtin
+
+    return ensure_builtin("2d")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_example_runs(script, tmp_path, builtin_2d):
+    from molrecon.models.pretrained import available_names
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.pop("MOLRECON_PRETRAINED_DIR", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PSNR" in proc.stdout
+    if script == "reconstruct_pretrained_mol.py":
+        for name in ("mol-lr-2d-4x", "mol-sn-2d-4x"):
+            expected = "certificate: L =" if name in available_names() else f"{name}: not shipped"
+            assert expected in proc.stdout
+    if script == "evaluate_methods.py":
+        report = json.loads((tmp_path / "example_report" / "report.json").read_text())
+        assert {"zero-filled", "sense"} <= set(report["methods"])
+
+
+def test_pretrained_example_prints_certificate(tmp_path, builtin_2d):
+    """With a MOL-SN exported under the name the example looks for, it reconstructs and prints the certificate.
+    (The tiny model is untrained: this checks the code path, not the quality.)"""
+    from molrecon.models.pretrained import save_pretrained
+
+    small = dict(TINY_MOL_SN, max_iter=5)
+    save_pretrained(tiny_model(small), small, "mol-sn-2d-4x", root=tmp_path / "shipped")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MOLRECON_PRETRAINED_DIR=str(tmp_path / "shipped"))
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "reconstruct_pretrained_mol.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mol-lr-2d-4x: not shipped in this installation (shipped: mol-sn-2d-4x)" in proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("  certificate"))
+    assert "certified = True" in line
+    assert 0 < float(line.split("L = ")[1].split()[0]) < 1
+
+
+def test_recon_command_with_pretrained_name(tmp_path, tiny_data, monkeypatch, capsys):
+    """`molrecon recon --method modl --pretrained NAME` reconstructs with a shipped model; a name holding
+    another method is refused."""
+    from molrecon.models.pretrained import save_pretrained
+
+    save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path / "shipped")
+    monkeypatch.setenv("MOLRECON_PRETRAINED_DIR", str(tmp_path / "shipped"))
+    out = tmp_path / "rec.h5"
+    rc = main(["recon", "--method", "modl", "--pretrained", "modl-2d-4x", "--input", str(tiny_data / "vol0.h5"),
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    with h5py.File(out) as f:
+        assert f["reconstruction"].shape == (2, 48, 48) and np.isfinite(f["reconstruction"][()]).all()
+    rc = main(["recon", "--method", "mol-lr", "--pretrained", "modl-2d-4x", "--input", str(tiny_data / "vol0.h5"),
+               "--out", str(tmp_path / "x.h5")])
+    assert rc == 2 and "not 'mol-lr'" in capsys.readouterr().err
+
+
+def test_report_json_has_no_infinities(tmp_path):
+    """A DEQ's certificate can hold inf (no monotonicity): the JSON writer turns it into null."""
+    from molrecon.evaluate.evaluation import _finite_or_none
+
+    assert _finite_or_none({"a": [1.0, float("inf")], "b": {"c": float("nan")}, "d": "x"}) == \
+        {"a": [1.0, None], "b": {"c": None}, "d": "x"}

@@ -1,0 +1,394 @@
+"""Tests of the training side: MoDL, the model factory, the trainer, checkpoints, configs and `molrecon train`."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from molrecon.errors import CheckpointError, InputError
+from molrecon.models import MoDL, build_model
+from molrecon.train import (
+    ResumableSampler,
+    Trainer,
+    TrainingDivergedError,
+    apply_overrides,
+    load_checkpoint,
+    load_config,
+    load_model_from_checkpoint,
+    save_checkpoint,
+    validate_config,
+)
+from molrecon.train.synthetic import SyntheticSliceDataset
+from molrecon.train.trainer import _collate, _physics
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny_2d.yaml"
+
+
+def _mol_available() -> bool:
+    try:
+        from molrecon.models import MOL  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tiny_config(out_dir: Path, **train) -> dict:
+    """The tiny config on the synthetic in-memory data (no dataset build needed)."""
+    cfg = load_config(TINY, [f"out_dir={out_dir}", "data.source=synthetic", "data.shape=[32,32]",
+                             "data.num_train=5", "data.num_val=1", "train.progress=false"])
+    cfg["train"].update(train)
+    return validate_config(cfg)
+
+
+def _batch(n: int = 2, shape=(32, 32)):
+    ds = SyntheticSliceDataset(num=n, shape=shape, num_coils=4, seed=3)
+    batch = _collate([ds[i] for i in range(n)])
+    return batch, _physics(batch)
+
+
+# -- MoDL ---------------------------------------------------------------------------------------------------------
+def test_modl_forward_backward_differentiates_cg():
+    torch.manual_seed(0)
+    batch, physics = _batch()
+    model = MoDL(K=2, dims="2d", channels=8, layers=3, lam=0.1, cg_iter=30, cg_tol=1e-7)
+    x = model(batch["kspace"], physics)
+    assert x.shape == batch["target"].shape and x.dtype == torch.complex64
+    loss = (x.abs() - batch["target"].abs()).pow(2).mean()
+    loss.backward()
+    g_lam = float(model.lam.grad)
+    assert g_lam != 0.0 and math.isfinite(g_lam)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # λ enters only through the CG solves: the autograd derivative must match a central finite difference,
+    # which it can only do if the CG iterations themselves are differentiated.
+    with torch.no_grad():
+        h = 1e-2
+        vals = []
+        for d in (h, -h):
+            model.lam.add_(d)
+            xd = model(batch["kspace"], physics)
+            vals.append(float((xd.abs() - batch["target"].abs()).pow(2).mean()))
+            model.lam.sub_(d)
+    fd = (vals[0] - vals[1]) / (2 * h)
+    assert abs(fd - g_lam) <= 0.05 * abs(fd) + 1e-9, (fd, g_lam)
+    assert model.last_info.iterations.tolist() == [2, 2]
+    zero, logs = model.extra_loss(x, batch["target"])
+    assert float(zero) == 0.0 and "lam" in logs
+
+
+def test_modl_config_round_trip_and_bad_input():
+    model = MoDL(K=3, dims="2d", channels=8, layers=3, lam=0.2, cg_iter=4)
+    clone = build_model(model.config())
+    assert isinstance(clone, MoDL) and clone.config() == model.config()
+    clone.load_state_dict(model.state_dict())
+    batch, physics = _batch(1)
+    with torch.no_grad():
+        assert torch.equal(model(batch["kspace"], physics), clone(batch["kspace"], physics))
+    with pytest.raises(InputError):
+        model(batch["kspace"][:, :2], physics)
+    with pytest.raises(InputError):
+        build_model({"method": "unet"})
+    with pytest.raises(InputError):
+        build_model({"method": "modl", "not_an_arg": 1})
+
+
+@pytest.mark.skipif(not _mol_available(), reason="molrecon.models.MOL not available yet")
+@pytest.mark.parametrize("method,constraint", [("mol-sn", "sn"), ("mol-lr", "lr"), ("deq", "none")])
+def test_factory_builds_mol_variants(method, constraint):
+    model = build_model({"method": method, "channels": 8, "layers": 3})
+    assert model.method_name == method
+    assert getattr(model, "constraint", constraint) == constraint
+    again = build_model(model.config())
+    assert again.config() == model.config()
+
+
+# -- config -------------------------------------------------------------------------------------------------------
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(TINY, ["train.lr=2e-4", "data.batch_size=2", "out_dir=x/y", "model.channels=4"])
+    assert cfg["train"]["lr"] == 2e-4 and cfg["data"]["batch_size"] == 2 and cfg["out_dir"] == "x/y"
+    assert cfg["model"]["channels"] == 4 and cfg["train"]["weight_decay"] == 0.0  # default filled
+    with pytest.raises(InputError, match="train.lrr"):
+        load_config(TINY, ["train.lrr=1"])
+    with pytest.raises(InputError, match="key=value"):
+        apply_overrides({}, ["train.lr"])
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("model: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(InputError, match="not a valid YAML"):
+        load_config(evil)
+    for name in ("mol_lr_2d", "mol_sn_2d", "modl_2d", "deq_2d", "mol_lr_3d", "mol_lr_dynamic", "tiny_2d"):
+        load_config(REPO / "configs" / f"{name}.yaml")  # every shipped config validates
+
+
+def test_resumable_sampler_skips_and_shards():
+    s = ResumableSampler(7, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, skip=3)
+    assert list(s) == full[3:] and sorted(full) == list(range(7))
+    s.set_epoch(3)
+    assert list(s) != full  # reshuffled per epoch
+    ranks = [ResumableSampler(7, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(2)
+    assert set(ranks[0]) | set(ranks[1]) == set(range(7)) and len(ranks[0]) == len(ranks[1]) == 4
+
+
+# -- trainer ------------------------------------------------------------------------------------------------------
+def test_trainer_step_reduces_loss(tmp_path):
+    cfg = tiny_config(tmp_path / "run", lr=3e-3, lam_lr=1e-2, schedule="constant", max_steps=1000)
+    ds = SyntheticSliceDataset(num=1, shape=(32, 32), num_coils=4, seed=5)
+    trainer = Trainer(cfg, train_dataset=ds, val_dataset=None)
+    trainer.setup()
+    batch = _collate([ds[0]])
+    losses = [trainer.train_step(batch)["loss"] for _ in range(25)]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_trainer_fit_writes_logs_and_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    result = Trainer(tiny_config(out, max_steps=6, checkpoint_every=3, tensorboard=True)).fit()
+    assert result["step"] == 6 and math.isfinite(result["val_psnr"])
+    for name in ("last.pt", "best.pt", "train_log.csv", "val_log.csv", "config.yaml"):
+        assert (out / name).exists(), name
+    assert any((out / "tb").iterdir())
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,loss") and len(rows) == 7
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == 6 and state["model_config"]["method"] == "modl"
+    assert {"torch", "numpy", "python"} <= set(state["rng"])
+    # refuses to clobber an existing run unless asked
+    with pytest.raises(InputError, match="--resume"):
+        Trainer(tiny_config(out, max_steps=6)).fit()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(out, max_steps=2, checkpoint_every=1))
+    trainer.fit()
+    model = load_model_from_checkpoint(out / "last.pt")
+    assert not model.training and model.config() == trainer.model.config()
+    for (k, a), b in zip(trainer.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # explicit save/load of a hand-made state
+    path = save_checkpoint(tmp_path / "m.pt", {"model_config": model.config(), "model_state": model.state_dict(),
+                                               "metrics": {"val_psnr": 30.0}})
+    state = load_checkpoint(path)
+    assert state["metrics"]["val_psnr"] == 30.0 and state["format"] == "molrecon-checkpoint"
+    batch, physics = _batch(1)
+    with torch.no_grad():
+        assert torch.equal(model(batch["kspace"], physics),
+                           load_model_from_checkpoint(path)(batch["kspace"], physics))
+    # a NaN model is never saved
+    bad = {k: v.clone() for k, v in model.state_dict().items()}
+    bad["lam"] = torch.tensor(float("nan"))
+    with pytest.raises(CheckpointError, match="NaN"):
+        save_checkpoint(tmp_path / "m.pt", {"model_config": model.config(), "model_state": bad})
+    assert torch.isfinite(load_checkpoint(path)["model_state"]["lam"])
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: a stand-in for arbitrary code execution."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    model = MoDL(K=1, channels=4, layers=2)
+    for i, writer in enumerate(("torch", "pickle")):
+        path = tmp_path / f"evil{i}.pt"
+        payload = {"format": "molrecon-checkpoint", "version": 1, "model_config": model.config(),
+                   "model_state": model.state_dict(), "metrics": _Payload(str(marker))}
+        if writer == "torch":
+            torch.save(payload, path)
+        else:
+            path.write_bytes(pickle.dumps(payload))
+        with pytest.raises(CheckpointError, match="refused"):
+            load_checkpoint(path)
+        with pytest.raises(CheckpointError, match="refused"):
+            load_model_from_checkpoint(path)
+        assert not marker.exists(), "the payload ran"
+    # the payload is real: an unsafe load would have executed it
+    torch.load(tmp_path / "evil0.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_corrupted_checkpoint_gives_clear_error(tmp_path):
+    model = MoDL(K=1, channels=4, layers=2)
+    good = save_checkpoint(tmp_path / "good.pt", {"model_config": model.config(), "model_state": model.state_dict()})
+    data = good.read_bytes()
+    cases = {"truncated.pt": data[: len(data) // 2], "garbage.pt": os.urandom(4096), "empty.pt": b"",
+             "flipped.pt": data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:]}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(CheckpointError) as exc:
+            load_checkpoint(tmp_path / name)
+        assert name in str(exc.value) and ("corrupt" in str(exc.value) or "truncated" in str(exc.value)
+                                           or "refused" in str(exc.value)), str(exc.value)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a molrecon checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    wrong = save_checkpoint(tmp_path / "wrong.pt", {"model_config": {**model.config(), "channels": 6},
+                                                    "model_state": model.state_dict()})
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model_from_checkpoint(wrong)
+
+
+class _PoisonTrainer(Trainer):
+    """Sets the CNN weights to NaN just before step ``poison_at`` (once): the forward then yields NaN."""
+
+    poison_at = 5
+    poisoned = False
+
+    def train_step(self, batch):
+        if self.step + 1 == self.poison_at and not self.poisoned:
+            type(self).poisoned = True
+            with torch.no_grad():
+                next(self.model.denoiser.parameters()).fill_(float("nan"))
+        return super().train_step(batch)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    _PoisonTrainer.poisoned = False
+    with pytest.raises(TrainingDivergedError, match=r"step 5: .*last good checkpoint kept"):
+        _PoisonTrainer(tiny_config(out, max_steps=8, checkpoint_every=2)).fit()
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model_state"].values())
+
+
+def test_nan_rollback_lowers_lr_and_finishes(tmp_path):
+    out = tmp_path / "run"
+    _PoisonTrainer.poisoned = False
+    trainer = _PoisonTrainer(tiny_config(out, max_steps=8, checkpoint_every=2, on_divergence="rollback",
+                                         rollback_lr_factor=0.5, schedule="constant"))
+    result = trainer.fit()
+    assert result["step"] == 8 and trainer.rollbacks == 1
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * trainer.tcfg["lr"])
+    assert load_checkpoint(out / "last.pt")["rollbacks"] == 1
+
+
+def test_lipschitz_and_residual_guards(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "run", lipschitz_limit=1.0, lipschitz_patience=3, residual_limit=1.0))
+    trainer.method = "mol-lr"
+    assert trainer.check_health({"final_residual": 1e-3}) is None
+    assert "diverged" in trainer.check_health({"final_residual": 5.0})
+    assert trainer.check_health({"lipschitz": 1.5}) is None
+    assert trainer.check_health({"lipschitz": 0.9}) is None  # a good step resets the count
+    assert trainer.check_health({"lipschitz": 1.5}) is None
+    assert trainer.check_health({"lipschitz": 1.5}) is None
+    assert "Lipschitz" in trainer.check_health({"lipschitz": 1.5})
+    trainer.method = "deq"  # unconstrained: its Lipschitz constant is only logged
+    assert all(trainer.check_health({"lipschitz": 3.0}) is None for _ in range(5))
+
+
+# -- exact resume after SIGKILL ---------------------------------------------------------------------------------
+_RUNNER = textwrap.dedent("""
+    import os, signal, sys
+    from molrecon.cli import main
+    kill_at = int(os.environ.get("KILL_AT_STEP", "0"))
+    if kill_at:
+        from molrecon.train import trainer as T
+        original = T.Trainer.train_step
+        def step_then_die(self, batch):
+            if self.step + 1 == kill_at:
+                # die in the middle of a step, after the forward pass, like a preempted job
+                self.model(batch["kspace"], T._physics(batch))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, batch)
+        T.Trainer.train_step = step_then_die
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _run(args: list[str], kill_at: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "KILL_AT_STEP": str(kill_at)}
+    return subprocess.run([sys.executable, "-c", _RUNNER, *args], env=env, capture_output=True, text=True,
+                          timeout=240, cwd=REPO)
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    common = ["train", str(TINY), "--no-progress", "--set", "data.source=synthetic", "--set", "data.shape=[32,32]",
+              "--set", "data.num_train=5", "--set", "data.num_val=1", "--set", "data.batch_size=2",
+              "--set", "train.max_steps=9", "--set", "train.checkpoint_every=3"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    r = _run(common + ["--set", f"out_dir={ref}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    # killed during step 6 (after the checkpoint at step 3 and 5 logged steps)
+    k = _run(common + ["--set", f"out_dir={cut}"], kill_at=6)
+    assert k.returncode == -9, (k.returncode, k.stderr[-2000:])
+    assert load_checkpoint(cut / "last.pt")["step"] == 3
+    assert len((cut / "train_log.csv").read_text().splitlines()) == 1 + 5
+    r2 = _run(common + ["--set", f"out_dir={cut}", "--resume"])
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    a, b = load_checkpoint(ref / "last.pt"), load_checkpoint(cut / "last.pt")
+    assert a["step"] == b["step"] == 9 and a["epoch"] == b["epoch"]
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["metrics"]["val_psnr"] == b["metrics"]["val_psnr"]
+    # the log of the resumed run is the log of the uninterrupted run (rows after the checkpoint replaced)
+    col = lambda p: [ln.split(",")[:4] for ln in (p / "train_log.csv").read_text().splitlines()]  # noqa: E731
+    assert col(ref) == col(cut)
+
+
+def test_cli_reports_bad_config(tmp_path):
+    from molrecon.cli import main
+
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["train", str(TINY), "--set", "model.method=unet"]) == 2
+
+
+class _InterruptTrainer(Trainer):
+    """Raises KeyboardInterrupt at the start of step ``stop_at`` (an in-process stand-in for a kill)."""
+
+    stop_at = 5
+
+    def train_step(self, batch):
+        if self.step + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        return super().train_step(batch)
+
+
+@pytest.mark.parametrize("method", ["modl", pytest.param("mol-sn", marks=pytest.mark.slow),
+                                    pytest.param("mol-lr", marks=pytest.mark.slow),
+                                    pytest.param("deq", marks=pytest.mark.slow)])
+def test_resume_in_process_is_exact_for_every_method(tmp_path, method):
+    if method != "modl" and not _mol_available():
+        pytest.skip("molrecon.models.MOL not available yet")
+    model = {"method": "modl", "K": 2, "dims": "2d", "channels": 4, "layers": 3, "cg_iter": 3} if method == "modl" \
+        else {"method": method, "dims": "2d", "channels": 4, "layers": 3, "max_iter": 8, "tol": 1e-3,
+              "init_cg_iter": 5, "dc_exact_iter": 10, "lr_steps": 2}
+
+    def cfg(out):
+        c = tiny_config(out, max_steps=6, checkpoint_every=3, lam_lr=1e-2)
+        c["model"] = model
+        c["data"]["shape"] = [24, 24]
+        return validate_config(c)
+
+    ref = Trainer(cfg(tmp_path / "ref"))
+    ref.fit()
+    with pytest.raises(KeyboardInterrupt):
+        _InterruptTrainer(cfg(tmp_path / "cut")).fit()
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
+    Trainer(cfg(tmp_path / "cut"), resume=True).fit()
+    a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    for key in a["model_state"]:
+        assert torch.allclose(a["model_state"][key], b["model_state"][key], rtol=0, atol=1e-6), key
