@@ -58,6 +58,17 @@ def test_fft_is_centred_orthonormal_and_matches_numpy_convention():
     assert dc.abs().argmax().item() == 4 * 6 + 3
 
 
+@pytest.mark.parametrize("shape", [(7, 9), (10, 14), (12, 8), (6, 7)])
+def test_centred_fft_matches_shift_definition_for_even_and_odd_sizes(shape):
+    # even sizes use the phase-modulation form, odd ones the shifts: both must equal fastMRI's definition
+    x = torch.randn(3, *shape, dtype=torch.complex64)
+    ax = (1, 2)
+    ref = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x.numpy(), axes=ax), axes=ax, norm="ortho"), axes=ax)
+    np.testing.assert_allclose(fft_centered(x, (-2, -1)).numpy(), ref, rtol=1e-5, atol=1e-5)
+    iref = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(x.numpy(), axes=ax), axes=ax, norm="ortho"), axes=ax)
+    np.testing.assert_allclose(ifft_centered(x, (-2, -1)).numpy(), iref, rtol=1e-5, atol=1e-5)
+
+
 def test_dynamic_fft_acts_on_last_two_axes_only():
     P = make_physics("2d+t", (5, 12, 10), batch=1)
     x = torch.zeros(1, 5, 12, 10, dtype=torch.complex64)

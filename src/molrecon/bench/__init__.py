@@ -1,5 +1,9 @@
-"""Benchmarks: peak training memory per step (more added by the benchmark module)."""
+"""Benchmarks behind ``molrecon bench``: peak training memory vs iterations (:mod:`.memory`), inference speed
+and time profile (:mod:`.speed`), the quality table (:mod:`.quality`) and their plots (:mod:`.plots`).
 
-from .memory import measure_step_memory, register_method
+Only the memory entry points are imported here (light, no torch at import); import the others directly.
+"""
 
-__all__ = ["measure_step_memory", "register_method"]
+from .memory import measure_step_memory, register_method, run_memory_sweep, summarize_memory
+
+__all__ = ["measure_step_memory", "register_method", "run_memory_sweep", "summarize_memory"]

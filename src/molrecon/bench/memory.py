@@ -367,7 +367,7 @@ def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
         for method in dict.fromkeys(r["method"] for r in rows if r["dims"] == dims):
             sub = {r["iters"]: r for r in rows if r["dims"] == dims and r["method"] == method}
             any_r = next(iter(sub.values()))
-            row = {"dims": dims, "shape × coils": "×".join(map(str, any_r["shape"])) + f" × {any_r['coils']}c",
+            row = {"dims": dims, "shape × coils": "×".join(map(str, any_r["shape"])) + f" × {any_r.get('coils', '?')}c",
                    "method": method}
             for k in iters:
                 row[str(k)] = f"{sub[k]['peak_mib']:.0f}" if k in sub else ""

@@ -10,6 +10,10 @@ Explicit wall-clock timers wrap, for the duration of one reconstruction (then re
   and the centred FFTs);
 - ``cg``: the conjugate-gradient solver's own work (dot products, axpys) — its calls of ``physics.normal`` are
   charged to ``fft``;
+- ``init``: MOL's CG-SENSE start (``MOL.initial_image``, ``init_cg_iter`` CG iterations; FFTs inside charged
+  here);
+- ``final-dc``: MOL's last exact data-consistency solve (CG to ``cg_tol``, up to ``dc_exact_iter`` iterations;
+  FFTs inside charged here);
 - ``error-bound``: MOL's a-posteriori bound (``MOL._lipschitz_for_bound``: for MOL-LR/DEQ in eval mode a
   10-step Jacobian power iteration — CNN JVP/VJPs charged here, not to ``cnn``, since it is not part of the
   solve);
@@ -36,7 +40,7 @@ import torch
 
 from ..errors import InputError
 
-CATEGORIES = ("cnn", "fft", "cg", "error-bound", "cnn-weights", "other")
+CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
 
 
 class ExclusiveTimer:
@@ -123,6 +127,8 @@ def profile_inference(model: Any, y: torch.Tensor, physics: Any) -> dict[str, An
             stack.enter_context(_patched(model, "_lipschitz_for_bound",
                                          timer.wrap(model._lipschitz_for_bound, "error-bound", absorb=True)))
             stack.enter_context(_patched(model, "_weights", timer.wrap(model._weights, "cnn-weights", absorb=True)))
+            stack.enter_context(_patched(model, "initial_image", timer.wrap(model.initial_image, "init",
+                                                                            absorb=True)))
         elif hasattr(model, "denoise"):
             stack.enter_context(_patched(model, "denoise", timer.wrap(model.denoise, "cnn")))
         else:
@@ -130,9 +136,17 @@ def profile_inference(model: Any, y: torch.Tensor, physics: Any) -> dict[str, An
         for name in ("A", "A_adjoint", "normal"):
             stack.enter_context(_patched(physics, name, timer.wrap(getattr(physics, name), "fft")))
         # the solvers call conjugate_gradient through their module's global name: time it there
-        for mod in (mol_mod, modl_mod):
-            if hasattr(mod, "conjugate_gradient"):
-                stack.enter_context(_patched(mod, "conjugate_gradient", timer.wrap(mod.conjugate_gradient, "cg")))
+        cg_plain = timer.wrap(modl_mod.conjugate_gradient, "cg")
+        stack.enter_context(_patched(modl_mod, "conjugate_gradient", cg_plain))
+        if _is_mol(model):
+            # MOL's output step is the only CG call with max_iter = dc_exact_iter (the block's use cg_iter)
+            cg_final = timer.wrap(mol_mod.conjugate_gradient, "final-dc", absorb=True)
+            exact = model.dc_exact_iter
+
+            def cg_mol(*args: Any, **kwargs: Any) -> Any:
+                return (cg_final if kwargs.get("max_iter") == exact != model.cg_iter else cg_plain)(*args, **kwargs)
+
+            stack.enter_context(_patched(mol_mod, "conjugate_gradient", cg_mol))
         sync()
         t0 = time.perf_counter()
         timer._last = t0

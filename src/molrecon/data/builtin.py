@@ -41,17 +41,14 @@ noiseless complex image), ``mask`` (the default 4× mask, seeded by the file nam
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
-import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..io import file_lock, sha256_file
 from . import anatomy
 from .header import make_header
 from .transforms import fname_seed
@@ -202,14 +200,6 @@ def _write_file(path: Path, sim: dict[str, Any], mask: np.ndarray, header: str, 
             for k, v in {**base, **attrs}.items():
                 f.attrs[k] = v
     return sha256_file(path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- 2D splits
@@ -462,17 +452,6 @@ def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overw
     return out
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_builtin(kind: str = "2d", root: str | os.PathLike | None = None, seed: int = 0,
                    **params: Any) -> Path:
     """Return ``ROOT/<kind>`` (``ROOT`` = ``root`` or :func:`default_root`), building it first if absent
@@ -486,7 +465,7 @@ def ensure_builtin(kind: str = "2d", root: str | os.PathLike | None = None, seed
     folder = root / kind
     if (folder / "manifest.json").exists():
         return folder
-    with _file_lock(root / f".{kind}.lock"):
+    with file_lock(root / f".{kind}.lock"):
         if not (folder / "manifest.json").exists():
             build_builtin(folder, kind, seed=seed, overwrite=True, **params)
     return folder

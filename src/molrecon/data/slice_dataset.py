@@ -30,12 +30,10 @@ factor is in the sidecar's ``target_max`` attribute (the k-space and ``rss`` are
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from ..io import file_lock
 from .header import EncodingInfo, parse_header
 from .transforms import fname_seed
 
@@ -276,16 +275,6 @@ def _sidecar_valid(side: Path, source: Path, shape: tuple[int, ...]) -> bool:
         return False  # a broken cache is rebuilt, not reported
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _write_sidecar(side: Path, source: Path, meta: dict[str, Any], calib_width: int) -> None:
     """Estimate ESPIRiT maps slice by slice from the fully sampled k-space and cache them with the volume's
     ``target_max = max |Σ_c conj(S_c) F^{-1} y_c|``, atomically."""
@@ -298,7 +287,7 @@ def _write_sidecar(side: Path, source: Path, meta: dict[str, Any], calib_width: 
     dims = meta["dims"]
     fft_dims = (-3, -2, -1) if dims == "3d" else (-2, -1)
     lock = side.with_name(f".{side.name}.lock")
-    with _lock(lock):
+    with file_lock(lock):
         if _sidecar_valid(side, source, meta["shape"]):
             return  # another process finished it while we waited
         with atomic_path(side) as tmp, open_h5(source) as f, h5py.File(tmp, "w") as g:

@@ -21,7 +21,6 @@ Example
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, InputError
+from ..io import sha256_file
 
 #: Folder of the weights shipped inside the package.
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
@@ -60,14 +60,6 @@ def _root(root: str | os.PathLike | None) -> Path:
         return Path(root)
     env = os.environ.get(PRETRAINED_ENV)
     return Path(env).expanduser() if env else PRETRAINED_DIR
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_meta(json_path: Path) -> dict[str, Any]:
@@ -136,7 +128,7 @@ def load_pretrained(name: str, device: str | Any = "cpu", root: str | os.PathLik
     meta = pretrained_info(name, root)
     weights = Path(meta["path"])
     expected = meta["weights"].get("sha256")
-    if verify and expected and _sha256(weights) != expected:
+    if verify and expected and sha256_file(weights) != expected:
         raise CheckpointError(f"{weights}: SHA-256 does not match the sidecar (corrupted or replaced weights)")
     try:
         state = load_file(str(weights), device="cpu")
@@ -182,7 +174,7 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
         "model_config": dict(model_config),
         "weights": {
             "file": weights.name,
-            "sha256": _sha256(weights),
+            "sha256": sha256_file(weights),
             "bytes": weights.stat().st_size,
             "num_parameters": int(sum(v.numel() for v in state.values())),
         },

@@ -68,8 +68,15 @@ class DCSolve(torch.autograd.Function):
         def op(v: torch.Tensor) -> torch.Tensor:
             return v + mu * normal(v)
 
+        # The implicit fixed-point backward calls this backward once per adjoint iteration with slowly changing
+        # ``grad_u``: warm-starting CG at the previous solution cuts the CG work several-fold (same tolerance).
+        warm = getattr(ctx, "warm", None)
+        if warm is not None and warm.shape != grad_u.shape:
+            warm = None
         with torch.no_grad():
-            grad_rhs, _ = conjugate_gradient(op, grad_u, None, ctx.max_iter, ctx.tol)
+            grad_rhs, _ = conjugate_gradient(op, grad_u, warm, ctx.max_iter, ctx.tol)
+        ctx.warm = grad_rhs
+        with torch.no_grad():
             grad_mu = None
             if ctx.needs_input_grad[1]:
                 grad_mu = (-batch_dot(grad_rhs, normal(u)).sum()).to(mu.dtype).reshape(mu.shape)

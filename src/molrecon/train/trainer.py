@@ -53,7 +53,7 @@ from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, s
 from .losses import training_loss
 
 TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "grad_norm", "fwd_iterations",
-                 "converged_frac", "final_residual", "lipschitz", "step_time"]
+                 "converged_frac", "final_residual", "lipschitz", "lipschitz_scale", "step_time"]
 VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterations", "val_time_per_slice"]
 
 
@@ -458,7 +458,12 @@ class Trainer:
         if lam is not None:
             logs["lam"] = lam
         logs["step_time"] = time.perf_counter() - t0
-        return self._reduce_logs(logs)
+        logs = self._reduce_logs(logs)
+        # MOL-LR safeguard (after the reduction, so every rank rescales by the same worst-case estimate)
+        enforce = getattr(self.model, "enforce_lipschitz", None)
+        if enforce is not None and logs.get("lipschitz") is not None:
+            logs["lipschitz_scale"] = enforce(logs["lipschitz"])
+        return logs
 
     def _all_true(self, flag: bool) -> bool:
         from .distributed import all_true

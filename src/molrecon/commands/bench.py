@@ -1,0 +1,258 @@
+"""``molrecon bench memory|speed|quality``: the benchmarks of ``benchmarks/README.md`` (JSON + markdown + PNG).
+
+Examples
+--------
+    molrecon bench memory --out benchmarks/memory                       # the issue's full grid
+    molrecon bench memory --dims 2d --methods modl mol-lr --modl-iters 1 2 --mol-iters 5 10 --shape-2d 64 64
+    molrecon bench speed --out benchmarks/speed                         # pretrained mol-lr-2d-4x if shipped
+    molrecon bench speed --checkpoint runs/mol_lr_2d/last.pt --out /tmp/speed
+    molrecon bench quality --out benchmarks/quality --accels 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _positive_ints(values: list[str] | None) -> list[int] | None:
+    return None if values is None else [int(v) for v in values]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: training memory vs iterations, inference speed, quality table",
+                       description="Reproducible benchmarks; each writes JSON (with the machine and the command), "
+                       "a markdown table and a PNG plot into --out.")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+
+    m = bsub.add_parser("memory", help="peak memory of one training step vs iterations (MoDL K, MOL max_iter)",
+                        description="Peak memory of ONE training step (forward + backward + Adam step), each in a "
+                        "fresh subprocess (CPU: peak RSS above the pre-step RSS; CUDA: max_memory_allocated). "
+                        "Writes OUT/memory.json, memory.md, memory.png.")
+    m.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
+    m.add_argument("--methods", nargs="+", default=["modl", "mol-lr", "mol-sn"],
+                   choices=["modl", "mol-lr", "mol-sn", "deq"])
+    m.add_argument("--dims", nargs="+", default=["2d", "3d", "2d+t"], choices=["2d", "3d", "2d+t"])
+    m.add_argument("--modl-iters", nargs="+", default=None, metavar="K", help="MoDL K values (default 1 2 5 10 20)")
+    m.add_argument("--mol-iters", nargs="+", default=None, metavar="N",
+                   help="MOL/DEQ max_iter values (default 5 10 20 50)")
+    for dims, flag in (("2d", "2d"), ("3d", "3d"), ("2d+t", "2dt")):
+        m.add_argument(f"--shape-{flag}", nargs="+", type=int, default=None, metavar="N",
+                       help=f"{dims} image shape (default: see molrecon.bench.memory.DEFAULT_SIZES)")
+        m.add_argument(f"--coils-{flag}", type=int, default=None, help=f"{dims} coils")
+        m.add_argument(f"--channels-{flag}", type=int, default=None, help=f"{dims} CNN channels")
+    m.add_argument("--layers", type=int, default=None, help="CNN layers (default 5)")
+    m.add_argument("--batch", type=int, default=1)
+    m.add_argument("--accel", type=float, default=4.0)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--threads", type=int, default=1, help="torch threads in each child (default 1)")
+    m.add_argument("--repeats", type=int, default=1, help="fresh processes per point (median)")
+    m.add_argument("--budget-gib", type=float, default=16.0,
+                   help="memory budget for the 'MoDL exceeds it at K' extrapolation (default 16 GiB)")
+    m.add_argument("--no-force-iters", action="store_true",
+                   help="let MOL stop at its tolerance (default: tol 1e-12 so that max_iter iterations run)")
+    m.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement")
+    m.set_defaults(func=run_memory)
+
+    s = bsub.add_parser("speed", help="inference time, iterations to tol (plain vs Anderson), CNN share",
+                        description="Inference time per slice/volume, forward iterations to --tol with the plain "
+                        "and the Anderson solver, and the share of time in the CNN vs FFT vs CG (explicit "
+                        "timers, plus a torch.profiler operator table). Writes OUT/speed.json, speed.md, "
+                        "speed.png.")
+    s.add_argument("--out", type=Path, default=Path("bench-out"))
+    s.add_argument("--pretrained", nargs="*", default=None, metavar="NAME",
+                   help="pretrained models (default: <method>-<dims>-4x for mol-lr, mol-sn, modl, deq when shipped)")
+    s.add_argument("--checkpoint", action="append", default=[], type=Path, help="training checkpoint (repeatable)")
+    s.add_argument("--random-init", nargs="*", default=None, metavar="METHOD",
+                   choices=["mol-lr", "mol-sn", "deq", "modl"],
+                   help="also time untrained models of these methods (labelled; default when no trained model "
+                   "is found: mol-lr mol-sn modl)")
+    s.add_argument("--classical", nargs="*", default=["sense", "cs-wavelet"], metavar="METHOD",
+                   help="classical methods to time (default: sense cs-wavelet)")
+    s.add_argument("--kind", default="2d", choices=["2d", "3d", "dynamic"], help="built-in data kind")
+    s.add_argument("--accel", type=float, default=4.0)
+    s.add_argument("--examples", type=int, default=2, help="test items to average over")
+    s.add_argument("--repeats", type=int, default=3, help="timed runs per item (median)")
+    s.add_argument("--tol", type=float, default=1e-4)
+    s.add_argument("--max-iter", type=int, default=500, help="cap of the iterations-to-tol runs")
+    s.add_argument("--channels", type=int, default=32, help="CNN channels of random-init models")
+    s.add_argument("--no-torch-profile", action="store_true")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=run_speed)
+
+    q = bsub.add_parser("quality", help="PSNR/SSIM of all methods at several accelerations",
+                        description="PSNR/SSIM/NMSE of the classical methods and the pretrained models on the "
+                        "built-in test split at each acceleration (molrecon.evaluate.evaluation). Writes "
+                        "OUT/quality.json, quality.md, quality.png and OUT/<accel>x/ (per-acceleration report "
+                        "and comparison figure).")
+    q.add_argument("--out", type=Path, default=Path("bench-out"))
+    q.add_argument("--accels", nargs="+", type=float, default=[4.0, 8.0])
+    q.add_argument("--classical", nargs="*", default=["zero-filled", "sense", "cs-wavelet", "cs-tv"])
+    q.add_argument("--learned", nargs="*", default=["modl", "deq", "mol-sn", "mol-lr"],
+                   help="learned methods, loaded as pretrained <method>-<dims>-<accel>x (else the 4x model)")
+    q.add_argument("--checkpoint", action="append", default=[], type=Path, help="also evaluate a checkpoint")
+    q.add_argument("--kind", default="2d", choices=["2d", "3d", "dynamic"])
+    q.add_argument("--max-volumes", type=int, default=None)
+    q.add_argument("--max-slices", type=int, default=None)
+    q.add_argument("--batch-size", type=int, default=4)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    q.set_defaults(func=run_quality)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
+    from ..bench.plots import plot_memory
+    from ..errors import InputError
+    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
+
+    iters = dict(DEFAULT_ITERS)
+    if args.modl_iters:
+        iters["modl"] = _positive_ints(args.modl_iters)
+    if args.mol_iters:
+        iters.update({k: _positive_ints(args.mol_iters) for k in ("mol-lr", "mol-sn", "deq")})
+    iters.setdefault("deq", iters["mol-lr"])
+    if any(k < 1 for v in iters.values() for k in v):
+        raise InputError("bench memory: iterations must be >= 1")
+    sizes: dict[str, dict] = {}
+    for dims, flag in (("2d", "2d"), ("3d", "3d"), ("2d+t", "2dt")):
+        sz = {}
+        for key in ("shape", "coils", "channels"):
+            v = getattr(args, f"{key}_{flag}")
+            if v is not None:
+                sz[key] = list(v) if key == "shape" else v
+        if args.layers is not None:
+            sz["layers"] = args.layers
+        sizes[dims] = sz
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    settings = {"batch": args.batch, "acceleration": args.accel, "threads": args.threads,
+                "repeats": args.repeats, "force_iters": not args.no_force_iters, "budget_gib": args.budget_gib,
+                "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step",
+                "data": "random complex target, simulated coil maps, default mask of the dims (mask_for)"}
+
+    def save(rows: list[dict], final: bool = False) -> None:
+        summary = summarize_memory(rows, args.budget_gib)
+        write_json_atomic(out / "memory.json", {"rows": rows, "summary": summary, "settings": settings,
+                                                "complete": final, "machine": machine})
+        write_text_atomic(out / "memory.md", memory_markdown(rows, summary))
+        if final:
+            plot_memory(rows, out / "memory.png", summary)
+
+    def on_row(row: dict, rows: list[dict]) -> None:
+        print(f"  {row['dims']:5s} {row['method']:7s} iters={row['iters']:3d}  peak {row['peak_mib']:8.1f} MiB  "
+              f"({row['step_seconds']:.1f} s)", flush=True)
+        save(rows)
+
+    rows = run_memory_sweep(args.methods, args.dims, iters, sizes, batch=args.batch, acceleration=args.accel,
+                            device=args.device, threads=args.threads, repeats=args.repeats,
+                            force_iters=not args.no_force_iters, timeout=args.timeout, on_row=on_row)
+    save(rows, final=True)
+    print()
+    print((out / "memory.md").read_text())
+    print(f"wrote {out / 'memory.json'}, {out / 'memory.md'}, {out / 'memory.png'}")
+    return 0
+
+
+def run_speed(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.plots import plot_speed
+    from ..bench.speed import (
+        bench_classical,
+        bench_model,
+        load_examples,
+        random_modl,
+        random_mol,
+        speed_markdown,
+    )
+    from ..data.builtin import DIMS_OF_KIND, normalize_kind
+    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
+    from ..models.loading import load_learned_model
+    from ..models.pretrained import available_names
+
+    torch.set_num_threads(args.threads)
+    kind = normalize_kind(args.kind)
+    dims = DIMS_OF_KIND[kind]
+    tag = {"2d": "2d", "3d": "3d", "2d+t": "2dt"}[dims]
+    notes: list[str] = []
+    shipped = set(available_names())
+    if args.pretrained is None:
+        wanted = [f"{m}-{tag}-4x" for m in ("mol-lr", "mol-sn", "deq", "modl")]
+        names = [n for n in wanted if n in shipped]
+        missing = [n for n in wanted if n not in shipped]
+        if missing:
+            notes.append(f"not shipped yet, skipped: {', '.join(missing)}")
+    else:
+        names = list(args.pretrained)
+    models = []
+    for n in names:
+        models.append((n, load_learned_model(pretrained=n).to(args.device), f"pretrained:{n}", ""))
+    for ck in args.checkpoint:
+        model = load_learned_model(checkpoint=ck, map_location=args.device).to(args.device)
+        models.append((f"{getattr(model, 'method_name', 'model')} ({ck.stem})", model, f"checkpoint:{ck}", ""))
+    random_methods = args.random_init if args.random_init is not None else ([] if models else
+                                                                             ["mol-lr", "mol-sn", "modl"])
+    for meth in random_methods:
+        model = (random_modl(dims, channels=args.channels) if meth == "modl"
+                 else random_mol(meth, dims, channels=args.channels)).to(args.device)
+        models.append((f"{meth} (random init)", model, "random-init",
+                       "UNTRAINED weights: timings and the CNN share are representative of the architecture, the "
+                       "iteration counts (and so plain vs Anderson) are not those of a trained model"))
+    examples = load_examples(kind, args.examples, args.accel, args.device)
+    rows = []
+    for label, model, source, note in models:
+        print(f"  timing {label} ...", flush=True)
+        rows.append(bench_model(label, model, examples, source, repeats=args.repeats, tol=args.tol,
+                                max_iter=args.max_iter, with_torch_profile=not args.no_torch_profile, note=note))
+    classical = [bench_classical(m, examples) for m in args.classical]
+    results = {"data": f"built-in {kind} test split, {len(examples)} item(s) of shape "
+               f"{list(examples[0][1].spatial_shape)} × {examples[0][1].num_coils} coils at {args.accel:g}× "
+               "(simulated k-space)", "dims": dims, "device": args.device, "threads": args.threads,
+               "tol": args.tol, "max_iter": args.max_iter, "models": rows, "classical": classical,
+               "notes": notes, "machine": machine_info()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = speed_markdown(results)
+    if classical:
+        from ..evaluate.report import markdown_table
+
+        unit = "slice" if dims == "2d" else "volume"
+        md += "\nClassical methods\n\n" + markdown_table(
+            [{"method": c["label"], f"time/{unit} (s)": f"{c['time_per_item_s']:.3f}"} for c in classical],
+            ["method", f"time/{unit} (s)"])
+    write_json_atomic(out / "speed.json", results)
+    write_text_atomic(out / "speed.md", md)
+    plot_speed(results, out / "speed.png")
+    print()
+    print(md)
+    print(f"wrote {out / 'speed.json'}, {out / 'speed.md'}, {out / 'speed.png'}")
+    return 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.plots import plot_quality
+    from ..bench.quality import quality_markdown, run_quality_bench
+    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_quality_bench(args.accels, args.classical, args.learned, args.checkpoint, kind=args.kind,
+                                out=out, max_volumes=args.max_volumes, max_slices=args.max_slices,
+                                batch_size=args.batch_size, device=args.device)
+    results["machine"] = machine_info()
+    md = quality_markdown(results)
+    write_json_atomic(out / "quality.json", results)
+    write_text_atomic(out / "quality.md", md)
+    plot_quality(results["rows"], out / "quality.png")
+    print()
+    print(md)
+    print(f"wrote {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality.png'}")
+    return 0

@@ -1,0 +1,133 @@
+"""Correctness of the benchmark code at tiny sizes (the figures themselves are in benchmarks/)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from molrecon.bench.memory import linear_fit, memory_markdown, run_memory_sweep, summarize_memory
+from molrecon.bench.quality import pretrained_for, quality_markdown
+from molrecon.bench.speed import ExclusiveTimer, iterations_to_tol, profile_inference, random_modl, random_mol
+from molrecon.errors import InputError
+
+TINY = {"2d": {"shape": [16, 16], "coils": 2, "channels": 4, "layers": 3}}
+
+
+def _tiny_problem(seed: int = 0):
+    from molrecon.physics import MultiCoilMRI, mask_for, simulate_coil_maps
+
+    torch.manual_seed(seed)
+    shape = (24, 24)
+    maps = simulate_coil_maps(shape, 2)[None]
+    mask = mask_for("2d", 4.0)(shape, seed=seed, dims="2d")
+    physics = MultiCoilMRI(maps, mask, dims="2d")
+    x = torch.randn((1, *shape), dtype=torch.complex64)
+    return physics.A(x), physics
+
+
+def test_memory_sweep_rows_follow_the_json_contract(tmp_path):
+    from molrecon.cli import main
+
+    rc = main(["bench", "memory", "--out", str(tmp_path), "--dims", "2d", "--methods", "modl", "mol-lr",
+               "--modl-iters", "1", "2", "--mol-iters", "1", "3", "--shape-2d", "16", "16", "--coils-2d", "2",
+               "--channels-2d", "4", "--layers", "3"])
+    assert rc == 0
+    data = json.loads((tmp_path / "memory.json").read_text())
+    assert data["complete"] is True and "platform" in data["machine"]
+    assert [(r["method"], r["iters"]) for r in data["rows"]] == [("modl", 1), ("modl", 2), ("mol-lr", 1),
+                                                                 ("mol-lr", 3)]
+    for r in data["rows"]:
+        assert {"method", "iters", "dims", "shape", "peak_mib", "device"} <= set(r)
+        assert r["dims"] == "2d" and r["shape"] == [16, 16] and r["device"] == "cpu"
+        assert isinstance(r["peak_mib"], float) and r["peak_mib"] > -64  # RSS deltas may be ~0 at this size
+    # MOL is forced to run all max_iter forward iterations (otherwise "flat in max_iter" is vacuous)
+    mol = [r for r in data["rows"] if r["method"] == "mol-lr"]
+    assert [r["forward_iterations"] for r in mol] == [[1], [3]]
+    assert (tmp_path / "memory.png").stat().st_size > 1000
+    assert "| 2d |" in (tmp_path / "memory.md").read_text()
+
+
+def test_memory_sweep_rejects_bad_dims():
+    with pytest.raises(InputError, match="dims"):
+        run_memory_sweep(["modl"], ["4d"], sizes=TINY)
+    with pytest.raises(InputError, match="shape"):
+        run_memory_sweep(["modl"], ["3d"], sizes={"3d": {"shape": [8, 8]}})
+
+
+def test_linear_fit_and_budget_extrapolation():
+    a, b, r2 = linear_fit([1, 2, 5], [110.0, 120.0, 150.0])
+    assert a == pytest.approx(100.0) and b == pytest.approx(10.0) and r2 == pytest.approx(1.0)
+    rows = [{"method": "modl", "iters": k, "dims": "3d", "shape": [8, 8, 8], "device": "cpu",
+             "peak_mib": 100.0 + 10.0 * k} for k in (1, 2, 5)]
+    rows += [{"method": "mol-lr", "iters": k, "dims": "3d", "shape": [8, 8, 8], "device": "cpu",
+              "peak_mib": p} for k, p in ((5, 120.0), (50, 126.0))]
+    (s,) = summarize_memory(rows, budget_gib=1.0)
+    # 100 + 10 K > 1024 MiB first at K = ceil(92.4) = 93
+    assert s["modl_k_exceeding_budget"] == math.ceil((1024 - 100) / 10)
+    assert s["mol-lr_last_over_first"] == pytest.approx(1.05)
+    assert s["mol-lr_over_modl_k1"] == pytest.approx(126.0 / 110.0)
+    assert "MoDL K > 1 GiB" in memory_markdown(rows, [s])
+
+
+def test_exclusive_timer_charges_the_innermost_label():
+    t = ExclusiveTimer()
+    inner = t.wrap(lambda: time.sleep(0.05), "inner")
+    outer = t.wrap(lambda: (time.sleep(0.05), inner()), "outer")
+    absorbing = t.wrap(lambda: inner(), "absorb", absorb=True)
+    outer()
+    absorbing()
+    assert t.totals["inner"] == pytest.approx(0.05, abs=0.03)
+    assert t.totals["outer"] == pytest.approx(0.05, abs=0.03)
+    assert t.totals["absorb"] == pytest.approx(0.05, abs=0.03)
+    assert t.calls == {"outer": 1, "inner": 1, "absorb": 1}
+
+
+@pytest.mark.parametrize("method", ["mol-sn", "modl"])
+def test_speed_profile_shares_sum_to_one_and_restore_the_model(method):
+    y, physics = _tiny_problem()
+    model = random_modl("2d", K=2, channels=4, layers=3) if method == "modl" else \
+        random_mol("mol-sn", "2d", channels=4, layers=3, max_iter=5)
+    before = set(vars(model)) | {"__physics__"}
+    prof = profile_inference(model, y, physics)
+    shares = prof["shares"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
+    assert all(v >= 0 for v in shares.values())
+    assert shares["cnn"] > 0 and shares["fft"] > 0 and prof["cnn_share"] == shares["cnn"]
+    assert prof["calls"]["cnn"] >= 2
+    # the timers are removed again: nothing patched is left on the model, the physics or the modules
+    assert set(vars(model)) | {"__physics__"} == before
+    assert "normal" not in vars(physics)
+    from molrecon.models import mol as mol_mod
+    from molrecon.solvers import conjugate_gradient
+
+    assert mol_mod.conjugate_gradient is conjugate_gradient
+
+
+def test_iterations_to_tol_reports_plain_and_anderson():
+    y, physics = _tiny_problem(1)
+    model = random_mol("mol-sn", "2d", channels=4, layers=3, max_iter=7, tol=1e-3)
+    res = iterations_to_tol(model, [(y, physics)], tol=1e-6, max_iter=60)
+    for solver in ("plain", "anderson"):
+        assert 1 <= res[solver]["iterations"] <= 60
+        assert 0.0 <= res[solver]["converged_fraction"] <= 1.0
+    assert res["anderson_over_plain"] == pytest.approx(res["anderson"]["iterations"] / res["plain"]["iterations"])
+    # the model's own settings are restored
+    assert (model.solver, model.max_iter, model.tol) == ("anderson", 7, 1e-3)
+
+
+def test_quality_pretrained_resolution_and_notes():
+    shipped = {"mol-lr-2d-4x", "modl-2d-8x"}
+    assert pretrained_for("mol-lr", "2d", 4.0, shipped) == ("mol-lr-2d-4x", "")
+    name, note = pretrained_for("mol-lr", "2d", 8.0, shipped)
+    assert name == "mol-lr-2d-4x" and "trained at 4×" in note
+    assert pretrained_for("modl", "2d", 8.0, shipped) == ("modl-2d-8x", "")
+    name, note = pretrained_for("deq", "dynamic", 4.0, shipped)
+    assert name is None and "deq-2dt-4x" in note and "skipped" in note
+    rows = [{"method": "sense", "acceleration": a, "psnr": 30.0, "psnr_std": 1.0, "ssim": 0.9, "ssim_std": 0.01,
+             "num_volumes": 2, "num_slices": 2} for a in (4.0, 8.0)]
+    md = quality_markdown({"accelerations": [4.0, 8.0], "rows": rows, "data": "x", "notes": [note]})
+    assert "| sense | 30.00 ± 1.00 | 0.9000 ± 0.0100 | 30.00 ± 1.00 |" in md and "skipped" in md
