@@ -10,13 +10,13 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from _killable import KILLABLE_CLI
 from molrecon.train import ResumableSampler, Trainer, load_checkpoint, load_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,31 +224,15 @@ def test_ddp_mol_lr_penalty_outside_the_wrapped_forward(tmp_path):
 
 
 # -- killed and resumed (real torchrun, the CLI) ------------------------------------------------------------------
-_RUNNER = textwrap.dedent("""
-    import os, signal, sys
-    from molrecon.cli import main
-    kill_at = int(os.environ.get("KILL_AT_STEP", "0"))
-    if kill_at and os.environ.get("RANK", "0") == os.environ.get("KILL_RANK", "1"):
-        from molrecon.train import trainer as T
-        original = T.Trainer.train_step
-        def step_then_die(self, batch):
-            if self.step + 1 == kill_at:
-                # die in the middle of a step, after the forward pass, like a preempted node
-                self.model(batch["kspace"], T._physics(batch))
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, batch)
-        T.Trainer.train_step = step_then_die
-    sys.exit(main(sys.argv[1:]))
-""")
 
 
 def _launch(tmp_path: Path, nproc: int, args: list[str], kill_at: int = 0) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --nproc_per_node=nproc runner.py ARGS`` (plain python for 1 process)."""
     runner = tmp_path / "runner.py"
-    runner.write_text(_RUNNER)
+    runner.write_text(KILLABLE_CLI)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
-    env.update(CHILD_ENV, KILL_AT_STEP=str(kill_at), PYTHONPATH=str(REPO / "src"))
+    env.update(CHILD_ENV, KILL_AT_STEP=str(kill_at), KILL_RANK="1", PYTHONPATH=str(REPO / "src"))
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(runner), *args]

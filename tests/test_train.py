@@ -7,12 +7,12 @@ import os
 import pickle
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+from _killable import KILLABLE_CLI
 from molrecon.errors import CheckpointError, InputError
 from molrecon.models import MoDL, build_model
 from molrecon.train import (
@@ -299,27 +299,11 @@ def test_lipschitz_and_residual_guards(tmp_path):
 
 
 # -- exact resume after SIGKILL ---------------------------------------------------------------------------------
-_RUNNER = textwrap.dedent("""
-    import os, signal, sys
-    from molrecon.cli import main
-    kill_at = int(os.environ.get("KILL_AT_STEP", "0"))
-    if kill_at:
-        from molrecon.train import trainer as T
-        original = T.Trainer.train_step
-        def step_then_die(self, batch):
-            if self.step + 1 == kill_at:
-                # die in the middle of a step, after the forward pass, like a preempted job
-                self.model(batch["kspace"], T._physics(batch))
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, batch)
-        T.Trainer.train_step = step_then_die
-    sys.exit(main(sys.argv[1:]))
-""")
 
 
 def _run(args: list[str], kill_at: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "KILL_AT_STEP": str(kill_at)}
-    return subprocess.run([sys.executable, "-c", _RUNNER, *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", KILLABLE_CLI, *args], env=env, capture_output=True, text=True,
                           timeout=240, cwd=REPO)
 
 

@@ -80,6 +80,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MolreconError
+from ..solvers.cg import batch_norms
 
 PARTS = ("attack", "random", "convergence", "uniqueness", "shift")
 FIXED_POINT_METHODS = ("mol-sn", "mol-lr", "deq")
@@ -149,11 +150,6 @@ class RobustnessConfig:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _norms(x: torch.Tensor) -> torch.Tensor:
-    """Per-batch-element Euclidean norm of a complex or real tensor ``[B, ...]``."""
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
-
-
 def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -248,7 +244,7 @@ def _finite_or_none(v: float) -> float | None:
 def project_ball(delta: torch.Tensor, mask: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """:math:`P(\\delta) = M\\delta\\,\\min(1, r/\\|M\\delta\\|)` per batch element (``radius`` ``[B]``)."""
     d = mask.to(delta.real.dtype) * delta
-    n = _norms(d)
+    n = batch_norms(d)
     scale = torch.clamp(radius.to(n.dtype) / n.clamp_min(1e-30), max=1.0)
     return d * _bshape(scale, d).to(d.dtype)
 
@@ -259,7 +255,7 @@ def random_perturbation(shape: Sequence[int], mask: torch.Tensor, radius: torch.
     from ..physics import complex_gaussian
 
     d = mask.to(torch.float32) * complex_gaussian(tuple(shape), 1.0, generator=generator)
-    n = _norms(d).clamp_min(1e-30)
+    n = batch_norms(d).clamp_min(1e-30)
     return (d * _bshape(radius.to(n.dtype) / n, d)).to(torch.complex64)
 
 
@@ -290,7 +286,7 @@ def _objective(model: Any, y: torch.Tensor, physics: Any, delta: torch.Tensor, x
         else:
             with torch.no_grad():
                 x = model.solve(y + delta, physics)[0] if is_fixed_point_model(model) else model(y + delta, physics)
-            value, g = _norms(x - x_ref), None
+            value, g = batch_norms(x - x_ref), None
     if not torch.isfinite(value).all():
         raise InputError(f"{method_of(model)}: the reconstruction of perturbed data is not finite")
     return value.detach(), (None if g is None else g.detach()), [str(w.message) for w in caught]
@@ -315,7 +311,7 @@ def worst_case_perturbation(model: Any, y: torch.Tensor, physics: Any, eps: Sequ
     eps_t = torch.as_tensor(list(eps), dtype=torch.float64)
     E, R = len(eps_t), int(restarts)
     B = E * R
-    b_norm = float(_norms(measured_data(y, physics)))
+    b_norm = float(batch_norms(measured_data(y, physics)))
     if not b_norm > 0:
         raise InputError("worst_case_perturbation: the measured k-space is zero")
     radius = (eps_t.repeat_interleave(R) * b_norm).to(torch.float32)  # [B]: radius of element e*R + r
@@ -346,7 +342,7 @@ def worst_case_perturbation(model: Any, y: torch.Tensor, physics: Any, eps: Sequ
             history[i].append(float(best_f[i]))
         if not need_grad:
             break
-        gn = _norms(best_g).clamp_min(1e-30)
+        gn = batch_norms(best_g).clamp_min(1e-30)
         step = best_g / _bshape(gn, best_g) * _bshape(eta * radius, best_g)
         delta = project_ball(best_d + step.to(best_d.dtype), mask, radius)
     # best restart per radius
@@ -369,8 +365,8 @@ def measure_perturbations(model: Any, y: torch.Tensor, physics: Any, deltas: tor
     """
     n = deltas.shape[0]
     x, info = reconstruct(model, _expand(y, n) + deltas, physics, tol=tol, max_iter=max_iter)
-    dn = _norms(deltas).double().cpu()
-    dx = _norms(x - x_ref).double().cpu()
+    dn = batch_norms(deltas).double().cpu()
+    dx = batch_norms(x - x_ref).double().cpu()
     e = _error_bound(info, n) + _error_bound(info_ref, 1)[0]
     p_ref = _psnr(x_ref[0], target[0], max_value)
     out = []
@@ -482,7 +478,7 @@ def plain_iteration(model: Any, y: torch.Tensor, physics: Any, target: torch.Ten
             if not torch.isfinite(xn).all():
                 diverged_at = k + 1
                 break
-            res.append(float(_norms(xn - x)[0] / _norms(x)[0].clamp_min(1e-30)))
+            res.append(float(batch_norms(xn - x)[0] / batch_norms(x)[0].clamp_min(1e-30)))
             psnrs.append(_psnr(xn[0], target[0], max_value))
             x = xn
     return {"residual": res, "psnr": psnrs, "diverged_at": diverged_at, "start": "cg-sense"
@@ -538,17 +534,18 @@ def uniqueness_study(model: Any, y: torch.Tensor, physics: Any, target: torch.Te
         adj = physics.A_adjoint(y)
         gen = torch.Generator().manual_seed(int(seed) + 7)
         noise = complex_gaussian(tuple(adj.shape), 1.0, generator=gen).to(adj)
-        noise = noise * (_norms(adj) / _norms(noise).clamp_min(1e-30))[:, None, None].reshape(-1, *[1] * (adj.ndim - 1))
+        scale = batch_norms(adj) / batch_norms(noise).clamp_min(1e-30)
+        noise = noise * scale.reshape(-1, *[1] * (adj.ndim - 1))
         cg = model.initial_image(y, physics) if hasattr(model, "initial_image") else cg_sense(y, physics)
         starts = {"zero": torch.zeros_like(adj), "adjoint": adj, "noise": noise, "cg-sense": cg}
     names = list(starts)
     x0 = torch.cat([starts[n] for n in names])
     x, info = reconstruct(model, _expand(y, len(names)), physics, x0=x0, tol=tol, max_iter=max_iter)
-    ref = float(_norms(x[names.index("cg-sense"):][:1])[0])
+    ref = float(batch_norms(x[names.index("cg-sense"):][:1])[0])
     spread = 0.0
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            spread = max(spread, float(_norms(x[i:i + 1] - x[j:j + 1])[0]) / max(ref, 1e-30))
+            spread = max(spread, float(batch_norms(x[i:i + 1] - x[j:j + 1])[0]) / max(ref, 1e-30))
     eb = _error_bound(info, len(names))
     bound_rel = float(2 * eb.max()) / max(ref, 1e-30) if torch.isfinite(eb).all() else None
     return {"method": method_of(model), "applicable": True, "starts": names, "spread": spread,
@@ -670,7 +667,7 @@ def run_robustness(models: Mapping[str, Any] | Sequence[Any], examples: Sequence
                 x_ref, info_ref = reconstruct(model, y, ph, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter)
                 cert = certificate_of(model, ph, x_ref) if is_fixed_point_model(model) else None
                 certs.append(cert)
-                b_norm = float(_norms(measured_data(y, ph)))
+                b_norm = float(batch_norms(measured_data(y, ph)))
                 radius = torch.tensor([e * b_norm for e in cfg.eps], dtype=torch.float32)
                 if "attack" in cfg.parts:
                     _log(progress, f"[{time.perf_counter() - t_start:6.0f}s] {tag}: attack "
@@ -686,7 +683,7 @@ def run_robustness(models: Mapping[str, Any] | Sequence[Any], examples: Sequence
                                   "certificate": const, "certified": None if cert is None else cert.get("certified"),
                                   "verdict": certificate_verdict(m["amplification"], m["amplification_low"],
                                                                  m["amplification_high"], const),
-                                  "mask_leak": float(_norms(att.delta * (1 - ph.mask.to(torch.float32)))
+                                  "mask_leak": float(batch_norms(att.delta * (1 - ph.mask.to(torch.float32)))
                                                      .max()),
                                   "attack_seconds": att.seconds / len(cfg.eps)})
                     if att.warnings:

@@ -26,9 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-
-def _norms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+from ..solvers.cg import batch_norms
 
 
 def lipschitz_barrier(lip: torch.Tensor, threshold: float = 0.98, eps: float = 1e-3) -> torch.Tensor:
@@ -63,18 +61,18 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
     else:
         xi = torch.complex(torch.rand_like(real), torch.rand_like(real))
     v = u + noise * xi
-    u_norm = _norms(u).clamp_min(1e-12).reshape(-1, *([1] * (u.ndim - 1)))
+    u_norm = batch_norms(u).clamp_min(1e-12).reshape(-1, *([1] * (u.ndim - 1)))
     with torch.enable_grad():
         hu = h(u).detach()
         for _ in range(steps):
             v = v.detach().requires_grad_(True)
-            ratio = _norms(hu - h(v)) / _norms(u - v).clamp_min(1e-12)
+            ratio = batch_norms(hu - h(v)) / batch_norms(u - v).clamp_min(1e-12)
             (g,) = torch.autograd.grad(ratio.sum(), v)
             v = v.detach() + step_size * g
             # the authors rescale v onto the sphere of radius ||u|| after each ascent step
-            v = v / _norms(v).clamp_min(1e-12).reshape_as(u_norm) * u_norm
+            v = v / batch_norms(v).clamp_min(1e-12).reshape_as(u_norm) * u_norm
     v = v.detach()
-    return _norms(h(u) - h(v)) / _norms(u - v).clamp_min(1e-12)
+    return batch_norms(h(u) - h(v)) / batch_norms(u - v).clamp_min(1e-12)
 
 
 def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_iter: int = 20,
@@ -90,7 +88,7 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
         v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     else:
         v = torch.randn_like(x)
-    v = v / _norms(v).reshape(-1, *([1] * (x.ndim - 1)))
+    v = v / batch_norms(v).reshape(-1, *([1] * (x.ndim - 1)))
     sigma = torch.zeros(x.shape[0], device=x.device)
     with torch.enable_grad():
         xr = x.clone().requires_grad_(True)
@@ -101,8 +99,8 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
             (jtw,) = torch.autograd.grad(y, xr, w, create_graph=True)
             (jv,) = torch.autograd.grad(jtw, w, v, retain_graph=True)
             (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
-            sigma = _norms(jv)
-            n = _norms(jtjv).clamp_min(1e-30).reshape(-1, *([1] * (x.ndim - 1)))
+            sigma = batch_norms(jv)
+            n = batch_norms(jtjv).clamp_min(1e-30).reshape(-1, *([1] * (x.ndim - 1)))
             v = (jtjv / n).detach()
     return (sigma.detach(), v) if return_vector else sigma.detach()
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import ConvergenceError, InputError
 from ..physics.mri import check_finite
-from ..solvers.cg import conjugate_gradient
+from ..solvers.cg import batch_norms, conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
 from ..solvers.implicit import attach_implicit_backward, dc_solve
 from ..solvers.info import SolverInfo
@@ -50,10 +50,6 @@ from .cnn import DIMS, ConvDenoiser
 from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
 
 CONSTRAINTS = {"sn": "mol-sn", "lr": "mol-lr", "none": "deq"}
-
-
-def _norms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
 
 
 def contraction_factor(alpha: float, lipschitz: float) -> float:
@@ -344,15 +340,15 @@ class MOL(nn.Module):
             rhs = (1 - self.alpha) * x_last + self.alpha * hx + mu * aty
             x_out, cg_info = conjugate_gradient(lambda v: v + mu * physics.normal(v), rhs, x0=x_last,
                                                 max_iter=self.dc_exact_iter, tol=self.cg_tol)
-            step = _norms(x_out - x_last)
-            cg_err = cg_info.final_residual.to(step.dtype) * _norms(rhs)
+            step = batch_norms(x_out - x_last)
+            cg_err = cg_info.final_residual.to(step.dtype) * batch_norms(rhs)
         L, certified = self._lipschitz_for_bound(x_out, w_d)
         c = contraction_factor(self.alpha, L) if math.isfinite(L) else math.nan
         if math.isfinite(c) and c < 1:
             bound = step * (c / (1 - c)) + cg_err / (1 - c)
         else:
             bound = torch.full_like(step, math.inf if math.isfinite(c) else math.nan)
-        xn = _norms(x_out).clamp_min(1e-30)
+        xn = batch_norms(x_out).clamp_min(1e-30)
         info.extra.update({"error_bound": bound, "error_bound_relative": bound / xn, "contraction": c,
                            "lipschitz": L, "bound_certified": bool(certified and c < 1),
                            "method": self.method_name, "final_step": step, "init": "cg-sense" if x0 is None else "x0"})

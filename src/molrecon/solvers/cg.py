@@ -21,6 +21,11 @@ def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.conj() * b).real.reshape(a.shape[0], -1).sum(dim=1)
 
 
+def batch_norms(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm per batch element of a complex or real ``[B, ...]`` tensor (``[B]``)."""
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+
+
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError
+from .cg import batch_norms
 from .info import SolverInfo
 
 FixedPointFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,12 +44,8 @@ def _flat_real(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def _norms(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
-
-
 def _rel(fx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return _norms(fx - x) / _norms(fx).clamp_min(1e-30)
+    return batch_norms(fx - x) / batch_norms(fx).clamp_min(1e-30)
 
 
 def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson", max_iter: int = 50,
@@ -110,8 +107,8 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
         if bool(bad.any()):
             # diverged elements stop here; they keep their best value and are reported unconverged
             fx = torch.where(bad.reshape(-1, *([1] * (fx.ndim - 1))), xs, fx)
-        step = _norms(fx - xs)
-        res = torch.where(bad, torch.full_like(step, float("inf")), step / _norms(fx).clamp_min(1e-30))
+        step = batch_norms(fx - xs)
+        res = torch.where(bad, torch.full_like(step, float("inf")), step / batch_norms(fx).clamp_min(1e-30))
         iterations[idx] += 1
         last_res[idx] = res
         improved = res < best_res[idx]
