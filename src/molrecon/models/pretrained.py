@@ -195,14 +195,13 @@ def _read_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any], dict[str
     :func:`molrecon.train.checkpoint.load_checkpoint` reads it with ``torch.load(weights_only=True)`` and checks
     the layout; the model is rebuilt from its ``model_config`` exactly as the trainer does.
     """
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import load_checkpoint, model_from_state
     from .factory import build_model
 
     state = load_checkpoint(path)
+    model = model_from_state(state, path)
     model_config = dict(state["model_config"])
     try:
-        model = build_model(dict(model_config))
-        model.load_state_dict(state["model_state"], strict=True)
         # The model's own description is complete (e.g. MOL's lazily inferred ``dims``), so prefer it: the
         # shipped model must rebuild without the training defaults that filled the checkpoint's config.
         if callable(getattr(model, "config", None)):

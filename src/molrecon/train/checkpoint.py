@@ -145,11 +145,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model stored in a checkpoint (architecture from ``model_config``, then weights), in eval mode."""
+    model = model_from_state(load_checkpoint(path, map_location=map_location), path)
+    model.to(map_location)
+    model.eval()
+    return model
+
+
+def model_from_state(state: dict[str, Any], path: str | os.PathLike) -> torch.nn.Module:
+    """The model of a loaded checkpoint ``state``: architecture from ``model_config``, then its weights."""
     from ..models.factory import build_model
 
-    state = load_checkpoint(path, map_location=map_location)
     try:
-        model = build_model(state["model_config"])
+        model = build_model(dict(state["model_config"]))
     except Exception as exc:  # an unknown/incompatible config is a checkpoint problem for the user
         raise CheckpointError(f"{path}: cannot rebuild the model from its config ({exc})") from None
     try:
@@ -157,6 +164,4 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torc
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the model "
                               f"({str(exc).strip().splitlines()[0]})") from None
-    model.to(map_location)
-    model.eval()
     return model
