@@ -11,7 +11,15 @@ import torch
 
 from molrecon.bench.memory import linear_fit, memory_markdown, run_memory_sweep, summarize_memory
 from molrecon.bench.quality import pretrained_for, quality_markdown
-from molrecon.bench.speed import ExclusiveTimer, iterations_to_tol, profile_inference, random_modl, random_mol
+from molrecon.bench.speed import (
+    ExclusiveTimer,
+    dc_iterations_sweep,
+    iterations_to_tol,
+    profile_inference,
+    random_modl,
+    random_mol,
+    speed_markdown,
+)
 from molrecon.errors import InputError
 
 TINY = {"2d": {"shape": [16, 16], "coils": 2, "channels": 4, "layers": 3}}
@@ -117,6 +125,24 @@ def test_iterations_to_tol_reports_plain_and_anderson():
     assert res["anderson_over_plain"] == pytest.approx(res["anderson"]["iterations"] / res["plain"]["iterations"])
     # the model's own settings are restored
     assert (model.solver, model.max_iter, model.tol) == ("anderson", 7, 1e-3)
+
+
+def test_dc_sweep_rows_and_same_answers():
+    y, physics = _tiny_problem(2)
+    model = random_mol("mol-sn", "2d", channels=4, layers=3, max_iter=9, tol=1e-3, cg_iter=4)
+    rows = dc_iterations_sweep(model, [(y, physics)], [2, 12], tol=1e-6, max_iter=300)
+    assert [r["cg_iter"] for r in rows] == [2, 4, 12]
+    assert [r["own"] for r in rows] == [False, True, False]
+    own = rows[1]
+    assert own["max_rel_diff_vs_own"] == 0.0
+    for r in rows:
+        assert r["plain"]["converged_fraction"] == 1.0 and r["anderson"]["converged_fraction"] == 1.0
+        assert r["max_rel_diff_vs_own"] < 1e-4  # same fixed point whatever the inner CG budget
+    assert model.cg_iter == 4 and (model.solver, model.max_iter, model.tol) == ("anderson", 9, 1e-3)
+    md = speed_markdown({"data": "x", "device": "cpu", "threads": 1, "tol": 1e-6, "max_iter": 300,
+                         "models": [{"label": "m", "source": "random-init", "time_per_item_s": 1.0,
+                                     "dc_sweep": rows}]})
+    assert "CG steps per block" in md and "m (own)" in md
 
 
 def test_quality_pretrained_resolution_and_notes():

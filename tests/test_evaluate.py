@@ -63,11 +63,11 @@ def tiny_model(config=TINY_MODL):
     return build_model(dict(config))
 
 
-def write_checkpoint(path: Path, model) -> Path:
+def write_checkpoint(path: Path, model, model_config=TINY_MODL) -> Path:
     from molrecon.train.checkpoint import save_checkpoint
 
-    config = {"model": dict(TINY_MODL), "out_dir": str(path.parent), "command": "molrecon train tiny.yaml"}
-    return save_checkpoint(path, {"model_state": model.state_dict(), "model_config": dict(TINY_MODL),
+    config = {"model": dict(model_config), "out_dir": str(path.parent), "command": "molrecon train tiny.yaml"}
+    return save_checkpoint(path, {"model_state": model.state_dict(), "model_config": dict(model_config),
                                   "config": config, "step": 7, "metrics": {"val_psnr": 12.5}})
 
 
@@ -225,6 +225,38 @@ def test_export_load_round_trip_without_pickle(tmp_path, monkeypatch):
     y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
     with torch.no_grad():
         assert torch.equal(model.eval()(y, physics), loaded(y, physics))
+
+
+def test_export_with_solver_overrides_keeps_the_fixed_point(tmp_path):
+    from molrecon.models.pretrained import export_pretrained, load_pretrained
+
+    config = {**TINY_MOL_SN, "max_iter": 400, "tol": 1e-6, "cg_iter": 3}
+    model = tiny_model(config)
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", model, config)
+    with pytest.raises(InputError, match="not solver settings"):
+        export_pretrained(ckpt, "mol-sn-2d-4x", root=tmp_path / "shipped", solver_overrides={"lam": 1.0})
+    export_pretrained(ckpt, "mol-sn-2d-4x", root=tmp_path / "shipped", solver_overrides={"cg_iter": 12})
+    loaded = load_pretrained("mol-sn-2d-4x", root=tmp_path / "shipped")
+    assert loaded.cg_iter == 12 and loaded.pretrained_meta["model_config"]["cg_iter"] == 12
+    assert loaded.pretrained_meta["inference_overrides"] == {"cg_iter": {"trained": 3, "shipped": 12}}
+    assert loaded.pretrained_meta["training"]["config"]["model"]["cg_iter"] == 3
+    maps = simulate_coil_maps((32, 32), 4)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
+    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
+    with torch.no_grad():
+        x_trained, x_shipped = model.eval()(y, physics), loaded(y, physics)
+    assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
+
+
+def test_two_models_of_one_method_get_distinct_labels(tmp_path):
+    from molrecon.evaluate.evaluation import resolve_methods
+
+    paths = []
+    for run in ("modl_k1", "modl_k10"):
+        (tmp_path / run).mkdir()
+        paths.append(write_checkpoint(tmp_path / run / "best.pt", tiny_model()))
+    runners = resolve_methods(["sense"], paths)
+    assert [r.name for r in runners] == ["sense", "modl (modl_k1/best)", "modl (modl_k10/best)"]
 
 
 def test_corrupted_pretrained_weights_refused(tmp_path):

@@ -168,6 +168,20 @@ def test_anderson_same_fixed_point_fewer_iterations():
     assert int(ia.iterations.max()) < int(ip.iterations.min())
 
 
+def test_inexact_warm_started_dc_has_the_exact_blocks_fixed_point():
+    # each block's CG starts at the current iterate, so at a fixed point its residual is zero: 2 CG steps per
+    # block and a near-exact DC reach the same answer (only the path between them differs)
+    physics, y, _ = _problem(n=24, batch=2)
+    answers = {}
+    for cg_iter in (2, 5, 60):
+        x, info = _model("sn", 3.0, solver="plain", tol=1e-5, max_iter=2000, cg_iter=cg_iter,
+                         cg_tol=1e-8).solve(y, physics)
+        assert info.all_converged, cg_iter
+        answers[cg_iter] = x
+    for cg_iter in (2, 5):
+        assert _norm(answers[cg_iter] - answers[60]) / _norm(answers[60]) < 1e-4, cg_iter
+
+
 def test_a_posteriori_error_bound_holds():
     physics, y, _ = _problem()
     ref, _ = _model("sn", 3.0, tol=1e-7, max_iter=300, cg_iter=50, cg_tol=1e-7).solve(y, physics)

@@ -17,7 +17,8 @@ from molrecon.physics import (
     simulate_coil_maps,
 )
 
-CASES = [("2d", (24, 20)), ("3d", (6, 12, 10)), ("2d+t", (5, 12, 10))]
+CASES = [("2d", (24, 20)), ("2d", (15, 20)), ("3d", (6, 12, 10)), ("3d", (6, 11, 10)),
+         ("2d+t", (5, 12, 10))]
 
 
 def make_physics(dims, spatial, coils=4, batch=2):

@@ -33,12 +33,14 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from ..errors import InputError
+from ..solvers.cg import batch_norms
 
 CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
 
@@ -207,8 +209,6 @@ def iterations_to_tol(model: Any, examples: Sequence[tuple[torch.Tensor, Any]], 
                       max_iter: int = 500) -> dict[str, dict[str, Any]]:
     """Forward iterations of a MOL/DEQ model to relative change ``tol`` with the plain and the Anderson
     solver (same start, same model), averaged over ``examples``; plus the wall time of each solve."""
-    import warnings
-
     out: dict[str, dict[str, Any]] = {}
     for solver in ("plain", "anderson"):
         its, conv, secs = [], [], []
@@ -225,6 +225,37 @@ def iterations_to_tol(model: Any, examples: Sequence[tuple[torch.Tensor, Any]], 
                        "converged_fraction": sum(conv) / len(conv), "seconds": statistics.mean(secs)}
     out["anderson_over_plain"] = out["anderson"]["iterations"] / max(out["plain"]["iterations"], 1e-9)
     return out
+
+
+def dc_iterations_sweep(model: Any, examples: Sequence[tuple[torch.Tensor, Any]], cg_iters: Sequence[int],
+                        tol: float = 1e-4, max_iter: int = 500) -> list[dict[str, Any]]:
+    """Outer iterations and time to ``tol`` (plain and Anderson) as a function of the CG steps of the
+    data-consistency solve inside each block (``model.cg_iter``).
+
+    The inner CG is warm-started at the current iterate, so every ``cg_iter`` has the same fixed points (at a
+    fixed point the CG residual is zero); what changes is the map between them: with few CG steps the block is
+    a partial, iterate-dependent DC step — slower to contract and non-smooth for Anderson's secant model. Each
+    row also gives the largest relative distance of the Anderson answers (solved to ``tol``) from those at the
+    model's own ``cg_iter``.
+    """
+    own = int(model.cg_iter)
+    values = list(dict.fromkeys([own, *(int(n) for n in cg_iters)]))
+    answers: dict[int, list[torch.Tensor]] = {}
+    rows = []
+    for n in values:
+        with _solver_settings(model, cg_iter=n):
+            its = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter)
+            with _solver_settings(model, solver="anderson", tol=float(tol), max_iter=int(max_iter), strict=False), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is in the rows already
+                answers[n] = [infer(model, y, p)[0] for y, p in examples]
+        rows.append({"cg_iter": n, "plain": its["plain"], "anderson": its["anderson"],
+                     "anderson_over_plain": its["anderson_over_plain"]})
+    for row in rows:
+        row["max_rel_diff_vs_own"] = max(float(batch_norms(a - b).max() / batch_norms(b).max())
+                                         for a, b in zip(answers[row["cg_iter"]], answers[own]))
+        row["own"] = row["cg_iter"] == own
+    return sorted(rows, key=lambda r: r["cg_iter"])
 
 
 def random_mol(method: str, dims: str, channels: int = 32, layers: int = 5, seed: int = 0, **kw: Any):
@@ -270,7 +301,7 @@ def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
 
 def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, Any]], source: str,
                 repeats: int = 3, tol: float = 1e-4, max_iter: int = 500, with_torch_profile: bool = True,
-                note: str = "") -> dict[str, Any]:
+                note: str = "", cg_iters: Sequence[int] = ()) -> dict[str, Any]:
     """Everything ``bench speed`` reports for one learned model (see the module docstring)."""
     device = examples[0][0].device
     times = [time_inference(lambda y=y, p=p: infer(model, y, p), repeats=repeats, device=device)["median_s"]
@@ -290,6 +321,8 @@ def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, A
     }
     if _is_mol(model):
         row["iterations"] = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter)
+        if cg_iters:
+            row["dc_sweep"] = dc_iterations_sweep(model, examples, cg_iters, tol=tol, max_iter=max_iter)
     if with_torch_profile:
         row["torch_profile_top_ops"] = torch_profile(model, *examples[0])
     return row
@@ -333,6 +366,19 @@ def speed_markdown(results: dict[str, Any]) -> str:
     if it_rows:
         lines += [f"\nForward iterations to tol {results['tol']:g} (max {results['max_iter']}); acceptance: "
                   "Anderson ≤ 0.5 × plain\n", markdown_table(it_rows, list(it_rows[0]))]
+    sweep_rows = [{"model": m["label"] + (" (own)" if r["own"] else ""), "CG steps per block": r["cg_iter"],
+                   "plain iters": f"{r['plain']['iterations']:.1f}", "plain s": f"{r['plain']['seconds']:.2f}",
+                   "Anderson iters": f"{r['anderson']['iterations']:.1f}",
+                   "Anderson s": f"{r['anderson']['seconds']:.2f}",
+                   "Anderson / plain": f"{r['anderson_over_plain']:.2f}",
+                   "converged (plain/Anderson)": f"{r['plain']['converged_fraction']:.2f} / "
+                                                 f"{r['anderson']['converged_fraction']:.2f}",
+                   "answer vs own": f"{r['max_rel_diff_vs_own']:.1e}"}
+                  for m in results["models"] for r in m.get("dc_sweep", [])]
+    if sweep_rows:
+        lines += ["\nOuter iterations vs CG steps of the data-consistency solve in each block (same fixed points; "
+                  "'answer vs own': largest relative distance from the answer at the model's own setting)\n",
+                  markdown_table(sweep_rows, list(sweep_rows[0]))]
     top = next((m for m in results["models"] if m.get("torch_profile_top_ops")), None)
     if top is not None:
         op_rows = [{"op": o["op"], "self ms": f"{o['self_ms']:.1f}", "share %": f"{100 * o['share']:.1f}",

@@ -76,6 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tol", type=float, default=1e-4)
     s.add_argument("--max-iter", type=int, default=500, help="cap of the iterations-to-tol runs")
     s.add_argument("--channels", type=int, default=32, help="CNN channels of random-init models")
+    s.add_argument("--cg-iters", nargs="+", type=int, default=[], metavar="N",
+                   help="also sweep the CG steps of each block's data-consistency solve (MOL/DEQ): outer "
+                   "iterations and time to --tol, plain and Anderson, e.g. --cg-iters 5 10 15 20 30")
     s.add_argument("--no-torch-profile", action="store_true")
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=1)
@@ -170,10 +173,13 @@ def run_speed(args: argparse.Namespace) -> int:
         speed_markdown,
     )
     from ..data.builtin import DIMS_OF_KIND, normalize_kind
+    from ..errors import InputError
     from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
     from ..models.loading import load_learned_model
     from ..models.pretrained import available_names
 
+    if any(n < 1 for n in args.cg_iters):
+        raise InputError(f"bench speed: --cg-iters must be positive integers, got {args.cg_iters}")
     torch.set_num_threads(args.threads)
     kind = normalize_kind(args.kind)
     dims = DIMS_OF_KIND[kind]
@@ -207,7 +213,8 @@ def run_speed(args: argparse.Namespace) -> int:
     for label, model, source, note in models:
         print(f"  timing {label} ...", flush=True)
         rows.append(bench_model(label, model, examples, source, repeats=args.repeats, tol=args.tol,
-                                max_iter=args.max_iter, with_torch_profile=not args.no_torch_profile, note=note))
+                                max_iter=args.max_iter, with_torch_profile=not args.no_torch_profile, note=note,
+                                cg_iters=args.cg_iters))
     classical = [bench_classical(m, examples) for m in args.classical]
     results = {"data": f"built-in {kind} test split, {len(examples)} item(s) of shape "
                f"{list(examples[0][1].spatial_shape)} × {examples[0][1].num_coils} coils at {args.accel:g}× "

@@ -149,7 +149,11 @@ def resolve_methods(methods: Sequence[str] = (), checkpoints: Sequence[str | Pat
         counts[r.name] = counts.get(r.name, 0) + 1
     for r in runners:
         if counts[r.name] > 1 and r.source != "classical":
-            r.name = f"{r.method} ({Path(r.source.split(':', 1)[1]).stem})"
+            kind, where = r.source.split(":", 1)
+            # a checkpoint is named by its run folder too: every run writes best.pt / last.pt
+            path = Path(where)
+            r.name = f"{r.method} ({path.parent.name}/{path.stem})" if kind == "checkpoint" else \
+                f"{r.method} ({where})"
     if not runners:
         raise InputError("no method to evaluate: give --methods, --checkpoint or --pretrained")
     return sorted(runners, key=lambda r: METHOD_ORDER.index(r.method) if r.method in METHOD_ORDER else 99)

@@ -219,18 +219,37 @@ def _read_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any], dict[str
     return model.eval(), model_config, summary
 
 
+#: solver settings a shipped model may change from its training values: they move the path to the fixed point,
+#: not the fixed point (see ``molrecon bench speed --cg-iters``)
+SOLVER_SETTINGS = ("cg_iter", "max_iter", "tol", "solver")
+
+
 def export_pretrained(checkpoint_path: str | os.PathLike, name: str, extra_meta: dict[str, Any] | None = None,
-                      root: str | os.PathLike | None = None) -> Path:
+                      root: str | os.PathLike | None = None, solver_overrides: dict[str, Any] | None = None) -> Path:
     """Turn a training checkpoint into the shipped pair ``<name>.safetensors`` + ``<name>.json``.
 
     ``extra_meta`` is merged into the sidecar; put there what a reader needs to trust the numbers, e.g.
     ``{"training": {"command": "molrecon train configs/mol_lr_2d.yaml", "device": "2 CPU cores",
     "wall_time_s": 1800}, "validation": {"psnr": 36.1, "ssim": 0.93, "split": "builtin-2d val"}}``.
     The checkpoint's config and step are recorded under ``"training"`` whatever ``extra_meta`` says.
+    ``solver_overrides`` (keys of :data:`SOLVER_SETTINGS`) replace the trained solver settings in the shipped
+    config; both values are recorded under ``"inference_overrides"``.
     """
     path = Path(checkpoint_path)
     model, model_config, summary = _read_training_checkpoint(path)
     meta = dict(extra_meta or {})
+    if solver_overrides:
+        unknown = sorted(set(solver_overrides) - set(SOLVER_SETTINGS))
+        if unknown:
+            raise InputError(f"export_pretrained: {unknown} are not solver settings ({', '.join(SOLVER_SETTINGS)})")
+        missing = sorted(set(solver_overrides) - set(model_config))
+        if missing:
+            raise InputError(f"export_pretrained: this {model_config.get('method')} model has no {missing}")
+        meta["inference_overrides"] = {k: {"trained": model_config[k], "shipped": v}
+                                       for k, v in solver_overrides.items()}
+        model_config = {**model_config, **solver_overrides}
+        for k, v in solver_overrides.items():
+            setattr(model, k, v)
     training = dict(meta.pop("training", {}) or {})
     training.setdefault("config", summary["config"])
     training.setdefault("step", summary["step"])

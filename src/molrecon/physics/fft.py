@@ -54,6 +54,14 @@ def _modulated(x: torch.Tensor, dims: Sequence[int]) -> tuple[torch.Tensor, torc
     return _signs(tuple(x.shape), nd, x.ndim, x.device, x.real.dtype)
 
 
+def input_signs(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor | None:
+    """The grid ``s_in`` with ``fft_centered(x) = s_out * fftn(s_in * x)`` for ``x``'s shape, or ``None`` when an
+    axis of ``dims`` has odd length (then the shifts are used). Since ``s_out² = 1``,
+    ``ifft_centered(m * fft_centered(x)) = s_in * ifftn(m * fftn(s_in * x))`` for any diagonal ``m``."""
+    signs = _modulated(x, dims)
+    return None if signs is None else signs[0]
+
+
 def fft_centered(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Centred orthonormal forward FFT over ``dims``."""
     dims = tuple(dims)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from .fft import fft_centered, ifft_centered
+from .fft import fft_centered, ifft_centered, input_signs
 
 DIMS = ("2d", "3d", "2d+t")
 
@@ -102,6 +102,7 @@ class MultiCoilMRI:
             raise InputError("mask is empty: no k-space sample is acquired")
         self.mask = mask
         self.fft_dims = (-2, -1) if self.dims in ("2d", "2d+t") else (-3, -2, -1)
+        self._normal_maps: torch.Tensor | None = None
 
     # -- shapes ---------------------------------------------------------------------------------------------
     @property
@@ -149,9 +150,23 @@ class MultiCoilMRI:
         return (self.maps.conj() * ifft_centered(self.mask * y, self.fft_dims)).sum(dim=1)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """Normal operator ``A^H A`` (the mask is 0/1, so it is applied once)."""
-        return (self.maps.conj() * ifft_centered(
-            self.mask * fft_centered(self.maps * x.unsqueeze(1), self.fft_dims), self.fft_dims)).sum(dim=1)
+        """Normal operator ``A^H A`` (the mask is 0/1, so it is applied once).
+
+        For even sizes the centring signs cancel between the FFT and its inverse
+        (``F_c^H M F_c = s F^H M F s``), so the maps carry ``s`` and the plain FFTs run between: the conjugate
+        gradient applies this operator in every step.
+        """
+        if self._normal_maps is None:
+            signs = input_signs(self.maps, self.fft_dims)
+            self._normal_maps = self.maps if signs is None else signs * self.maps
+            self._normal_centred = signs is None
+        maps = self._normal_maps
+        coil_images = maps * x.unsqueeze(1)
+        if self._normal_centred:
+            k = self.mask * fft_centered(coil_images, self.fft_dims)
+            return (maps.conj() * ifft_centered(k, self.fft_dims)).sum(dim=1)
+        k = self.mask * torch.fft.fftn(coil_images, dim=self.fft_dims, norm="ortho")
+        return (maps.conj() * torch.fft.ifftn(k, dim=self.fft_dims, norm="ortho")).sum(dim=1)
 
     def A_dagger(self, y: torch.Tensor, lam: float = 1e-4, max_iter: int = 50) -> torch.Tensor:
         """Regularised pseudo-inverse ``(A^H A + lam I)^{-1} A^H y`` by conjugate gradient."""
