@@ -102,7 +102,8 @@ class MultiCoilMRI:
             raise InputError("mask is empty: no k-space sample is acquired")
         self.mask = mask
         self.fft_dims = (-2, -1) if self.dims in ("2d", "2d+t") else (-3, -2, -1)
-        self._normal_maps: torch.Tensor | None = None
+        self._normal_maps: torch.Tensor | None = None  # maps times the FFT's centring signs (see normal)
+        self._normal_centred = False
 
     # -- shapes ---------------------------------------------------------------------------------------------
     @property
