@@ -206,9 +206,11 @@ def _solver_settings(model: Any, **settings: Any) -> Iterator[None]:
 
 
 def iterations_to_tol(model: Any, examples: Sequence[tuple[torch.Tensor, Any]], tol: float = 1e-4,
-                      max_iter: int = 500) -> dict[str, dict[str, Any]]:
+                      max_iter: int = 500, anderson_answers: list[torch.Tensor] | None = None
+                      ) -> dict[str, dict[str, Any]]:
     """Forward iterations of a MOL/DEQ model to relative change ``tol`` with the plain and the Anderson
-    solver (same start, same model), averaged over ``examples``; plus the wall time of each solve."""
+    solver (same start, same model), averaged over ``examples``; plus the wall time of each solve.
+    ``anderson_answers``, when given, receives the Anderson reconstructions (one per example)."""
     out: dict[str, dict[str, Any]] = {}
     for solver in ("plain", "anderson"):
         its, conv, secs = [], [], []
@@ -217,8 +219,10 @@ def iterations_to_tol(model: Any, examples: Sequence[tuple[torch.Tensor, Any]], 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported below
                     t0 = time.perf_counter()
-                    _, info = infer(model, y, physics)
+                    x, info = infer(model, y, physics)
                     secs.append(time.perf_counter() - t0)
+                if solver == "anderson" and anderson_answers is not None:
+                    anderson_answers.append(x)
                 its.extend(int(v) for v in info.iterations.tolist())
                 conv.extend(bool(v) for v in info.converged.tolist())
         out[solver] = {"iterations": statistics.mean(its), "iterations_all": its,
@@ -243,12 +247,9 @@ def dc_iterations_sweep(model: Any, examples: Sequence[tuple[torch.Tensor, Any]]
     answers: dict[int, list[torch.Tensor]] = {}
     rows = []
     for n in values:
+        answers[n] = []
         with _solver_settings(model, cg_iter=n):
-            its = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter)
-            with _solver_settings(model, solver="anderson", tol=float(tol), max_iter=int(max_iter), strict=False), \
-                    warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is in the rows already
-                answers[n] = [infer(model, y, p)[0] for y, p in examples]
+            its = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter, anderson_answers=answers[n])
         rows.append({"cg_iter": n, "plain": its["plain"], "anderson": its["anderson"],
                      "anderson_over_plain": its["anderson_over_plain"]})
     for row in rows:

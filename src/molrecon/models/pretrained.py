@@ -247,9 +247,7 @@ def export_pretrained(checkpoint_path: str | os.PathLike, name: str, extra_meta:
             raise InputError(f"export_pretrained: this {model_config.get('method')} model has no {missing}")
         meta["inference_overrides"] = {k: {"trained": model_config[k], "shipped": v}
                                        for k, v in solver_overrides.items()}
-        model_config = {**model_config, **solver_overrides}
-        for k, v in solver_overrides.items():
-            setattr(model, k, v)
+        model_config = {**model_config, **solver_overrides}  # only the weights of `model` are written
     training = dict(meta.pop("training", {}) or {})
     training.setdefault("config", summary["config"])
     training.setdefault("step", summary["step"])
