@@ -158,7 +158,7 @@ def simulate_file(mag: np.ndarray, dims: str, coils: int, snr_db: float, rng: np
         maps = np.ascontiguousarray(np.broadcast_to(maps[:, None], (coils, *spatial)))
     axes = (-2, -1) if dims in ("2d", "2d+t") else (-3, -2, -1)
 
-    # The centred orthonormal FFT of shared/CONVENTIONS.md, computed with scipy here: the same numbers as
+    # The centred orthonormal FFT of docs/conventions.md, computed with scipy here: the same numbers as
     # molrecon.physics.fft_centered, but torch's complex fftshift is several times slower on CPU.
     def fft_c(a: np.ndarray) -> np.ndarray:
         return np.fft.fftshift(scipy.fft.fftn(np.fft.ifftshift(a, axes=axes), axes=axes, norm="ortho"), axes=axes)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import InputError
 
-#: Canonical display order of the methods (``shared/CONVENTIONS.md``).
+#: Canonical display order of the methods (``docs/conventions.md``).
 METHOD_ORDER = ["zero-filled", "sense", "cs-wavelet", "cs-tv", "modl", "deq", "mol-sn", "mol-lr"]
 CLASSICAL_METHODS = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
 LEARNED_METHODS = ["modl", "deq", "mol-sn", "mol-lr"]

@@ -1,4 +1,4 @@
-"""Image-quality metrics computed as fastMRI does (``shared/CONVENTIONS.md``).
+"""Image-quality metrics computed as fastMRI does (``docs/conventions.md``).
 
 All metrics act on the magnitude. PSNR and SSIM use ``data_range`` = the maximum of the *target volume*
 (not 1.0, not the slice maximum); SSIM uses a 7×7 window (scikit-image, as fastMRI's ``evaluate.py``);

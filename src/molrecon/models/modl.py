@@ -13,7 +13,7 @@ everything by autograd: the ``K`` CNN applications *and* the CG iterations (``mo
 conjugate_gradient`` is written without in-place updates for this), so memory grows linearly with ``K`` and
 ``cg_iter``. :math:`\lambda` is learned; it is kept positive by using :math:`|\lambda| + 10^{-6}`.
 
-Conventions (``shared/CONVENTIONS.md``): images are complex ``[B, *spatial]``; the CNN sees real/imag as two
+Conventions (``docs/conventions.md``): images are complex ``[B, *spatial]``; the CNN sees real/imag as two
 channels (inside :class:`molrecon.models.ConvDenoiser`); ``dims`` is ``"2d"``, ``"3d"`` or ``"2d+t"``.
 """
 

@@ -9,7 +9,7 @@ Each shipped model is a pair of files in ``molrecon/pretrained/`` (or another ``
   the SHA-256 of the weights file (checked on every load, so a truncated or swapped file is refused) and the
   machine it was trained on.
 
-Names follow ``<method>-<2d|3d|2dt>-<accel>x`` (``shared/CONVENTIONS.md``), e.g. ``mol-lr-2d-4x``.
+Names follow ``<method>-<2d|3d|2dt>-<accel>x`` (``docs/conventions.md``), e.g. ``mol-lr-2d-4x``.
 
 Example
 -------

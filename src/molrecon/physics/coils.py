@@ -1,6 +1,6 @@
 """Coil sensitivities: a birdcage simulator and ESPIRiT estimation (both through sigpy), and normalisation.
 
-Convention (``shared/CONVENTIONS.md``): maps are normalised so that ``Σ_c |S_c|² = 1`` inside the object and
+Convention (``docs/conventions.md``): maps are normalised so that ``Σ_c |S_c|² = 1`` inside the object and
 0 outside; then ``‖A‖ ≤ 1`` for a 0/1 mask.
 """
 

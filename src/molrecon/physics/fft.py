@@ -1,4 +1,4 @@
-r"""Centred, orthonormal FFTs (the convention of fastMRI, sigpy and deepinv; see ``shared/CONVENTIONS.md``).
+r"""Centred, orthonormal FFTs (the convention of fastMRI, sigpy and deepinv; see ``docs/conventions.md``).
 
 .. math::
     \mathcal{F}(x) = \operatorname{fftshift}\big(
