@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["recon", "info", "evaluate", "demo", "models", "train", "data", "robustness", "bench"]
+COMMAND_MODULES = ["recon", "convert", "info", "evaluate", "demo", "models", "train", "data", "robustness", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

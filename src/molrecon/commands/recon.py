@@ -23,11 +23,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "(else the non-zero k-space locations).")
     p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
     p.add_argument("--input", required=True, type=Path,
-                   help="input HDF5 file, or a folder of them (split across ranks under torchrun)")
+                   help="input k-space: fastMRI or ISMRMRD HDF5 (.h5/.mrd) or BART .cfl (see docs/formats.md), "
+                   "or a folder of HDF5 files (split across ranks under torchrun)")
     p.add_argument("--out", required=True, type=Path,
-                   help="output HDF5 file (written atomically); a folder when --input is a folder")
+                   help="output HDF5 file, or BART .cfl (complex image), written atomically; a folder when "
+                   "--input is a folder")
     p.add_argument("--nifti", type=Path, default=None,
                    help="also write the magnitude as NIfTI (.nii/.nii.gz); a folder when --input is a folder")
+    p.add_argument("--dicom", type=Path, default=None,
+                   help="also write the magnitude as a DICOM series into this folder (single input file)")
+    p.add_argument("--maps", type=Path, default=None,
+                   help="coil maps (BART .cfl, or HDF5 with a 'maps' dataset); else the file's, else ESPIRiT")
+    p.add_argument("--no-prewhiten", action="store_true",
+                   help="ISMRMRD input: do not prewhiten with the noise scans")
     p.add_argument("--lam", type=float, default=None, help="regularisation weight (classical methods)")
     p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS)")
     p.add_argument("--dims", choices=["2d", "3d", "2d+t"], default=None,
@@ -36,34 +44,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="training checkpoint (learned methods)")
     p.add_argument("--pretrained", default=None, help="shipped pretrained model name (learned methods)")
     p.set_defaults(func=run)
-
-
-def load_problem(path: Path, dims: str | None = None, calib_width: int = 24):
-    """Read a file and return ``(kspace [S,C,*sp], maps [S,C,*sp], mask, dims, data)`` as torch tensors."""
-    import numpy as np
-    import torch
-
-    from ..io import read_kspace_file
-    from ..physics import check_maps_normalised, estimate_coil_maps
-
-    data = read_kspace_file(path)
-    kspace = torch.from_numpy(data["kspace"])
-    if dims is None:
-        attr = data["attrs"].get("dims")
-        dims = attr.decode() if isinstance(attr, bytes) else attr
-    if dims is None:
-        dims = "2d" if kspace.ndim == 4 else "3d"
-    if data["mask"] is not None:
-        mask = torch.from_numpy(data["mask"])
-    else:
-        sampled = np.abs(data["kspace"]).sum(axis=(0, 1)) > 0
-        mask = torch.from_numpy(sampled.astype(np.float32))
-    if data["maps"] is not None:
-        maps = torch.from_numpy(data["maps"])
-        check_maps_normalised(maps, source=f"{path}: maps")
-    else:
-        maps = estimate_coil_maps(kspace, calib_width=calib_width, dims=dims)
-    return kspace, maps, mask, dims, data
 
 
 def _mask_for_slice(mask, index: int, kspace_ndim: int):
@@ -79,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method in LEARNED and args.checkpoint is None and args.pretrained is None:
         raise InputError(f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME")
     if args.input.is_dir():
+        if args.dicom is not None or args.maps is not None:
+            raise InputError(f"{args.input}: --dicom and --maps need a single input file, not a folder")
         return _run_folder(args)
     _recon_file(args, args.input, args.out, args.nifti, _load_model(args))
     return 0
@@ -154,11 +136,21 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
     from tqdm import tqdm
 
     from .. import __version__
+    from ..errors import InputError
+    from ..formats import load_problem
     from ..io import write_h5_atomic
     from ..physics import MultiCoilMRI
     from ..recon import DEFAULT_LAM, reconstruct
 
-    kspace, maps, mask, dims, data = load_problem(input_path, args.dims, args.calib_width)
+    dicom = getattr(args, "dicom", None)
+    if dicom is not None and dicom.exists() and not dicom.is_dir():
+        raise InputError(f"{dicom}: --dicom needs a folder, and this is a file")
+    kspace, maps, mask, dims, problem = load_problem(input_path, args.dims, args.calib_width,
+                                                     maps_path=getattr(args, "maps", None),
+                                                     prewhiten=not getattr(args, "no_prewhiten", False))
+    if dicom is not None and dims != "2d" and kspace.shape[0] > 1:
+        raise InputError(f"{input_path}: --dicom writes one series; this file holds {kspace.shape[0]} {dims} "
+                         "volumes")
     kwargs: dict = {}
     if args.method in DEFAULT_LAM:
         kwargs["lam"] = DEFAULT_LAM[args.method] if args.lam is None else args.lam
@@ -179,11 +171,23 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
     recon = np.stack(out).astype(np.complex64)
     attrs = {"method": args.method, "source": str(input_path), "dims": dims, "molrecon_version": __version__}
     attrs.update({k: v for k, v in kwargs.items()})
-    write_h5_atomic(out_path, {"reconstruction": np.abs(recon).astype(np.float32),
-                               "reconstruction_complex": recon}, attrs)
+    if out_path.suffix.lower() in (".cfl", ".hdr"):
+        from ..formats import write_cfl_image
+
+        out_path = write_cfl_image(out_path, recon, dims)
+    else:
+        write_h5_atomic(out_path, {"reconstruction": np.abs(recon).astype(np.float32),
+                                   "reconstruction_complex": recon}, attrs)
     print(f"wrote {out_path} ({recon.shape[0]} x {'x'.join(map(str, recon.shape[1:]))}, {args.method})")
     if nifti_path is not None:
         from ..data import export_nifti
 
         export_nifti(np.abs(recon), nifti_path)
         print(f"wrote {nifti_path}")
+    if dicom is not None:
+        from ..formats import write_dicom_series
+
+        stack = np.abs(recon) if dims == "2d" else np.abs(recon[0])
+        write_dicom_series(dicom, stack, problem.image_geometry(), description=f"{args.method} reconstruction",
+                           source=str(input_path), frames=dims == "2d+t")
+        print(f"wrote {dicom} ({stack.shape[0]} DICOM images)")

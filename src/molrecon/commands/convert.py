@@ -1,0 +1,44 @@
+"""``molrecon convert IN OUT``: move k-space between fastMRI HDF5, ISMRMRD and BART CFL.
+
+The input format is found from the content and extension (see :mod:`molrecon.formats.detect`), the output
+format from OUT's extension (``.h5``/``.hdf5`` fastMRI, ``.mrd`` ISMRMRD, ``.cfl`` BART) or ``--to``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert k-space between fastMRI HDF5, ISMRMRD and BART CFL",
+                       description="Convert multicoil k-space between fastMRI HDF5 (.h5), ISMRMRD (.mrd) and "
+                       "BART (.cfl/.hdr). Input format by content and extension; output by extension or --to.")
+    p.add_argument("input", type=Path, help="input file (.h5/.hdf5/.mrd fastMRI or ISMRMRD, or BART .cfl)")
+    p.add_argument("output", type=Path, help="output file (written atomically)")
+    p.add_argument("--to", choices=["fastmri", "ismrmrd", "cfl"], default=None,
+                   help="output format (default: from the output's extension)")
+    p.add_argument("--dims", choices=["2d", "3d", "2d+t"], default=None, help="layout of the input")
+    p.add_argument("--maps", type=Path, default=None,
+                   help="coil maps to carry along (BART .cfl, or an HDF5 file with a 'maps' dataset)")
+    p.add_argument("--no-prewhiten", action="store_true",
+                   help="ISMRMRD input: do not prewhiten with the noise scans")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..formats import WRITERS, output_format, read_maps, read_problem
+
+    fmt = output_format(args.output, args.to)
+    if args.output.resolve() == args.input.resolve():
+        raise InputError(f"{args.output}: output would overwrite the input")
+    problem = read_problem(args.input, args.dims, prewhiten=not args.no_prewhiten)
+    if args.maps is not None:
+        problem.maps = read_maps(args.maps, problem)
+    out = WRITERS[fmt](args.output, problem)
+    shape = "x".join(map(str, problem.kspace.shape))
+    print(f"wrote {out} ({fmt}, k-space {shape}, {problem.dims})")
+    if fmt == "ismrmrd" and problem.maps is not None:
+        print("note: ISMRMRD has no place for coil maps; they were not written")
+    return 0
