@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .problem import RawProblem
+from .problem import RawProblem, compact_mask
 
 READ, PHS1, PHS2, COIL, TIME, SLICE = 0, 1, 2, 3, 10, 13
 BART_DIMS = 16
@@ -165,12 +165,10 @@ def read_cfl_problem(path: str | os.PathLike, dims: str | None = None) -> RawPro
                          f"2D+time), not --dims {dims}")
     if not np.isfinite(kspace).all():
         raise InputError(f"{base}.cfl: k-space contains NaN or Inf values")
-    mask = (np.abs(kspace).sum(axis=1, keepdims=True) > 0).astype(np.float32)
+    mask = (np.abs(kspace).sum(axis=1) > 0).astype(np.float32)
     if mask.sum() == 0:
         raise InputError(f"{base}.cfl: k-space is all zero (no sample acquired)")
-    # one pattern for all coils; shared by the slices when they agree (smaller, and what fastMRI files hold)
-    if (mask == mask[:1]).all():
-        mask = mask[0, 0]
+    mask = compact_mask(mask, found)
     return RawProblem(kspace=kspace, mask=mask, dims=found, source=base.with_suffix(".cfl"))
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from .prewhiten import apply_whitening, noise_covariance, whitening_matrix
-from .problem import Geometry, RawProblem
+from .problem import Geometry, RawProblem, compact_mask
 
 _SKIP_FLAGS = ("ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHASECORR_DATA", "ACQ_IS_DUMMYSCAN_DATA",
                "ACQ_IS_HPFEEDBACK_DATA", "ACQ_IS_RTFEEDBACK_DATA", "ACQ_IS_SURFACECOILCORRECTIONSCAN_DATA",
@@ -63,6 +63,9 @@ def _read_all(path: Path):
     try:
         xml = dset.read_xml_header()
         xml = xml.decode("utf-8", errors="replace") if isinstance(xml, bytes) else str(xml)
+        if "<encodingLimits" not in xml and "<encoding>" in xml:
+            raise InputError(f"{path}: the header has no encodingLimits, so the acquisitions cannot be placed "
+                             "in k-space")
         try:
             hdr = ismrmrd.xsd.CreateFromDocument(xml)
         except Exception as exc:
@@ -222,7 +225,7 @@ def read_ismrmrd(path: str | os.PathLike, dims: str | None = None, prewhiten: bo
 
     kspace, calib_merged, mask = _remove_oversampling(kspace, calib_merged, mask, enc, found)
     calib_width = _calib_width(calib, found)
-    mask = _compact_mask(mask, found)
+    mask = compact_mask(mask, found)
     geometry = _geometry([first_of_batch[b] for b in sorted(first_of_batch)], enc.encodedSpace, found,
                          kspace.shape[1:])
     attrs = {"source_format": "ismrmrd", "prewhitened": bool(prewhiten and noise), "noise_scans": len(noise),
@@ -271,14 +274,3 @@ def _calib_width(calib: np.ndarray, dims: str) -> int | None:
     while hi < lines.shape[0] - 1 and lines[hi + 1]:
         hi += 1
     return hi - lo + 1
-
-
-def _compact_mask(mask: np.ndarray, dims: str) -> np.ndarray:
-    """``[B, *spatial]`` → the smallest shape broadcastable to k-space that holds the same pattern."""
-    if (mask == mask[:1]).all():
-        m = mask[0]
-        ro = 0 if dims != "2d+t" else 1
-        if (m == np.take(m, [0], axis=ro)).all() and m.take(0, axis=ro).any():
-            return np.take(m, [0], axis=ro).astype(np.float32) if dims != "2d" else m[0].astype(np.float32)
-        return m.astype(np.float32)
-    return mask[:, None].astype(np.float32)

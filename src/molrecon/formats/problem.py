@@ -75,3 +75,14 @@ class RawProblem:
         if self.dims == "2d+t":
             n = 1
         return Geometry.axial((n, h, w), voxel)
+
+
+def compact_mask(mask: np.ndarray, dims: str) -> np.ndarray:
+    """``[B, *spatial]`` → the smallest shape broadcastable to k-space that holds the same pattern."""
+    if (mask == mask[:1]).all():
+        m = mask[0]
+        ro = 0 if dims != "2d+t" else 1
+        if (m == np.take(m, [0], axis=ro)).all() and m.take(0, axis=ro).any():
+            return np.take(m, [0], axis=ro).astype(np.float32) if dims != "2d" else m[0].astype(np.float32)
+        return m.astype(np.float32)
+    return mask[:, None].astype(np.float32)
