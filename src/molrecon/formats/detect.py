@@ -49,8 +49,8 @@ def _hdf5_kind(path: Path) -> str:
     except OSError as exc:
         reason = "truncated or corrupted HDF5 file" if h5py.is_hdf5(path) else "not an HDF5 file"
         raise InputError(f"{path}: {reason} ({str(exc).splitlines()[0]})") from None
-    raise InputError(f"{path}: HDF5 file is neither fastMRI (no 'kspace' dataset) nor ISMRMRD (no group with an "
-                     f"'xml' header); top-level keys: {keys}")
+    raise InputError(f"{path}: neither fastMRI (missing HDF5 key 'kspace'; found: {keys}) nor ISMRMRD (no group "
+                     "with an 'xml' header)")
 
 
 def detect_format(path: str | os.PathLike) -> str:
