@@ -381,3 +381,82 @@ def test_convert_roundtrips(tmp_path, capsys, builtin_file):
     np.testing.assert_array_equal(bart_to_molrecon(read_cfl(tmp_path / "y_maps"))[0], maps)
     rc, err = run_cli(["convert", builtin_file, tmp_path / "z.nii"], capsys)
     assert rc == 2 and "output format" in err and not (tmp_path / "z.nii").exists()
+
+
+def test_partial_readout_lands_at_its_centre_sample(tmp_path, builtin_file):
+    kspace, _, mask, _ = builtin_arrays(builtin_file)
+    H = kspace.shape[2]
+    prob = read_problem(write_mrd(tmp_path / "pf.mrd", kspace, mask, readout_of=lambda e1: H - 5))
+    want = kspace * mask
+    want[:, :, H - 5:] = 0
+    np.testing.assert_allclose(prob.kspace, want, atol=1e-6)
+    assert prob.mask.shape == (H, kspace.shape[3]) and not prob.mask[H - 5:].any()
+
+
+@pytest.mark.parametrize("dims,spatial,mask_shape", [("3d", (6, 8, 10), (8, 10)), ("2d+t", (3, 8, 10), (3, 1, 10)),
+                                                     ("2d", (8, 10), (10,))])
+def test_ismrmrd_writer_and_reader_agree_in_every_layout(tmp_path, dims, spatial, mask_shape):
+    from molrecon.formats import Geometry, RawProblem
+    from molrecon.formats.ismrmrd_write import write_ismrmrd
+
+    rng = np.random.default_rng(4)
+    S = 2 if dims == "2d" else 1
+    shape = (S, 3, *spatial)
+    k = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    mask = (rng.random(mask_shape) < 0.5).astype(np.float32)
+    if dims == "3d":  # a calibration run of 2 encode-1 lines through the centre (e1 = 4, at e2 = 5)
+        mask[2:6, 5] = [0, 1, 1, 0]
+    else:  # the same through e1 = 5, in every frame
+        mask[..., 3:7] = [0, 1, 1, 0]
+    prob = RawProblem(kspace=k, mask=mask, dims=dims, source=tmp_path / "x.h5",
+                      attrs={"voxel_size_mm": np.array([2.0, 1.5, 1.25])})
+    back = read_problem(write_ismrmrd(tmp_path / "x.mrd", prob))
+    assert back.dims == dims
+    np.testing.assert_allclose(back.kspace, k * mask, atol=1e-6)
+    np.testing.assert_array_equal(np.broadcast_to(back.mask, k.shape), np.broadcast_to(mask, k.shape))
+    want = prob.image_geometry()
+    got = back.image_geometry()
+    assert got.voxel_mm == pytest.approx(want.voxel_mm)
+    np.testing.assert_allclose(got.row_dir, want.row_dir, atol=1e-6)
+    np.testing.assert_allclose(got.col_dir, want.col_dir, atol=1e-6)
+    np.testing.assert_allclose(np.array(got.positions), np.array(want.positions), atol=1e-4)
+    assert isinstance(want, Geometry) and back.calib_width == 2
+
+
+def test_dicom_frames_and_a_failed_write_keeps_the_old_series(tmp_path, monkeypatch):
+    import pydicom
+
+    from molrecon.formats import Geometry, write_dicom_series
+
+    rng = np.random.default_rng(6)
+    frames = rng.random((3, 6, 5)).astype(np.float32)
+    geo = Geometry.axial((1, 6, 5), (4.0, 1.5, 2.0))
+    out = write_dicom_series(tmp_path / "dyn", frames, geo, frames=True)
+    files = sorted(out.glob("*.dcm"))
+    ds = [pydicom.dcmread(f) for f in files]
+    assert [d.TemporalPositionIdentifier for d in ds] == [1, 2, 3]
+    assert len({tuple(d.ImagePositionPatient) for d in ds}) == 1  # one slice position for all frames
+    assert len({d.SOPInstanceUID for d in ds}) == 3 and len({d.SeriesInstanceUID for d in ds}) == 1
+    before = {f.name: f.read_bytes() for f in files}
+    bad = frames.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        write_dicom_series(tmp_path / "dyn", bad, geo, frames=True)
+    assert {f.name: f.read_bytes() for f in sorted(out.glob("*.dcm"))} == before
+    calls = []
+    save_as = pydicom.dataset.FileDataset.save_as
+
+    def failing_save(self, *args, **kwargs):  # a disk that fills up after the first image
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("No space left on device")
+        return save_as(self, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.dataset.FileDataset, "save_as", failing_save)
+    with pytest.raises(OSError):
+        write_dicom_series(tmp_path / "dyn", frames[::-1], geo, frames=True)
+    monkeypatch.undo()
+    assert {f.name: f.read_bytes() for f in sorted(out.glob("*.dcm"))} == before
+    again = write_dicom_series(tmp_path / "dyn", frames, geo, frames=True)  # deterministic: same bytes
+    assert {f.name: f.read_bytes() for f in sorted(again.glob("*.dcm"))} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
