@@ -134,6 +134,16 @@ def acs_width(mask):
 
 
 def test_ismrmrd_from_builtin_reconstructs_like_its_fastmri_copy(tmp_path, capsys, builtin_file):
+    check_mrd_matches_fastmri_copy(tmp_path, capsys, builtin_file)
+
+
+@pytest.mark.slow
+def test_ismrmrd_from_the_default_builtin_set(tmp_path, capsys):
+    folder = ensure_builtin("2d")  # the 128x128, 8-coil set of `molrecon data build`
+    check_mrd_matches_fastmri_copy(tmp_path, capsys, sorted(glob.glob(str(folder / "test" / "*.h5")))[0])
+
+
+def check_mrd_matches_fastmri_copy(tmp_path, capsys, builtin_file):
     kspace, maps, mask, sigma = builtin_arrays(builtin_file)
     W = kspace.shape[-1]
     mask[W // 2 - 6:W // 2 + 6] = 1  # an ESPIRiT-sized calibration region (the tiny set's is 4 lines)
@@ -460,3 +470,28 @@ def test_dicom_frames_and_a_failed_write_keeps_the_old_series(tmp_path, monkeypa
     again = write_dicom_series(tmp_path / "dyn", frames, geo, frames=True)  # deterministic: same bytes
     assert {f.name: f.read_bytes() for f in sorted(again.glob("*.dcm"))} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_averages_are_averaged_and_contrasts_stack_on_the_batch_axis(tmp_path):
+    import ismrmrd
+
+    from molrecon.formats import RawProblem
+    from molrecon.formats.ismrmrd_write import build_header
+
+    rng = np.random.default_rng(7)
+    C, H, W = 2, 6, 4
+    k = (rng.standard_normal((2, 2, C, H, W)) + 1j * rng.standard_normal((2, 2, C, H, W))).astype(np.complex64)
+    xml = build_header(RawProblem(kspace=k[0], mask=np.ones(W), dims="2d", source=tmp_path), (6.0, 4.0, 1.0), 1)
+    dset = ismrmrd.Dataset(str(tmp_path / "a.mrd"), "dataset", create_if_needed=True)
+    dset.write_xml_header(xml)
+    for contrast in range(2):
+        for avg in range(2):
+            for e1 in range(W):
+                acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(k[contrast, avg, :, :, e1]))
+                acq.center_sample = H // 2
+                acq.idx.kspace_encode_step_1, acq.idx.average, acq.idx.contrast = e1, avg, contrast
+                dset.append_acquisition(acq)
+    dset.close()
+    prob = read_problem(tmp_path / "a.mrd")
+    assert prob.kspace.shape == (2, C, H, W)
+    np.testing.assert_allclose(prob.kspace, k.mean(axis=1), atol=1e-6)

@@ -1,6 +1,6 @@
-"""``molrecon recon``: reconstruct a multicoil HDF5 file (fastMRI layout) with a chosen method.
+"""``molrecon recon``: reconstruct a multicoil k-space file (fastMRI HDF5, ISMRMRD or BART CFL, docs/formats.md).
 
-``--input`` may also be a folder: every ``*.h5``/``*.hdf5`` file in it is reconstructed into the ``--out``
+``--input`` may also be a folder: every ``*.h5``/``*.hdf5``/``*.mrd`` file in it is reconstructed into the ``--out``
 folder under the same name. Launched with ``torchrun --nproc_per_node=N -m molrecon recon ...`` the files are
 split across the ranks (rank ``r`` takes ``files[r::N]``, sorted by name); each output depends on its file only,
 so the result does not depend on the number of processes.
@@ -17,7 +17,7 @@ LEARNED = ["mol-lr", "mol-sn", "modl", "deq"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recon", help="reconstruct undersampled multicoil k-space (HDF5, fastMRI layout)",
+    p = sub.add_parser("recon", help="reconstruct undersampled multicoil k-space (fastMRI/ISMRMRD HDF5, BART CFL)",
                        description="Reconstruct every slice (or volume) of a multicoil HDF5 file in the fastMRI "
                        "layout: 'kspace' [slices, coils, *spatial], optional 'maps' (else ESPIRiT) and 'mask' "
                        "(else the non-zero k-space locations).")
@@ -83,9 +83,9 @@ def _run_folder(args: argparse.Namespace) -> int:
     from ..errors import InputError, MolreconError
     from ..train import distributed as D
 
-    files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"))
+    files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5", ".mrd"))
     if not files:
-        raise InputError(f"{args.input}: no .h5/.hdf5 files in this folder")
+        raise InputError(f"{args.input}: no .h5/.hdf5/.mrd files in this folder")
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"{args.out}: --input is a folder, so --out must be a folder (it is a file)")
     if args.nifti is not None and args.nifti.exists() and not args.nifti.is_dir():

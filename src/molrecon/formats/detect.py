@@ -98,10 +98,15 @@ def read_maps(path: str | os.PathLike, problem: RawProblem) -> np.ndarray:
     path = Path(path)
     if detect_format(path) == "cfl":
         return read_cfl_maps(path, problem)
-    from ..io import _dataset, open_h5
+    from ..io import open_h5
 
     with open_h5(path) as f:
-        maps = _dataset(f, "maps", path)
+        if "maps" not in f:
+            raise InputError(f"{path}: no 'maps' dataset (found: {', '.join(sorted(f.keys())) or 'none'})")
+        try:
+            maps = f["maps"][()]
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read 'maps': truncated or corrupted ({exc})") from None
     k = problem.kspace.shape
     if not np.iscomplexobj(maps) or maps.ndim != len(k) or maps.shape[1:] != k[1:] or maps.shape[0] not in (1, k[0]):
         raise InputError(f"{path}: 'maps' {maps.shape} {maps.dtype} do not fit k-space {k} of {problem.source}")
