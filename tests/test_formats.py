@@ -495,3 +495,17 @@ def test_averages_are_averaged_and_contrasts_stack_on_the_batch_axis(tmp_path):
     prob = read_problem(tmp_path / "a.mrd")
     assert prob.kspace.shape == (2, C, H, W)
     np.testing.assert_allclose(prob.kspace, k.mean(axis=1), atol=1e-6)
+
+
+def test_too_narrow_calibration_region_falls_back_with_a_warning(tmp_path, builtin_file):
+    from molrecon.formats import load_problem
+
+    kspace, _, mask, _ = builtin_arrays(builtin_file)
+    W = kspace.shape[-1]
+    mask = np.zeros_like(mask)
+    mask[::2] = 1
+    mask[W // 2 - 2:W // 2 + 2] = 1
+    mrd = write_mrd(tmp_path / "n.mrd", kspace, mask, acs=3)
+    with pytest.warns(UserWarning, match="too narrow"):
+        _, maps, _, _, prob = load_problem(mrd, calib_width=12)
+    assert prob.calib_width == 3 and maps.shape == kspace.shape and maps.abs().sum() > 0

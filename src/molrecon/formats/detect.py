@@ -8,6 +8,7 @@ named ``.h5`` works too; anything else is refused with one line naming the file.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .problem import RawProblem
 FORMATS = ("fastmri", "ismrmrd", "cfl")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".mrd", ".ismrmrd")
 INPUT_SUFFIXES = HDF5_SUFFIXES + (".cfl", ".hdr")
+MIN_CALIB_WIDTH = 8
 
 READERS: dict[str, Callable[..., RawProblem]] = {
     "fastmri": lambda path, dims=None, prewhiten=True: read_fastmri(path, dims),
@@ -135,6 +137,10 @@ def load_problem(path: str | os.PathLike, dims: str | None = None, calib_width: 
     else:
         calib = problem.calib_kspace if problem.calib_kspace is not None else problem.kspace
         width = problem.calib_width or calib_width
+        if width < MIN_CALIB_WIDTH:  # ESPIRiT's 6x6 kernel needs a few more lines than its width
+            warnings.warn(f"{path}: the flagged calibration region is {width} lines, too narrow for ESPIRiT; "
+                          f"using the central {calib_width} lines", stacklevel=2)
+            width = calib_width
         maps = estimate_coil_maps(torch.from_numpy(np.ascontiguousarray(calib)), calib_width=width,
                                   dims=problem.dims)
     return kspace, maps, mask, problem.dims, problem
