@@ -414,10 +414,12 @@ class MOL(nn.Module):
                                         tol=self.backward_tol if self.backward_tol is not None else self.tol / 10,
                                         m=self.anderson_m, on_info=record)
 
-    def prior(self, x: torch.Tensor) -> torch.Tensor:
+    def prior(self, x: torch.Tensor, inference: bool = True) -> torch.Tensor:
         """``H(x)``: the network the certificate speaks of, at inference settings (eval-mode weights: certified
         conv norms under spectral normalisation), so that a certificate can be checked independently (it is
         differentiable in ``x``: a Jacobian power iteration on it needs nothing from MOL's internals).
+        ``inference=False`` evaluates ``H`` in the model's current mode instead (training: power-iteration
+        normalisers with gradients), as denoiser pre-training needs.
 
         ``x`` is a complex image batch ``[B, *spatial]``; the output has the same shape.
 
@@ -434,6 +436,8 @@ class MOL(nn.Module):
         check = getattr(self.denoiser, "check_input", None)
         if check is not None:
             check(x)
+        if not inference:
+            return self._h(x, self._weights(tuple(x.shape[1:])))
         was_training = self.training
         self.eval()
         try:
