@@ -90,7 +90,8 @@ class MOL(nn.Module):
         1e-3, 10 ascent steps, 0.01, 1.0).
     architecture: the parametrisation of ``H`` (:mod:`molrecon.models.priors`): ``"plain"`` (the paper's CNN;
         spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ) or ``"sll"``
-        (certified SDP-based Lipschitz layers, MOL-SN). residual_scale: ``s``. state_channels: SLL state width.
+        (certified SDP-based Lipschitz layers, MOL-SN). residual_scale: ``s``; residual_init_gain: scale of the
+        residual's last layer at initialisation (0: ``H = s·I``). state_channels: SLL state width.
     lr_clip: MOL-LR safeguard used by the trainer after each optimiser step (:meth:`enforce_lipschitz`): when the
         step's Lipschitz estimate exceeds ``lr_clip``, the conv weights are scaled back; ``None`` disables it.
     """
@@ -104,7 +105,7 @@ class MOL(nn.Module):
                  init_lam: float = 100.0, init_cg_iter: int = 50, lr_weight: float = 1e-6,
                  lr_threshold: float = 0.98, lr_eps: float = 1e-3, lr_steps: int = 10, lr_noise: float = 0.01,
                  lr_step_size: float = 1.0, lr_clip: float | None = 0.97, architecture: str = "plain",
-                 residual_scale: float = 0.9, state_channels: int = 16) -> None:
+                 residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise InputError(f"MOL: constraint must be one of {tuple(CONSTRAINTS)}, got {constraint!r}")
@@ -136,7 +137,7 @@ class MOL(nn.Module):
         self.lr_steps, self.lr_noise, self.lr_step_size = int(lr_steps), float(lr_noise), float(lr_step_size)
         self.lr_clip = None if lr_clip is None else float(lr_clip)
         self.architecture, self.residual_scale = architecture, float(residual_scale)
-        self.state_channels = int(state_channels)
+        self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
         self._custom_denoiser = denoiser is not None
         self.denoiser: nn.Module | None = denoiser
@@ -152,7 +153,7 @@ class MOL(nn.Module):
     def _build(self, dims: str) -> None:
         self.denoiser = build_prior(self.architecture, self.constraint, dims, self.channels, self.layers,
                                     self.kernel_size, self.lipschitz_target, self.residual_scale,
-                                    self.state_channels).to(self.log_lam.device)
+                                    self.state_channels, self.residual_init_gain).to(self.log_lam.device)
         self.dims = dims
 
     def _ensure_denoiser(self, physics) -> nn.Module:
@@ -186,7 +187,7 @@ class MOL(nn.Module):
                "lr_threshold": self.lr_threshold, "lr_eps": self.lr_eps, "lr_steps": self.lr_steps,
                "lr_noise": self.lr_noise, "lr_step_size": self.lr_step_size, "lr_clip": self.lr_clip,
                "architecture": self.architecture, "residual_scale": self.residual_scale,
-               "state_channels": self.state_channels}
+               "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain}
         if isinstance(den, _WEIGHTED_PRIORS):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
         elif den is not None:

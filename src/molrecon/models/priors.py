@@ -56,20 +56,23 @@ class ResidualDenoiser(ConvDenoiser):
     """
 
     def __init__(self, dims: str = "2d", channels: int = 64, layers: int = 5, kernel_size: int = 3,
-                 bias: bool = True, residual_scale: float = 0.9) -> None:
+                 bias: bool = True, residual_scale: float = 0.9, residual_init_gain: float = 0.0) -> None:
         super().__init__(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size, bias=bias)
         if not (0 < residual_scale < 1):
             raise InputError(f"ResidualDenoiser: residual_scale must be in (0, 1), got {residual_scale}")
-        self.residual_scale = float(residual_scale)
-        # N starts at zero, so H starts at s·I: a contraction that the forward solves in a few iterations (a
-        # random N makes Lip(H) > 1 at step 0); the last layer still gets gradients at the first step
+        if not (residual_init_gain >= 0):
+            raise InputError(f"ResidualDenoiser: residual_init_gain must be >= 0, got {residual_init_gain}")
+        self.residual_scale, self.residual_init_gain = float(residual_scale), float(residual_init_gain)
+        # gain 0: N starts at zero and H at s·I, a contraction that the forward solves in a few iterations (a
+        # random N can make Lip(H) > 1 at step 0); the last layer still gets gradients at the first step
         with torch.no_grad():
-            self.convs[-1].weight.zero_()
+            self.convs[-1].weight.mul_(self.residual_init_gain)
             if self.convs[-1].bias is not None:
-                self.convs[-1].bias.zero_()
+                self.convs[-1].bias.mul_(self.residual_init_gain)
 
     def config(self) -> dict:
-        return {**super().config(), "residual_scale": self.residual_scale}
+        return {**super().config(), "residual_scale": self.residual_scale,
+                "residual_init_gain": self.residual_init_gain}
 
     def apply_body(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """``N(x)``, the plain CNN inside the residual."""
@@ -224,12 +227,13 @@ class SLLDenoiser(nn.Module):
 
 
 def build_prior(architecture: str, constraint: str, dims: str, channels: int, layers: int, kernel_size: int,
-                lipschitz_target: float, residual_scale: float, state_channels: int) -> nn.Module:
+                lipschitz_target: float, residual_scale: float, state_channels: int,
+                residual_init_gain: float = 0.0) -> nn.Module:
     """The network ``H`` of a MOL model with this ``architecture`` and ``constraint``."""
     check_architecture(architecture, constraint)
     if architecture == "residual":
         return ResidualDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
-                                residual_scale=residual_scale)
+                                residual_scale=residual_scale, residual_init_gain=residual_init_gain)
     if architecture == "sll":
         return SLLDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
                            state_channels=state_channels, lipschitz_target=lipschitz_target)

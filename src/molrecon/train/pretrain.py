@@ -66,7 +66,8 @@ def pretrain_prior(model: torch.nn.Module, dataset: Dataset, steps: int, lr: flo
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         sched.step()
-        row = {"step": step + 1, "mse": float(mse.detach()), "psnr": -10 * math.log10(max(float(mse), 1e-30))}
+        mse_value = float(mse.detach())
+        row = {"step": step + 1, "mse": mse_value, "psnr": -10 * math.log10(max(mse_value, 1e-30))}
         if "lipschitz" in extra_logs:
             lip = float(extra_logs["lipschitz"])
             row["lipschitz"] = lip
