@@ -123,7 +123,7 @@ def test_config_overrides_and_errors(tmp_path):
     evil.write_text("model: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(InputError, match="not a valid YAML"):
         load_config(evil)
-    shipped = sorted((REPO / "configs").glob("*.yaml"))
+    shipped = sorted((REPO / "configs").glob("**/*.yaml"))
     assert {"mol_lr_2d.yaml", "mol_lr_3d.yaml", "modl_3d.yaml", "modl_dynamic.yaml"} <= {p.name for p in shipped}
     for path in shipped:
         load_config(path)  # every shipped config validates

@@ -48,8 +48,11 @@ from ..solvers.implicit import attach_implicit_backward, dc_solve
 from ..solvers.info import SolverInfo
 from .cnn import DIMS, ConvDenoiser
 from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
+from .priors import ResidualDenoiser, SLLDenoiser, build_prior, check_architecture
 
 CONSTRAINTS = {"sn": "mol-sn", "lr": "mol-lr", "none": "deq"}
+#: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
+_WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
 
 
 def contraction_factor(alpha: float, lipschitz: float) -> float:
@@ -85,6 +88,10 @@ class MOL(nn.Module):
     init_lam, init_cg_iter: CG-SENSE start (the authors': λ = 100, 50 iterations).
     lr_weight, lr_threshold, lr_eps, lr_steps, lr_noise, lr_step_size: MOL-LR penalty (authors: 1e-6, 0.98,
         1e-3, 10 ascent steps, 0.01, 1.0).
+    architecture: the parametrisation of ``H`` (:mod:`molrecon.models.priors`): ``"plain"`` (the paper's CNN;
+        spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ) or ``"sll"``
+        (certified SDP-based Lipschitz layers, MOL-SN). residual_scale: ``s``; residual_init_gain: scale of the
+        residual's last layer at initialisation (0: ``H = s·I``). state_channels: SLL state width.
     lr_clip: MOL-LR safeguard used by the trainer after each optimiser step (:meth:`enforce_lipschitz`): when the
         step's Lipschitz estimate exceeds ``lr_clip``, the conv weights are scaled back; ``None`` disables it.
     """
@@ -97,7 +104,8 @@ class MOL(nn.Module):
                  backward_max_iter: int | None = None, backward_tol: float | None = None,
                  init_lam: float = 100.0, init_cg_iter: int = 50, lr_weight: float = 1e-6,
                  lr_threshold: float = 0.98, lr_eps: float = 1e-3, lr_steps: int = 10, lr_noise: float = 0.01,
-                 lr_step_size: float = 1.0, lr_clip: float | None = 0.97) -> None:
+                 lr_step_size: float = 1.0, lr_clip: float | None = 0.97, architecture: str = "plain",
+                 residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise InputError(f"MOL: constraint must be one of {tuple(CONSTRAINTS)}, got {constraint!r}")
@@ -111,6 +119,9 @@ class MOL(nn.Module):
             raise InputError(f"MOL: lam must be a positive number, got {lam}")
         if max_iter < 1 or cg_iter < 1:
             raise InputError(f"MOL: max_iter and cg_iter must be >= 1, got {max_iter}, {cg_iter}")
+        check_architecture(architecture, constraint)
+        if not (0 < residual_scale < 1):
+            raise InputError(f"MOL: residual_scale must be in (0, 1), got {residual_scale}")
         if constraint == "sn" and not (0 < lipschitz_target < 1):
             raise InputError(f"MOL-SN: lipschitz_target must be in (0, 1), got {lipschitz_target}")
         self.constraint, self.max_iter, self.tol, self.alpha = constraint, int(max_iter), float(tol), float(alpha)
@@ -125,6 +136,8 @@ class MOL(nn.Module):
         self.lr_weight, self.lr_threshold, self.lr_eps = float(lr_weight), float(lr_threshold), float(lr_eps)
         self.lr_steps, self.lr_noise, self.lr_step_size = int(lr_steps), float(lr_noise), float(lr_step_size)
         self.lr_clip = None if lr_clip is None else float(lr_clip)
+        self.architecture, self.residual_scale = architecture, float(residual_scale)
+        self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
         self._custom_denoiser = denoiser is not None
         self.denoiser: nn.Module | None = denoiser
@@ -138,9 +151,9 @@ class MOL(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------------------
     def _build(self, dims: str) -> None:
-        self.denoiser = ConvDenoiser(dims=dims, channels=self.channels, layers=self.layers,
-                                     kernel_size=self.kernel_size, spectral_norm=self.constraint == "sn",
-                                     lipschitz_target=self.lipschitz_target).to(self.log_lam.device)
+        self.denoiser = build_prior(self.architecture, self.constraint, dims, self.channels, self.layers,
+                                    self.kernel_size, self.lipschitz_target, self.residual_scale,
+                                    self.state_channels, self.residual_init_gain).to(self.log_lam.device)
         self.dims = dims
 
     def _ensure_denoiser(self, physics) -> nn.Module:
@@ -172,8 +185,10 @@ class MOL(nn.Module):
                "backward_max_iter": self.backward_max_iter, "backward_tol": self.backward_tol,
                "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter, "lr_weight": self.lr_weight,
                "lr_threshold": self.lr_threshold, "lr_eps": self.lr_eps, "lr_steps": self.lr_steps,
-               "lr_noise": self.lr_noise, "lr_step_size": self.lr_step_size, "lr_clip": self.lr_clip}
-        if isinstance(den, ConvDenoiser):
+               "lr_noise": self.lr_noise, "lr_step_size": self.lr_step_size, "lr_clip": self.lr_clip,
+               "architecture": self.architecture, "residual_scale": self.residual_scale,
+               "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain}
+        if isinstance(den, _WEIGHTED_PRIORS):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
         elif den is not None:
             raise InputError(f"MOL.config: a custom denoiser ({type(den).__name__}) cannot be described by a "
@@ -201,12 +216,12 @@ class MOL(nn.Module):
 
     # -- the block ------------------------------------------------------------------------------------------
     def _h(self, x: torch.Tensor, weights) -> torch.Tensor:
-        if isinstance(self.denoiser, ConvDenoiser):
+        if isinstance(self.denoiser, _WEIGHTED_PRIORS):
             return self.denoiser.apply(x, weights)
         return self.denoiser(x)
 
     def _weights(self, spatial):
-        if isinstance(self.denoiser, ConvDenoiser):
+        if isinstance(self.denoiser, _WEIGHTED_PRIORS):
             return self.denoiser.effective_weights(spatial)
         return None
 
@@ -237,6 +252,8 @@ class MOL(nn.Module):
     def _lipschitz_for_bound(self, x: torch.Tensor, weights) -> tuple[float, bool]:
         """``(L, certified)`` used for the a-posteriori bound of a solve."""
         den = self.denoiser
+        if isinstance(den, SLLDenoiser):
+            return den.certified_lipschitz(tuple(x.shape[1:])), True  # by construction, in every mode
         if self.constraint == "sn" and isinstance(den, ConvDenoiser):
             t = den.per_layer_target
             L = 1.0
@@ -278,10 +295,11 @@ class MOL(nn.Module):
                 self._build(self.dims)
             den = self.denoiser
         spatial = tuple(physics.spatial_shape)
-        if self.constraint == "sn" and isinstance(den, ConvDenoiser):
+        if self.constraint == "sn" and isinstance(den, _WEIGHTED_PRIORS):
             with torch.no_grad():
                 L = den.certified_lipschitz(spatial)
-            estimator = "certified: product of circular-embedding conv norms"
+            estimator = ("certified: L of 1-Lipschitz SLL layers" if isinstance(den, SLLDenoiser)
+                         else "certified: product of circular-embedding conv norms")
             certified = L < 1
         else:
             if x is None:
@@ -397,6 +415,37 @@ class MOL(nn.Module):
                                         tol=self.backward_tol if self.backward_tol is not None else self.tol / 10,
                                         m=self.anderson_m, on_info=record)
 
+    def prior(self, x: torch.Tensor, inference: bool = True) -> torch.Tensor:
+        """``H(x)``: the network the certificate speaks of, at inference settings (eval-mode weights: certified
+        conv norms under spectral normalisation), so that a certificate can be checked independently (it is
+        differentiable in ``x``: a Jacobian power iteration on it needs nothing from MOL's internals).
+        ``inference=False`` evaluates ``H`` in the model's current mode instead (training: power-iteration
+        normalisers with gradients), as denoiser pre-training needs.
+
+        ``x`` is a complex image batch ``[B, *spatial]``; the output has the same shape.
+
+        Example
+        -------
+        >>> model = MOL(constraint="sn", architecture="sll", dims="2d", channels=8, layers=2)
+        >>> model.prior(torch.zeros(1, 16, 16, dtype=torch.complex64)).shape
+        torch.Size([1, 16, 16])
+        """
+        if self.denoiser is None:
+            if self.dims is None:
+                raise InputError("MOL.prior: the network is not built yet (pass dims= or reconstruct once)")
+            self._build(self.dims)
+        check = getattr(self.denoiser, "check_input", None)
+        if check is not None:
+            check(x)
+        if not inference:
+            return self._h(x, self._weights(tuple(x.shape[1:])))
+        was_training = self.training
+        self.eval()
+        try:
+            return self._h(x, self._weights(tuple(x.shape[1:])))
+        finally:
+            self.train(was_training)
+
     # -- training penalty -----------------------------------------------------------------------------------
     def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate around ``x_hat``
@@ -429,6 +478,8 @@ class MOL(nn.Module):
         if (self.constraint != "lr" or self.lr_clip is None or estimate is None or not math.isfinite(estimate)
                 or estimate <= self.lr_clip or not isinstance(self.denoiser, ConvDenoiser)):
             return 1.0
+        if isinstance(self.denoiser, ResidualDenoiser):
+            return self.denoiser.rescale_to(estimate, self.lr_clip)
         scale = (self.lr_clip / estimate) ** (1.0 / len(self.denoiser.convs))
         for conv in self.denoiser.convs:
             conv.weight.mul_(scale)

@@ -74,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
         "residual_limit": 1.0,        # MOL: final relative residual above this = diverging forward
         "nonconverged_patience": None,  # stop after this many consecutive steps with no slice converged
         "amp": False,
+        "pretrain_steps": 0,          # MOL: denoiser pre-training of H under its constraint (train/pretrain.py)
+        "pretrain_lr": 1e-3,
     },
 }
 

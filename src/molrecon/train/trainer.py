@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from ..errors import CheckpointError, ConvergenceError, InputError
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .losses import training_loss
+from .pretrain import pretrain_prior
 
 TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "grad_norm", "fwd_iterations",
                  "converged_frac", "final_residual", "lipschitz", "lipschitz_scale", "step_time"]
@@ -58,6 +59,9 @@ VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterati
 
 
 _DIMS_OF_KIND = {"2d": "2d", "3d": "3d", "dynamic": "2d+t", "2d+t": "2d+t"}
+
+
+PRETRAIN_COLUMNS = ["step", "mse", "psnr", "lipschitz", "lipschitz_scale"]
 
 
 class TrainingDivergedError(ConvergenceError):
@@ -623,6 +627,8 @@ class Trainer:
                 # purge_step drops events logged after the checkpoint by the run that was killed.
                 purge = self.resumed_from + 1 if self.resumed_from is not None else None
                 self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=purge)
+        if self.resumed_from is None and self.tcfg["pretrain_steps"]:
+            self._pretrain()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.model_config["method"],
@@ -686,6 +692,23 @@ class Trainer:
                     self.tb.close()
         return {"step": self.step, "epoch": self.epoch, **self.last_logs, **self.last_val,
                 "best_val_psnr": self.best_psnr, "out_dir": str(self.out_dir)}
+
+    def _pretrain(self) -> None:
+        """Denoiser pre-training of a MOL model's H (:mod:`molrecon.train.pretrain`), logged to
+        ``pretrain_log.csv``; every rank runs the same seeded steps, so the replicas stay identical."""
+        if not hasattr(self.model, "prior"):
+            raise InputError(f"train.pretrain_steps: {self.method} has no MOL prior to pre-train")
+        log = _CSVLog(self.out_dir / "pretrain_log.csv", PRETRAIN_COLUMNS, None) if self.is_main else None
+        try:
+            summary = pretrain_prior(self.model, self.train_set, int(self.tcfg["pretrain_steps"]),
+                                     float(self.tcfg["pretrain_lr"]), self.tcfg["seed"], _collate, _physics,
+                                     self.device, self.tcfg["grad_clip"], log.write if log else None)
+        finally:
+            if log is not None:
+                log.close()
+        self.pretrain_summary = summary
+        if self.is_main:
+            print("pre-trained H: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items()))
 
     def _log_step(self, logs: dict[str, float]) -> None:
         if not self.is_main or self.step % max(1, self.tcfg["log_every"]) != 0:

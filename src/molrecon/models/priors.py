@@ -1,0 +1,255 @@
+r"""Parametrisations of MOL's network ``H`` that can represent near-identity maps while ``Lip(H) < 1``.
+
+A plain ReLU CNN ``H`` (:class:`~molrecon.models.cnn.ConvDenoiser`) starts near the zero map, far from the
+near-identity maps a good prior needs (a denoiser of a decent image is close to the identity); under a Lipschitz
+constraint it has to grow towards them against the constraint. The two forms here start at ``H ≈ L·I``:
+
+``"residual"`` (:class:`ResidualDenoiser`, for MOL-LR and the DEQ)
+    :math:`H(x) = s\,(x + N(x))` with :math:`N` a plain CNN and :math:`s < 1` (``residual_scale``), the MOL analogue
+    of MoDL's ``x + CNN(x)``. Certified bound: :math:`\operatorname{Lip}(H) \le s\,(1 + \prod_l \|K_l\|)`, which is
+    loose (usually > 1); MOL-LR keeps the *estimated* ``Lip(H)`` below its threshold by the penalty.
+
+``"sll"`` (:class:`SLLDenoiser`, for MOL-SN)
+    :math:`H = L\cdot P\circ B_n\circ\dots\circ B_1\circ E` with SDP-based Lipschitz layers (SLL; Araujo, Havens,
+    Delattre, Allauzen & Hu, ICLR 2023)
+
+    .. math:: B(z) = z - 2\,K^T\,T^{-1}\,\operatorname{ReLU}(K z + b),\qquad
+              T = \operatorname{diag}(t),\ t_i = \sum_j \sum_{\text{shifts}} |(K K^T)_{ij}|\,\frac{q_j}{q_i},
+
+    where ``K`` is a zero-padded convolution from the ``state_channels`` state to ``channels`` hidden channels.
+    ``T ⪰ K Kᵀ`` by the weighted Gershgorin (Schur) test, so every ``B`` is 1-Lipschitz (Araujo et al., Thm. 3);
+    ``E`` (zero channels appended) is an isometry and ``P`` (the first two channels) a projection, so
+    ``Lip(H) ≤ L`` for *every* value of the weights: the certificate is a proof, computed from the weights
+    through ``t``. ``B ≡ I`` at ``K = 0``, so ``H`` can be ``L·I`` exactly. Proof details: ``docs/theory.md``.
+
+orthogonium (MIT) ships a 2D SLL convolution that reparametrises its kernel through AOL; MOL needs the same
+layer in 2D, 3D and 2D+t with one certificate, so the layer is written once for ``conv2d`` and ``conv3d`` here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .cnn import DIMS, ConvDenoiser, channels_to_complex, complex_to_channels
+
+#: MOL's parametrisations of ``H`` (config key ``architecture``) and the constraints each one serves.
+ARCHITECTURE_CONSTRAINTS = {"plain": ("sn", "lr", "none"), "residual": ("lr", "none"), "sll": ("sn",)}
+
+
+class ResidualDenoiser(ConvDenoiser):
+    r"""``H(x) = s·(x + N(x))``: a plain :class:`ConvDenoiser` ``N`` around a scaled identity (``s`` < 1).
+
+    Parameters are those of :class:`ConvDenoiser` (without spectral normalisation) and ``residual_scale`` ``s``.
+
+    Example
+    -------
+    >>> h = ResidualDenoiser(dims="2d", channels=8, layers=3, residual_scale=0.9)
+    >>> x = torch.randn(1, 16, 16, dtype=torch.complex64)
+    >>> w = h.effective_weights((16, 16))
+    >>> bool(torch.allclose(h.apply(x, w), 0.9 * (x + h.apply_body(x, w))))
+    True
+    """
+
+    def __init__(self, dims: str = "2d", channels: int = 64, layers: int = 5, kernel_size: int = 3,
+                 bias: bool = True, residual_scale: float = 0.9, residual_init_gain: float = 0.0) -> None:
+        super().__init__(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size, bias=bias)
+        if not (0 < residual_scale < 1):
+            raise InputError(f"ResidualDenoiser: residual_scale must be in (0, 1), got {residual_scale}")
+        if not (residual_init_gain >= 0):
+            raise InputError(f"ResidualDenoiser: residual_init_gain must be >= 0, got {residual_init_gain}")
+        self.residual_scale, self.residual_init_gain = float(residual_scale), float(residual_init_gain)
+        # gain 0: N starts at zero and H at s·I, a contraction that the forward solves in a few iterations (a
+        # random N can make Lip(H) > 1 at step 0); the last layer still gets gradients at the first step
+        with torch.no_grad():
+            self.convs[-1].weight.mul_(self.residual_init_gain)
+            if self.convs[-1].bias is not None:
+                self.convs[-1].bias.mul_(self.residual_init_gain)
+
+    def config(self) -> dict:
+        return {**super().config(), "residual_scale": self.residual_scale,
+                "residual_init_gain": self.residual_init_gain}
+
+    def apply_body(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """``N(x)``, the plain CNN inside the residual."""
+        return super().apply(x, weights)
+
+    def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        return self.residual_scale * (x + self.apply_body(x, weights))
+
+    @torch.no_grad()
+    def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
+        """``s·(1 + Π‖K_l‖)``: a proven but loose upper bound (MOL-LR does not claim a certificate)."""
+        return self.residual_scale * (1.0 + super().certified_lipschitz(spatial, weights))
+
+    def rescale_to(self, estimate: float, limit: float) -> float:
+        r"""Scale the conv weights so that an estimated ``Lip(H)`` of ``estimate`` drops to about ``limit``.
+
+        ``Lip(H) ≤ s(1 + Lip(N))`` and scaling every layer of ``N`` by ``r`` scales ``N``'s bound by
+        :math:`r^{layers}`: ``r`` is chosen so that ``Lip(N)``'s share ``estimate/s − 1`` becomes ``limit/s − 1``.
+        Returns ``r`` (1.0 when nothing is needed or possible).
+        """
+        excess, allowed = estimate / self.residual_scale - 1.0, limit / self.residual_scale - 1.0
+        if estimate <= limit or excess <= 0 or allowed <= 0:
+            return 1.0
+        r = (allowed / excess) ** (1.0 / len(self.convs))
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.mul_(r)
+        return float(r)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, residual_scale={self.residual_scale}"
+
+
+def _conv_pair(nd: int):
+    return (F.conv2d, F.conv_transpose2d) if nd == 2 else (F.conv3d, F.conv_transpose3d)
+
+
+def sll_scaling(weight: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    r"""``t`` of an SLL layer with kernel ``weight`` ``[hidden, state, *k]``: :math:`T = \operatorname{diag}(t) ⪰ KK^T`.
+
+    ``(K Kᵀ)_{ij}`` is the cross-correlation of the kernels of hidden channels ``i`` and ``j`` (summed over the
+    state channels), a kernel of size ``2k − 1``; ``t_i = Σ_j Σ_shifts |(KKᵀ)_{ij}| q_j / q_i``. For the
+    zero-padded convolution on a finite grid ``K_N K_Nᵀ`` is a compression of the infinite operator, whose
+    weighted row sums bound it, so the same ``t`` serves every grid size.
+    """
+    nd = weight.ndim - 2
+    conv = F.conv2d if nd == 2 else F.conv3d
+    k = weight.shape[2:]
+    gram = conv(weight, weight, padding=tuple(s - 1 for s in k))  # [hidden, hidden, *(2k-1)]
+    a = gram.abs().flatten(2).sum(-1)  # [hidden, hidden]
+    q = log_q.exp()
+    return (a * q[None, :]).sum(1) / q
+
+
+class SLLDenoiser(nn.Module):
+    r"""Certified ``H = L·P∘B_n∘…∘B_1∘E`` with SDP-based Lipschitz residual layers (see the module docstring).
+
+    Parameters
+    ----------
+    dims: ``"2d"``, ``"3d"`` or ``"2d+t"`` (3D convolutions over (D,H,W) or (T,H,W)).
+    channels: hidden channels of each layer. layers: number of SLL layers. kernel_size: odd kernel size.
+    state_channels: channels of the state the layers act on (≥ 2; the image's real and imaginary parts plus
+        ``state_channels − 2`` channels that start at zero). lipschitz_target: ``L`` (< 1 for MOL).
+
+    Example
+    -------
+    >>> h = SLLDenoiser(dims="2d", channels=8, layers=2, state_channels=4, lipschitz_target=0.9)
+    >>> h(torch.randn(1, 16, 16, dtype=torch.complex64)).shape
+    torch.Size([1, 16, 16])
+    >>> h.certified_lipschitz((16, 16))
+    0.9
+    """
+
+    certified = True
+
+    def __init__(self, dims: str = "2d", channels: int = 32, layers: int = 5, kernel_size: int = 3,
+                 state_channels: int = 16, lipschitz_target: float = 0.95) -> None:
+        super().__init__()
+        if dims not in DIMS:
+            raise InputError(f"SLLDenoiser: dims must be one of {DIMS}, got {dims!r}")
+        if layers < 1 or channels < 1 or state_channels < 2:
+            raise InputError(f"SLLDenoiser: need layers >= 1, channels >= 1, state_channels >= 2; got {layers}, "
+                             f"{channels}, {state_channels}")
+        if kernel_size % 2 != 1:
+            raise InputError(f"SLLDenoiser: kernel_size must be odd, got {kernel_size}")
+        if not (0 < lipschitz_target <= 1):
+            raise InputError(f"SLLDenoiser: lipschitz_target must be in (0, 1], got {lipschitz_target}")
+        self.dims, self.channels, self.layers = dims, int(channels), int(layers)
+        self.kernel_size, self.state_channels = int(kernel_size), int(state_channels)
+        self.lipschitz_target = float(lipschitz_target)
+        self.nd = 2 if dims == "2d" else 3
+        shape = (self.channels, self.state_channels) + (self.kernel_size,) * self.nd
+        fan_in = self.state_channels * self.kernel_size ** self.nd
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.log_q = nn.ParameterList()
+        for _ in range(self.layers):
+            w = torch.empty(shape)
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.empty(self.channels).uniform_(-1, 1) / math.sqrt(fan_in)))
+            self.log_q.append(nn.Parameter(torch.zeros(self.channels)))
+
+    def config(self) -> dict:
+        return {"dims": self.dims, "channels": self.channels, "layers": self.layers,
+                "kernel_size": self.kernel_size, "state_channels": self.state_channels,
+                "lipschitz_target": self.lipschitz_target}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_complex():
+            raise InputError(f"SLLDenoiser: input must be a complex tensor, got {getattr(x, 'dtype', type(x))}")
+        if x.ndim != self.nd + 1:
+            raise InputError(f"SLLDenoiser({self.dims!r}): expected [B, {self.nd} spatial axes], got shape "
+                             f"{tuple(x.shape)}")
+
+    def effective_weights(self, spatial: tuple[int, ...]) -> list[torch.Tensor]:
+        """``[K_1, 1/t_1, K_2, 1/t_2, …]``: computed once per reconstruction, so that every application of
+        ``H`` in a fixed-point solve is the same map (the grid size does not enter ``t``)."""
+        out = []
+        for w, lq in zip(self.weights, self.log_q):
+            out += [w, 1.0 / sll_scaling(w, lq).clamp_min(1e-12)]
+        return out
+
+    def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """``H(x)`` with the given effective weights."""
+        conv, convt = _conv_pair(self.nd)
+        pad = self.kernel_size // 2
+        view = (1, -1) + (1,) * self.nd
+        z = complex_to_channels(x)
+        z = F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2))  # E: append zero channels
+        for i in range(self.layers):
+            w, inv_t = weights[2 * i], weights[2 * i + 1]
+            h = F.relu(conv(z, w, self.biases[i], padding=pad)) * inv_t.view(view)
+            z = z - 2.0 * convt(h, w, padding=pad)
+        return self.lipschitz_target * channels_to_complex(z[:, :2])  # P: the image channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.apply(x, self.effective_weights(tuple(x.shape[1:])))
+
+    def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
+        """``L``: every SLL layer is 1-Lipschitz for any weights (``t`` is computed from them), ``E`` is an
+        isometry and ``P`` a projection."""
+        return self.lipschitz_target
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return (f"dims={self.dims!r}, channels={self.channels}, layers={self.layers}, "
+                f"state_channels={self.state_channels}, L={self.lipschitz_target}")
+
+
+def build_prior(architecture: str, constraint: str, dims: str, channels: int, layers: int, kernel_size: int,
+                lipschitz_target: float, residual_scale: float, state_channels: int,
+                residual_init_gain: float = 0.0) -> nn.Module:
+    """The network ``H`` of a MOL model with this ``architecture`` and ``constraint``."""
+    check_architecture(architecture, constraint)
+    if architecture == "residual":
+        return ResidualDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
+                                residual_scale=residual_scale, residual_init_gain=residual_init_gain)
+    if architecture == "sll":
+        return SLLDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
+                           state_channels=state_channels, lipschitz_target=lipschitz_target)
+    return ConvDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
+                        spectral_norm=constraint == "sn", lipschitz_target=lipschitz_target)
+
+
+def check_architecture(architecture: str, constraint: str) -> None:
+    """Refuse an unknown architecture, or one that does not serve ``constraint``."""
+    if architecture not in ARCHITECTURE_CONSTRAINTS:
+        raise InputError(f"MOL: architecture must be one of {tuple(ARCHITECTURE_CONSTRAINTS)}, got "
+                         f"{architecture!r}")
+    if constraint not in ARCHITECTURE_CONSTRAINTS[architecture]:
+        raise InputError(f"MOL: architecture {architecture!r} does not serve constraint {constraint!r} (it "
+                         f"serves {', '.join(ARCHITECTURE_CONSTRAINTS[architecture])})")
+
+
+__all__ = ["ResidualDenoiser", "SLLDenoiser", "sll_scaling", "build_prior", "check_architecture",
+           "ARCHITECTURE_CONSTRAINTS"]

@@ -1,0 +1,173 @@
+"""Tests for the parametrisations of H (models/priors.py): residual and certified SLL networks inside MOL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from molrecon.data import builtin_test_example
+from molrecon.errors import InputError
+from molrecon.models import MOL, build_model
+from molrecon.models.constraints import jacobian_spectral_norm
+from molrecon.models.priors import ResidualDenoiser, SLLDenoiser, sll_scaling
+from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+
+torch.set_num_threads(1)
+
+
+def _problem(n: int = 16, coils: int = 3, seed: int = 0):
+    maps = simulate_coil_maps((n, n), coils)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 3.0)((n, n), seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((1, n, n), generator=g, dtype=torch.complex64)
+    return physics, physics.A(x)
+
+
+def _sll(dims: str = "2d", gain: float = 3.0, seed: int = 0, **kw) -> SLLDenoiser:
+    torch.manual_seed(seed)
+    h = SLLDenoiser(dims=dims, channels=kw.pop("channels", 8), layers=kw.pop("layers", 3),
+                    state_channels=kw.pop("state_channels", 4), lipschitz_target=kw.pop("L", 0.9), **kw)
+    with torch.no_grad():  # large weights: the SLL scaling, not small weights, must keep the bound
+        for w, lq in zip(h.weights, h.log_q):
+            w.mul_(gain)
+            lq.normal_(0, 0.5)
+    return h
+
+
+@pytest.mark.parametrize("dims,shape", [("2d", (1, 12, 12)), ("3d", (1, 6, 6, 6)), ("2d+t", (1, 4, 8, 8))])
+def test_sll_gram_bound_dominates_the_conv_gram(dims, shape):
+    """T = diag(t) ⪰ K Kᵀ for the zero-padded convolution on the actual grid (dense check)."""
+    h = _sll(dims, channels=3, state_channels=2)
+    w, lq = h.weights[0].detach().double(), h.log_q[0].detach().double()
+    t = sll_scaling(w, lq)
+    conv = torch.nn.functional.conv2d if w.ndim == 4 else torch.nn.functional.conv3d
+    spatial = shape[1:]
+    n_in = w.shape[1] * int(torch.tensor(spatial).prod())
+    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, w.shape[1], *spatial)
+    k = conv(eye, w, padding=w.shape[-1] // 2).reshape(n_in, -1).T  # K as a dense [hidden·N, state·N] matrix
+    gram = k @ k.T
+    tdiag = t[:, None].expand(-1, gram.shape[0] // t.numel()).reshape(-1)
+    assert float(torch.linalg.eigvalsh(torch.diag(tdiag) - gram).min()) >= -1e-9
+
+
+@pytest.mark.parametrize("dims,shape", [("2d", (2, 16, 16)), ("3d", (1, 8, 8, 8)), ("2d+t", (1, 4, 12, 12))])
+def test_sll_jacobian_norm_below_certificate(dims, shape):
+    h = _sll(dims)
+    g = torch.Generator().manual_seed(3)
+    x = 2 * torch.randn(shape, generator=g, dtype=torch.complex64)
+    jac = jacobian_spectral_norm(h, x, n_iter=40, generator=torch.Generator().manual_seed(1))
+    cert = h.certified_lipschitz(shape[1:])
+    assert cert == pytest.approx(0.9)
+    assert float(jac.max()) <= cert * (1 + 1e-4)
+    assert float(jac.max()) > 0.3 * cert  # the bound is not vacuous for these weights
+    x2 = x + 0.1 * torch.randn(shape, generator=g, dtype=torch.complex64)
+    assert float((h(x) - h(x2)).abs().norm()) <= cert * float((x - x2).abs().norm()) * (1 + 1e-5)
+
+
+def test_sll_represents_a_scaled_identity():
+    h = SLLDenoiser(dims="2d", channels=4, layers=2, state_channels=4, lipschitz_target=0.8)
+    with torch.no_grad():
+        for w in h.weights:
+            w.zero_()
+    x = torch.randn(1, 8, 8, dtype=torch.complex64)
+    assert torch.allclose(h(x), 0.8 * x)
+
+
+def test_residual_prior_is_scaled_identity_plus_cnn():
+    torch.manual_seed(0)
+    h = ResidualDenoiser(dims="2d", channels=4, layers=3, residual_scale=0.9)
+    x = torch.randn(1, 8, 8, dtype=torch.complex64)
+    assert torch.allclose(h(x), 0.9 * x)  # N starts at zero: H = s·I, a contraction, at step 0
+    with torch.no_grad():
+        h.convs[-1].weight.normal_(0, 0.3)
+    w = h.effective_weights((8, 8))
+    assert torch.allclose(h.apply(x, w), 0.9 * (x + h.apply_body(x, w)))
+    assert float((h.apply_body(x, w)).abs().max()) > 0
+    assert h.certified_lipschitz((8, 8)) > 0.9  # proven but loose: s (1 + prod ||K||)
+    with pytest.raises(InputError, match="residual_scale"):
+        ResidualDenoiser(residual_scale=1.2)
+
+
+def test_residual_rescale_brings_estimate_to_limit():
+    torch.manual_seed(0)
+    h = ResidualDenoiser(dims="2d", channels=4, layers=3, residual_scale=0.9)
+    before = [c.weight.clone() for c in h.convs]
+    r = h.rescale_to(estimate=1.2, limit=0.97)
+    assert r == pytest.approx(((0.97 / 0.9 - 1) / (1.2 / 0.9 - 1)) ** (1 / 3))
+    assert torch.allclose(h.convs[0].weight, before[0] * r)
+    assert h.rescale_to(estimate=0.5, limit=0.97) == 1.0
+
+
+@pytest.mark.parametrize("constraint,architecture", [("sn", "sll"), ("lr", "residual"), ("none", "residual")])
+def test_mol_trains_and_rebuilds_with_each_architecture(constraint, architecture):
+    physics, y = _problem()
+    torch.manual_seed(0)
+    model = MOL(constraint=constraint, architecture=architecture, dims="2d", channels=6, layers=2,
+                state_channels=4, lam=10.0, max_iter=60, tol=1e-5)
+    out = model(y, physics)
+    out.abs().pow(2).sum().backward()
+    grads = [p.grad for p in model.denoiser.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().max()) > 0 for g in grads)
+    cfg = model.config()
+    assert cfg["architecture"] == architecture
+    rebuilt = build_model({"method": model.method_name, **cfg})
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval()
+    rebuilt.eval()
+    assert torch.allclose(rebuilt.solve(y, physics)[0], model.solve(y, physics)[0], atol=1e-5)
+
+
+def test_mol_sn_sll_certificate_and_bound():
+    physics, y = _problem()
+    model = MOL(constraint="sn", architecture="sll", dims="2d", channels=6, layers=2, state_channels=4,
+                lipschitz_target=0.9, lam=10.0).eval()
+    x, info = model.solve(y, physics)
+    cert = model.certificate(physics)
+    assert cert["certified"] and cert["L"] == pytest.approx(0.9)
+    assert "SLL" in cert["estimator"]
+    assert info.extra["bound_certified"]
+
+
+@pytest.mark.parametrize("constraint,architecture", [("sn", "residual"), ("lr", "sll"), ("none", "sll")])
+def test_architecture_constraint_mismatch_refused(constraint, architecture):
+    with pytest.raises(InputError, match="architecture"):
+        MOL(constraint=constraint, architecture=architecture, dims="2d")
+    with pytest.raises(InputError, match="architecture must be one of"):
+        MOL(constraint="lr", architecture="unet", dims="2d")
+
+
+def test_prior_is_the_certified_network_at_inference_settings():
+    """model.prior evaluates eval-mode H: for MOL-SN (plain) its Jacobian norm stays below the certificate
+    at real images, and the model's training mode is restored."""
+    y, physics, target = builtin_test_example(0)
+    torch.manual_seed(0)
+    model = MOL(constraint="sn", dims="2d", channels=8, layers=3)
+    with torch.no_grad():
+        for conv in model.denoiser.convs:
+            conv.weight.mul_(3.0)
+    model.train()
+    cert = model.certificate(physics)
+    assert model.training
+    x = target.to(torch.complex64)
+    out = model.prior(x)
+    assert out.shape == x.shape and model.training
+    jac = jacobian_spectral_norm(model.prior, x, n_iter=20, generator=torch.Generator().manual_seed(0))
+    assert float(jac.max()) <= cert["L"] * (1 + 1e-4)
+    assert float(jac.max()) > 0.05
+
+
+def test_shipped_mol_sn_certificate_bounds_jacobian_at_real_images():
+    """The shipped MOL-SN's certified L is at least the largest Jacobian norm of its H (``model.prior``) that an
+    independent power iteration finds at real (built-in test) images and at their reconstructions."""
+    from molrecon import load_pretrained
+
+    model = load_pretrained("mol-sn-2d-4x")
+    y, physics, target = builtin_test_example(0)
+    cert = model.certificate(physics)
+    assert cert["certified"] and cert["L"] < 1
+    x_rec = model(y, physics)
+    points = torch.cat([target.to(torch.complex64), x_rec, model.initial_image(y, physics)])
+    jac = jacobian_spectral_norm(model.prior, points, n_iter=15, generator=torch.Generator().manual_seed(0))
+    assert float(jac.max()) <= cert["L"] * (1 + 1e-4)
+    assert float(jac.max()) > 0.1 * cert["L"]
