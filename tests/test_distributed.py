@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from _killable import KILLABLE_CLI
-from molrecon.train import ResumableSampler, Trainer, load_checkpoint, load_config, validate_config
+from molrecon.train import ResumableSampler, Trainer, load_config, validate_config
+from molrecon.weights.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_2d.yaml"
@@ -68,7 +69,7 @@ class _CaptureTrainer(Trainer):
 
 def _collectives(rank: int) -> dict[str, Any]:
     """The helpers the trainer relies on, with ranks that disagree."""
-    from molrecon.train import distributed as D
+    from molrecon import distributed as D
 
     return {
         "all_true_mixed": D.all_true(rank == 0), "all_true_all": D.all_true(True),
@@ -143,7 +144,7 @@ def test_sampler_ranks_partition_the_global_permutation_and_resume_on_any_world_
 
 
 def test_single_process_helpers_are_no_ops():
-    from molrecon.train import distributed as D
+    from molrecon import distributed as D
 
     assert D.get_world_size() == 1 and D.get_rank() == 0 and D.is_main_process()
     assert D.backend_for("cpu") == "gloo"

@@ -64,7 +64,7 @@ def tiny_model(config=TINY_MODL):
 
 
 def write_checkpoint(path: Path, model, model_config=TINY_MODL) -> Path:
-    from molrecon.train.checkpoint import save_checkpoint
+    from molrecon.weights.checkpoint import save_checkpoint
 
     config = {"model": dict(model_config), "out_dir": str(path.parent), "command": "molrecon train tiny.yaml"}
     return save_checkpoint(path, {"model_state": model.state_dict(), "model_config": dict(model_config),
@@ -141,7 +141,7 @@ def test_evaluate_iterations_from_model_info(tiny_data):
 def test_evaluate_metric_matches_direct_computation(tiny_data):
     """Zero-filled PSNR of one volume equals the fastMRI formula applied by hand."""
     from molrecon.evaluate.evaluation import classical_runner, evaluate
-    from molrecon.evaluate.metrics import object_support
+    from molrecon.metrics import object_support
 
     ds = tiny_dataset(tiny_data)
     res = evaluate([classical_runner("zero-filled")], ds, progress=False, max_volumes=1)
@@ -168,7 +168,7 @@ def test_evaluate_rejects_unknown_method(tiny_data, tmp_path):
 
 
 def test_unknown_pretrained_name_lists_available(tmp_path, capsys):
-    from molrecon.models.pretrained import load_pretrained, save_pretrained
+    from molrecon.weights.pretrained import load_pretrained, save_pretrained
 
     save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
     with pytest.raises(InputError, match=r"unknown pretrained model 'mol-lr-2d-8x' \(available: modl-2d-4x"):
@@ -182,7 +182,7 @@ def test_unknown_pretrained_name_lists_available(tmp_path, capsys):
 
 
 def test_bad_pretrained_names_refused(tmp_path):
-    from molrecon.models.pretrained import parse_name, save_pretrained
+    from molrecon.weights.pretrained import parse_name, save_pretrained
 
     assert parse_name("mol-lr-2dt-8x") == {"method": "mol-lr", "dims": "2d+t", "acceleration": 8.0}
     for bad in ("mol-lr-4x", "MOL-LR-2d-4x", "mol-lr-2d-4", "../evil-2d-4x"):
@@ -191,7 +191,7 @@ def test_bad_pretrained_names_refused(tmp_path):
 
 
 def test_export_load_round_trip_without_pickle(tmp_path, monkeypatch):
-    from molrecon.models.pretrained import export_pretrained, list_pretrained, load_pretrained
+    from molrecon.weights.pretrained import export_pretrained, list_pretrained, load_pretrained
 
     model = tiny_model()
     with torch.no_grad():
@@ -228,7 +228,7 @@ def test_export_load_round_trip_without_pickle(tmp_path, monkeypatch):
 
 
 def test_export_with_solver_overrides_keeps_the_fixed_point(tmp_path):
-    from molrecon.models.pretrained import export_pretrained, load_pretrained
+    from molrecon.weights.pretrained import export_pretrained, load_pretrained
 
     config = {**TINY_MOL_SN, "max_iter": 400, "tol": 1e-6, "cg_iter": 3}
     model = tiny_model(config)
@@ -260,7 +260,7 @@ def test_two_models_of_one_method_get_distinct_labels(tmp_path):
 
 
 def test_corrupted_pretrained_weights_refused(tmp_path):
-    from molrecon.models.pretrained import load_pretrained, save_pretrained
+    from molrecon.weights.pretrained import load_pretrained, save_pretrained
 
     weights = save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
     raw = bytearray(weights.read_bytes())
@@ -274,7 +274,7 @@ def test_corrupted_pretrained_weights_refused(tmp_path):
 
 
 def test_models_command_lists_shipped(tmp_path, monkeypatch, capsys):
-    from molrecon.models import pretrained
+    from molrecon.weights import pretrained
 
     pretrained.save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path,
                                meta={"validation": {"psnr": 31.25, "ssim": 0.912}})
@@ -290,7 +290,7 @@ def test_models_command_lists_shipped(tmp_path, monkeypatch, capsys):
 
 def test_demo_on_tiny_dataset(tmp_path, tiny_data, capsys):
     from molrecon.commands.demo import run_demo
-    from molrecon.models.pretrained import save_pretrained
+    from molrecon.weights.pretrained import save_pretrained
 
     shipped = tmp_path / "shipped"
     save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=shipped)
@@ -328,7 +328,7 @@ def builtin_2d():
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
 def test_example_runs(script, tmp_path, builtin_2d):
-    from molrecon.models.pretrained import available_names
+    from molrecon.weights.pretrained import available_names
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     env.pop("MOLRECON_PRETRAINED_DIR", None)
@@ -348,7 +348,7 @@ def test_example_runs(script, tmp_path, builtin_2d):
 def test_pretrained_example_prints_certificate(tmp_path, builtin_2d):
     """With a MOL-SN exported under the name the example looks for, it reconstructs and prints the certificate.
     (The tiny model is untrained: this checks the code path, not the quality.)"""
-    from molrecon.models.pretrained import save_pretrained
+    from molrecon.weights.pretrained import save_pretrained
 
     small = dict(TINY_MOL_SN, max_iter=5)
     save_pretrained(tiny_model(small), small, "mol-sn-2d-4x", root=tmp_path / "shipped")
@@ -365,7 +365,7 @@ def test_pretrained_example_prints_certificate(tmp_path, builtin_2d):
 def test_recon_command_with_pretrained_name(tmp_path, tiny_data, monkeypatch, capsys):
     """`molrecon recon --method modl --pretrained NAME` reconstructs with a shipped model; a name holding
     another method is refused."""
-    from molrecon.models.pretrained import save_pretrained
+    from molrecon.weights.pretrained import save_pretrained
 
     save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path / "shipped")
     monkeypatch.setenv("MOLRECON_PRETRAINED_DIR", str(tmp_path / "shipped"))
@@ -382,7 +382,14 @@ def test_recon_command_with_pretrained_name(tmp_path, tiny_data, monkeypatch, ca
 
 def test_report_json_has_no_infinities(tmp_path):
     """A DEQ's certificate can hold inf (no monotonicity): the JSON writer turns it into null."""
-    from molrecon.evaluate.evaluation import _finite_or_none
+    import json
 
-    assert _finite_or_none({"a": [1.0, float("inf")], "b": {"c": float("nan")}, "d": "x"}) == \
-        {"a": [1.0, None], "b": {"c": None}, "d": "x"}
+    import torch
+
+    from molrecon.io import write_json_atomic
+
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": [1.0, float("inf")], "b": {"c": float("nan")}, "d": "x",
+                             "t": torch.tensor([2.0, float("-inf")]), "n": np.float64("nan"), "p": tmp_path})
+    assert json.loads(path.read_text()) == {"a": [1.0, None], "b": {"c": None}, "d": "x", "t": [2.0, None],
+                                            "n": None, "p": str(tmp_path)}

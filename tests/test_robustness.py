@@ -203,7 +203,7 @@ def _write_tiny_data(folder, full, maps, target):
 
 def test_cli_on_two_tiny_checkpoints(problem, tmp_path, capsys):
     from molrecon.cli import main
-    from molrecon.train import save_checkpoint
+    from molrecon.weights.checkpoint import save_checkpoint
 
     _, full, maps, target = problem
     data = tmp_path / "data"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from _killable import KILLABLE_CLI
+from molrecon.data.synthetic import SyntheticSliceDataset
 from molrecon.errors import CheckpointError, InputError
 from molrecon.models import MoDL, build_model
 from molrecon.train import (
@@ -20,14 +21,11 @@ from molrecon.train import (
     Trainer,
     TrainingDivergedError,
     apply_overrides,
-    load_checkpoint,
     load_config,
-    load_model_from_checkpoint,
-    save_checkpoint,
     validate_config,
 )
-from molrecon.train.synthetic import SyntheticSliceDataset
 from molrecon.train.trainer import _collate, _physics
+from molrecon.weights.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_2d.yaml"

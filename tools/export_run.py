@@ -14,9 +14,9 @@ import csv
 from pathlib import Path
 
 from molrecon.data.builtin import default_root, load_manifest, normalize_kind
-from molrecon.evaluate.report import machine_info
-from molrecon.models.pretrained import export_pretrained
+from molrecon.io import machine_info
 from molrecon.train import load_config
+from molrecon.weights.pretrained import export_pretrained
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ COMMAND_MODULES = ["recon", "info", "evaluate", "demo", "models", "train", "data
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="molrecon", description="Memory-efficient, provably stable MRI "
                                      "reconstruction with Monotone Operator Learning (MOL).")

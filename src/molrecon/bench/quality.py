@@ -48,7 +48,7 @@ def run_quality_bench(accels: Sequence[float], classical: Sequence[str], learned
         resolve_methods,
         write_report,
     )
-    from ..models.pretrained import available_names
+    from ..weights.pretrained import available_names
 
     kind = normalize_kind(kind)
     if not accels:

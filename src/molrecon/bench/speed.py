@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..solvers.cg import batch_norms
+from ..tensor_utils import batch_norms
 
 CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
 

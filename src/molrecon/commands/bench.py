@@ -109,7 +109,7 @@ def run_memory(args: argparse.Namespace) -> int:
     from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
     from ..bench.plots import plot_memory
     from ..errors import InputError
-    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
+    from ..io import machine_info, write_json_atomic, write_text_atomic
 
     iters = dict(DEFAULT_ITERS)
     if args.modl_iters:
@@ -174,9 +174,9 @@ def run_speed(args: argparse.Namespace) -> int:
     )
     from ..data.builtin import DIMS_OF_KIND, normalize_kind
     from ..errors import InputError
-    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
-    from ..models.loading import load_learned_model
-    from ..models.pretrained import available_names
+    from ..io import machine_info, write_json_atomic, write_text_atomic
+    from ..weights.loading import load_learned_model
+    from ..weights.pretrained import available_names
 
     if any(n < 1 for n in args.cg_iters):
         raise InputError(f"bench speed: --cg-iters must be positive integers, got {args.cg_iters}")
@@ -245,7 +245,7 @@ def run_quality(args: argparse.Namespace) -> int:
 
     from ..bench.plots import plot_quality
     from ..bench.quality import quality_markdown, run_quality_bench
-    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
+    from ..io import machine_info, write_json_atomic, write_text_atomic
 
     if args.threads:
         torch.set_num_threads(args.threads)

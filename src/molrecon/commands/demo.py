@@ -36,7 +36,7 @@ def resolve_demo_methods(include_cs_tv: bool = False, pretrained_root: str | os.
                          device: str = "cpu") -> tuple[list[Any], dict[str, str]]:
     """Runners for the demo and ``{method: reason}`` for the learned methods that are not shipped."""
     from ..evaluate.evaluation import classical_runner, model_runner
-    from ..models.pretrained import available_names, load_pretrained
+    from ..weights.pretrained import available_names, load_pretrained
 
     runners = [classical_runner(m) for m in DEMO_CLASSICAL + (["cs-tv"] if include_cs_tv else [])]
     shipped = set(available_names(pretrained_root))

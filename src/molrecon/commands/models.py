@@ -20,7 +20,7 @@ def _fmt(v, spec: str) -> str:
 
 
 def rows_for(models: list[dict]) -> list[dict]:
-    """Table rows of :func:`molrecon.models.pretrained.list_pretrained` entries."""
+    """Table rows of :func:`molrecon.weights.pretrained.list_pretrained` entries."""
     rows = []
     for m in models:
         val = m.get("validation") or {}
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..evaluate.report import markdown_table
-    from ..models.pretrained import _root, list_pretrained
+    from ..weights.pretrained import _root, list_pretrained
 
     models = list_pretrained()
     if args.json:

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace):
     if args.method not in LEARNED:
         return None
-    from ..models.loading import load_learned_model
+    from ..weights.loading import load_learned_model
 
     return load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
 
@@ -98,8 +98,8 @@ def _run_folder(args: argparse.Namespace) -> int:
     A file that fails is reported (``error: FILE: ...``) and the others still run; the exit code is then 2.
     The final gathering of the per-rank errors doubles as the barrier that every rank waits at.
     """
+    from .. import distributed as D
     from ..errors import InputError, MolreconError
-    from ..train import distributed as D
 
     files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"))
     if not files:
@@ -153,7 +153,7 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
     import torch
     from tqdm import tqdm
 
-    from .. import __version__
+    from .._version import __version__
     from ..io import write_h5_atomic
     from ..physics import MultiCoilMRI
     from ..recon import DEFAULT_LAM, reconstruct

@@ -396,7 +396,7 @@ def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overw
     """
     import nilearn
 
-    from .. import __version__
+    from .._version import __version__
 
     kind = normalize_kind(kind)
     out = Path(out)

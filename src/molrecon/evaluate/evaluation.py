@@ -1,7 +1,7 @@
 r"""Evaluate reconstruction methods, classical and learned, over a dataset, as fastMRI does.
 
 For every volume ``v`` (the slices of one file) and method ``m`` the slices are reconstructed, stacked and
-scored on the magnitude inside the object support :math:`\Omega` (:func:`~molrecon.evaluate.metrics.object_support`,
+scored on the magnitude inside the object support :math:`\Omega` (:func:`~molrecon.metrics.object_support`,
 computed per slice from the target):
 
 .. math::
@@ -18,7 +18,7 @@ as means over the test slices.
 
 Methods are given as names: classical ones (``zero-filled``, ``sense``, ``cs-wavelet``, ``cs-tv``) run
 :func:`molrecon.recon.reconstruct`; learned ones are training checkpoints or pretrained names, loaded through
-:func:`molrecon.models.loading.load_learned_model` (never unpickling code).
+:func:`molrecon.weights.loading.load_learned_model` (never unpickling code).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def resolve_methods(methods: Sequence[str] = (), checkpoints: Sequence[str | Pat
     ``<method>-2d-4x``; prefer ``pretrained`` to be explicit. Two models of the same method get their
     source (file stem or pretrained name) as label so that both appear in the report.
     """
-    from ..models.loading import load_learned_model
+    from ..weights.loading import load_learned_model
 
     runners: list[MethodRunner] = []
     classical_kwargs = classical_kwargs or {}
@@ -238,7 +238,7 @@ def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4,
     import torch
 
     from ..data.slice_dataset import collate, physics_from_batch
-    from .metrics import evaluate_volume, nmse, object_support, psnr
+    from ..metrics import evaluate_volume, nmse, object_support, psnr
 
     if average_over not in ("volumes", "slices"):
         raise InputError(f"average_over must be 'volumes' or 'slices', got {average_over!r}")
@@ -343,24 +343,14 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _finite_or_none(obj: Any) -> Any:
-    """Replace non-finite floats (a DEQ's robustness constant is ``inf``) by ``None``: JSON has no Inf/NaN."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
 def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "molrecon evaluation",
                  data_description: str = "", extra: dict[str, Any] | None = None,
                  json_name: str = "report.json") -> dict[str, Path]:
     """Write ``out_dir/<json_name>`` (summary, per-volume and per-slice scores, machine info),
     ``report.md`` (table) and ``figure.png`` (grid of the example slice), each atomically."""
+    from ..io import machine_info, write_json_atomic, write_text_atomic
     from .figures import comparison_grid
-    from .report import machine_info, markdown_table, write_json_atomic, write_text_atomic
+    from .report import markdown_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,7 +370,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "mol
         "machine": machine_info(),
     }
     payload.update(extra or {})
-    write_json_atomic(paths["json"], _finite_or_none(payload))
+    write_json_atomic(paths["json"], payload)
     avg = results["settings"]["average_over"]
     n_vol = len(results["volumes"])
     n_sl = len(results["slices"])

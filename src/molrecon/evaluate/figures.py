@@ -34,7 +34,7 @@ def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: 
     matplotlib.use("Agg")  # no display on servers/CI; must precede pyplot
     import matplotlib.pyplot as plt
 
-    from .report import save_figure_atomic
+    from ..io import save_figure_atomic
 
     t = np.abs(np.asarray(target, dtype=np.complex128 if np.iscomplexobj(target) else np.float64))
     mags = {k: np.abs(np.asarray(v)) for k, v in images.items()}
@@ -77,7 +77,7 @@ def save_image_grid(images: Mapping[str, Any], path: str | os.PathLike, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import save_figure_atomic
+    from ..io import save_figure_atomic
 
     fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 2.8), squeeze=False)
     for ax, (name, img) in zip(axes[0], images.items()):

@@ -80,7 +80,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MolreconError
-from ..solvers.cg import batch_norms
+from ..tensor_utils import batch_norms
 
 PARTS = ("attack", "random", "convergence", "uniqueness", "shift")
 FIXED_POINT_METHODS = ("mol-sn", "mol-lr", "deq")
@@ -225,13 +225,13 @@ def _error_bound(info: Any, batch: int) -> torch.Tensor:
 
 
 def _psnr(x: torch.Tensor, target: torch.Tensor, max_value: float) -> float:
-    from .metrics import psnr
+    from ..metrics import psnr
 
     return float(psnr(x.detach().cpu(), target.detach().cpu(), data_range=max_value))
 
 
 def _ssim(x: torch.Tensor, target: torch.Tensor, max_value: float) -> float:
-    from .metrics import ssim
+    from ..metrics import ssim
 
     return float(ssim(x.detach().cpu(), target.detach().cpu(), data_range=max_value))
 
@@ -969,7 +969,7 @@ def markdown_report(res: Mapping[str, Any], title: str = "molrecon robustness re
 def write_report(res: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``robustness.json`` (with machine info and command), ``robustness.md`` and the PNG plots into
     ``out_dir``, each atomically; return the paths."""
-    from .report import machine_info, write_json_atomic, write_text_atomic
+    from ..io import machine_info, write_json_atomic, write_text_atomic
     from .robustness_plots import write_plots
 
     out = Path(out_dir)
@@ -988,7 +988,7 @@ def write_report(res: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------------------------- loading
 def load_models(specs: Sequence[str], device: str = "cpu") -> dict[str, Any]:
     """Models from pretrained names (``mol-sn-2d-4x``) or checkpoint paths, labelled by the spec's stem."""
-    from ..models.loading import load_learned_model
+    from ..weights.loading import load_learned_model
 
     out: dict[str, Any] = {}
     for spec in specs:

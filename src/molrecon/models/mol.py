@@ -42,10 +42,11 @@ from torch import nn
 
 from ..errors import ConvergenceError, InputError
 from ..physics.mri import check_finite
-from ..solvers.cg import batch_norms, conjugate_gradient
+from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
 from ..solvers.implicit import attach_implicit_backward, dc_solve
 from ..solvers.info import SolverInfo
+from ..tensor_utils import batch_norms
 from .cnn import DIMS, ConvDenoiser
 from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError
-from .cg import batch_norms
+from ..tensor_utils import batch_norms
 from .info import SolverInfo
 
 FixedPointFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

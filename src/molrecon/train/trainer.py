@@ -22,7 +22,7 @@ good checkpoint and lowers the learning rate by ``rollback_lr_factor`` (at most 
 state is never written: checkpoints are only taken after healthy steps and ``save_checkpoint`` refuses NaN/Inf.
 
 Distributed training (``torchrun --nproc_per_node=N -m molrecon train CONFIG``, see
-:mod:`molrecon.train.distributed` and ``docs/distributed.md``) plugs in at :meth:`Trainer._init_distributed`
+:mod:`molrecon.distributed` and ``docs/distributed.md``) plugs in at :meth:`Trainer._init_distributed`
 (process group from the torchrun environment, gloo on CPU / nccl on GPU), :meth:`Trainer._wrap_model` (DDP),
 :meth:`Trainer._build_sampler` (rank ``r`` takes positions ``r, r+W, ...`` of the epoch's permutation) and
 :meth:`Trainer._reduce` (validation numbers); logs, progress bar and checkpoints are rank 0's. The position in
@@ -49,7 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..errors import CheckpointError, ConvergenceError, InputError
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .losses import training_loss
 
 TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "grad_norm", "fwd_iterations",
@@ -133,7 +133,7 @@ def build_datasets(data_cfg: dict[str, Any], seed: int = 0) -> tuple[Dataset, Da
     """The training and validation datasets described by the ``data`` section of a config."""
     source = data_cfg["source"]
     if source == "synthetic":
-        from .synthetic import SyntheticSliceDataset
+        from ..data.synthetic import SyntheticSliceDataset
 
         common = dict(shape=data_cfg["shape"], num_coils=data_cfg["num_coils"],
                       acceleration=data_cfg["acceleration"], center_fraction=data_cfg["center_fraction"])
@@ -279,7 +279,7 @@ class Trainer:
 
         Backend gloo on CPU, nccl on CUDA (each rank on ``cuda:LOCAL_RANK``). Returns ``(rank, world_size)``.
         """
-        from .distributed import init_distributed
+        from ..distributed import init_distributed
 
         self.dist_info = init_distributed(self.config["device"])
         self.device = self.dist_info.device
@@ -287,7 +287,7 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group if this trainer created it (no-op on one process)."""
-        from .distributed import cleanup
+        from ..distributed import cleanup
 
         cleanup(self.dist_info)
 
@@ -297,7 +297,7 @@ class Trainer:
         DDP averages the gradients over ranks in backward; the unwrapped ``self.model`` stays the reference for
         state dicts, validation and ``extra_loss`` (DDP broadcast rank 0's weights at construction).
         """
-        from .distributed import wrap_ddp
+        from ..distributed import wrap_ddp
 
         return wrap_ddp(model, self.device)
 
@@ -307,7 +307,7 @@ class Trainer:
 
     def _reduce(self, values: dict[str, float], count: int) -> dict[str, float]:
         """Combine per-rank validation means, weighted by the ``count`` slices each rank validated."""
-        from .distributed import all_reduce_weighted_mean
+        from ..distributed import all_reduce_weighted_mean
 
         return all_reduce_weighted_mean(values, count, [c for c in VAL_COLUMNS if c not in ("step", "epoch")])
 
@@ -466,7 +466,7 @@ class Trainer:
         return logs
 
     def _all_true(self, flag: bool) -> bool:
-        from .distributed import all_true
+        from ..distributed import all_true
 
         return all_true(flag) if self.world_size > 1 else flag
 
@@ -477,7 +477,7 @@ class Trainer:
         """
         if self.world_size == 1:
             return logs
-        from .distributed import all_reduce_logs
+        from ..distributed import all_reduce_logs
 
         return all_reduce_logs(logs, max_keys=("final_residual", "lipschitz", "step_time", "lipschitz_penalty"))
 
@@ -505,7 +505,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean PSNR / SSIM / NMSE over the validation slices (magnitude, data range = ``max_value``)."""
-        from ..evaluate.metrics import nmse, psnr, ssim
+        from ..metrics import nmse, psnr, ssim
 
         if self.val_set is None or len(self.val_set) == 0:
             return {}
@@ -540,7 +540,7 @@ class Trainer:
         exists = (self.out_dir / "last.pt").exists()
         if self.world_size == 1:
             return exists
-        from .distributed import broadcast_object
+        from ..distributed import broadcast_object
 
         return bool(broadcast_object(exists if self.is_main else None))
 
@@ -549,7 +549,7 @@ class Trainer:
         last = self.out_dir / "last.pt"
         if self.world_size == 1:
             return load_checkpoint(last, map_location=self.device)
-        from .distributed import broadcast_object
+        from ..distributed import broadcast_object
 
         payload: tuple[str, Any] | None = None
         if self.is_main:
@@ -674,7 +674,7 @@ class Trainer:
                 elif consumed == 0:
                     raise InputError(f"the training loader yielded no batch in epoch {self.epoch}")
             if self.world_size > 1:
-                from .distributed import barrier
+                from ..distributed import barrier
 
                 barrier()  # every rank returns once rank 0 has written the final checkpoint
         finally:

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, InputError
-from ..io import sha256_file
+from ..io import atomic_path, machine_info, sha256_file, write_json_atomic
+from ..models.factory import build_model
+from .checkpoint import load_checkpoint, model_from_state
 
 #: Folder of the weights shipped inside the package.
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
@@ -123,8 +125,6 @@ def load_pretrained(name: str, device: str | Any = "cpu", root: str | os.PathLik
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .factory import build_model
-
     meta = pretrained_info(name, root)
     weights = Path(meta["path"])
     expected = meta["weights"].get("sha256")
@@ -153,9 +153,6 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
     atomically; the JSON is written last, so a listed model always has complete weights.
     """
     from safetensors.torch import save_file
-
-    from ..evaluate.report import machine_info, write_json_atomic
-    from ..io import atomic_path
 
     parsed = parse_name(name)
     folder = _root(root)
@@ -192,11 +189,9 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
 def _read_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """``(model, model_config, checkpoint_summary)`` of a training checkpoint, loaded without pickle code.
 
-    :func:`molrecon.train.checkpoint.load_checkpoint` reads it with ``torch.load(weights_only=True)`` and checks
+    :func:`molrecon.weights.checkpoint.load_checkpoint` reads it with ``torch.load(weights_only=True)`` and checks
     the layout; the model is rebuilt from its ``model_config`` exactly as the trainer does.
     """
-    from ..train.checkpoint import load_checkpoint, model_from_state
-    from .factory import build_model
 
     state = load_checkpoint(path)
     model = model_from_state(state, path)
