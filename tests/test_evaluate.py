@@ -90,6 +90,7 @@ def test_evaluate_command_writes_report(tmp_path, tiny_data, capsys):
     assert rc == 0, captured.err
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["zero-filled", "sense", "modl"]
+    assert report["settings"]["psnr_definition"].startswith("object-support")
     for name, s in report["methods"].items():
         assert np.isfinite(s["psnr"]) and 5 < s["psnr"] < 80, (name, s)
         assert 0 < s["ssim"] <= 1 and 0 < s["nmse"] < 2

@@ -226,6 +226,8 @@ def test_cli_on_two_tiny_checkpoints(problem, tmp_path, capsys):
     assert res["verdicts"]["mol_sn_within_certificate"] is True
     assert abs(res["data_acceleration"] - 4.0) < 1.0
     assert res["machine"]["cpu_count"] and isinstance(res["command"], str)
+    assert res["psnr_definition"].startswith("whole-image")
+    assert "PSNR: whole-image" in (out / "robustness.md").read_text()
     for f in ("robustness.md", "amplification_vs_eps.png", "convergence.png", "adversarial_examples.png",
               "distribution_shift.png"):
         assert (out / f).stat().st_size > 0

@@ -156,6 +156,7 @@ def test_trainer_fit_writes_logs_and_checkpoints(tmp_path):
     out = tmp_path / "run"
     result = Trainer(tiny_config(out, max_steps=6, checkpoint_every=3, tensorboard=True)).fit()
     assert result["step"] == 6 and math.isfinite(result["val_psnr"])
+    assert result["psnr_definition"].startswith("whole-image")
     for name in ("last.pt", "best.pt", "train_log.csv", "val_log.csv", "config.yaml"):
         assert (out / name).exists(), name
     assert any((out / "tb").iterdir())

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .names import CLASSICAL_METHODS
 from .physics import MultiCoilMRI, check_finite
 from .solvers import SolverInfo, conjugate_gradient
-
-CLASSICAL_METHODS = ("zero-filled", "sense", "cs-wavelet", "cs-tv")
 
 # Defaults tuned on the built-in *validation* slices (target magnitude max 1, 30 dB k-space SNR, 4x; mean PSNR
 # over 6 slices): sense 1e-4..1e-2 -> 27.3..25.2 dB, cs-wavelet 1e-4/3e-4/1e-3 -> 28.4/28.9/28.5 dB,

@@ -1,4 +1,5 @@
-"""PNG plots of the benchmarks (written atomically through :func:`molrecon.evaluate.report.save_figure_atomic`)."""
+"""PNG plots of the benchmarks (written atomically through :func:`molrecon.io.save_figure_atomic`); each method
+has the colour and marker of :data:`molrecon.names.METHODS` in every figure."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-STYLE = {"modl": ("tab:red", "o"), "mol-lr": ("tab:blue", "s"), "mol-sn": ("tab:green", "^"),
-         "deq": ("tab:purple", "d")}
+from ..names import METHODS
+
+STYLE = {name: (spec.color, spec.marker) for name, spec in METHODS.items()}
 
 
 def _plt():

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-
-_TAG = {"2d": "2d", "3d": "3d", "dynamic": "2dt"}
+from ..names import DIMS_OF_KIND, DIMS_TAG
 
 
 def pretrained_for(method: str, kind: str, acceleration: float, shipped: set[str]) -> tuple[str | None, str]:
     """The pretrained name to use for ``method`` at ``acceleration`` and a note (empty when exact)."""
-    tag = _TAG[kind]
+    tag = DIMS_TAG[DIMS_OF_KIND[kind]]
     exact = f"{method}-{tag}-{acceleration:g}x"
     if exact in shipped:
         return exact, ""
@@ -40,14 +39,8 @@ def run_quality_bench(accels: Sequence[float], classical: Sequence[str], learned
     row per (method, acceleration): ``psnr``, ``psnr_std``, ``ssim``, ``ssim_std``, ``nmse``, iterations,
     time per slice, source."""
     from ..data.builtin import normalize_kind
-    from ..evaluate.evaluation import (
-        CLASSICAL_METHODS,
-        LEARNED_METHODS,
-        evaluate,
-        load_dataset,
-        resolve_methods,
-        write_report,
-    )
+    from ..evaluate.evaluation import evaluate, load_dataset, resolve_methods, write_report
+    from ..names import CLASSICAL_METHODS, LEARNED_METHODS
     from ..weights.pretrained import available_names
 
     kind = normalize_kind(kind)

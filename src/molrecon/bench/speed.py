@@ -40,6 +40,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..models import build_model
+from ..names import DIMS_OF_KIND, FIXED_POINT_METHODS
 from ..tensor_utils import batch_norms
 
 CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
@@ -262,26 +264,23 @@ def dc_iterations_sweep(model: Any, examples: Sequence[tuple[torch.Tensor, Any]]
 def random_mol(method: str, dims: str, channels: int = 32, layers: int = 5, seed: int = 0, **kw: Any):
     """An untrained MOL (``mol-lr``/``mol-sn``/``deq``) with the configs' CNN; for timings only — its iteration
     counts are NOT those of a trained model (label them so)."""
-    from ..models import MOL
-
-    constraint = {"mol-lr": "lr", "mol-sn": "sn", "deq": "none"}[method]
+    if method not in FIXED_POINT_METHODS:
+        raise InputError(f"random_mol: {method!r} is not a MOL method ({', '.join(FIXED_POINT_METHODS)})")
     torch.manual_seed(seed)
-    return MOL(constraint=constraint, dims=dims, channels=channels, layers=layers, **kw).eval()
+    return build_model({"method": method, "dims": dims, "channels": channels, "layers": layers, **kw}).eval()
 
 
 def random_modl(dims: str, K: int = 10, channels: int = 32, layers: int = 5, seed: int = 0):
     """An untrained MoDL with the configs' CNN and K (timings only)."""
-    from ..models import MoDL
-
     torch.manual_seed(seed)
-    return MoDL(K=K, dims=dims, channels=channels, layers=layers).eval()
+    return build_model({"method": "modl", "K": K, "dims": dims, "channels": channels, "layers": layers}).eval()
 
 
 def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
                   device: str = "cpu") -> list[tuple[torch.Tensor, Any]]:
     """``count`` test items of the built-in ``kind`` set (built if absent) as ``(y, physics)`` on ``device``;
     ``y`` is the masked k-space (the file's k-space is fully sampled)."""
-    from ..data.builtin import DIMS_OF_KIND, builtin_dataset, normalize_kind
+    from ..data.builtin import builtin_dataset, normalize_kind
     from ..data.slice_dataset import collate, physics_from_batch
     from ..physics import mask_for
 

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..names import LEARNED_METHODS
+
 DEMO_CLASSICAL = ["zero-filled", "sense", "cs-wavelet"]
-DEMO_LEARNED = ["modl", "deq", "mol-sn", "mol-lr"]
+DEMO_LEARNED = LEARNED_METHODS
 DEMO_TAG = "2d-4x"
 
 

@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-CLASSICAL = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
-LEARNED = ["mol-lr", "mol-sn", "modl", "deq"]
+from ..names import CLASSICAL_METHODS as CLASSICAL
+from ..names import DIMS
+from ..names import LEARNED_METHODS as LEARNED
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Reconstruct every slice (or volume) of a multicoil HDF5 file in the fastMRI "
                        "layout: 'kspace' [slices, coils, *spatial], optional 'maps' (else ESPIRiT) and 'mask' "
                        "(else the non-zero k-space locations).")
-    p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
+    p.add_argument("--method", required=True, choices=[*CLASSICAL, *LEARNED])
     p.add_argument("--input", required=True, type=Path,
                    help="input HDF5 file, or a folder of them (split across ranks under torchrun)")
     p.add_argument("--out", required=True, type=Path,
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write the magnitude as NIfTI (.nii/.nii.gz); a folder when --input is a folder")
     p.add_argument("--lam", type=float, default=None, help="regularisation weight (classical methods)")
     p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS)")
-    p.add_argument("--dims", choices=["2d", "3d", "2d+t"], default=None,
+    p.add_argument("--dims", choices=DIMS, default=None,
                    help="spatial layout of 3 spatial axes (default: the file's 'dims' attribute, else 3d)")
     p.add_argument("--calib-width", type=int, default=24, help="ESPIRiT calibration width when maps are absent")
     p.add_argument("--checkpoint", type=Path, default=None, help="training checkpoint (learned methods)")

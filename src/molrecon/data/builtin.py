@@ -58,14 +58,13 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..io import file_lock, sha256_file
+from ..names import DIMS_OF_KIND, KIND_ALIASES
 from . import anatomy
 from .header import make_header
 from .transforms import fname_seed
 
-KINDS = ("2d", "3d", "dynamic")
-_KIND_ALIASES = {"2d": "2d", "3d": "3d", "dynamic": "dynamic", "2d+t": "dynamic", "2dt": "dynamic"}
+KINDS = tuple(DIMS_OF_KIND)
 FORMAT_VERSION = 1
-DIMS_OF_KIND = {"2d": "2d", "3d": "3d", "dynamic": "2d+t"}
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "2d": {"size": 128, "coils": 8, "snr_db": 30.0, "contrasts": list(anatomy.CONTRASTS), "units": 4,
@@ -82,7 +81,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 def normalize_kind(kind: str) -> str:
     """``"2d"``, ``"3d"`` or ``"dynamic"`` (``"2d+t"``/``"2dt"`` are accepted for the latter)."""
     try:
-        return _KIND_ALIASES[str(kind).lower()]
+        return KIND_ALIASES[str(kind).lower()]
     except KeyError:
         raise InputError(f"unknown built-in dataset kind {kind!r} (choose from {', '.join(KINDS)})") from None
 

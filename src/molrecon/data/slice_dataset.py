@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..io import file_lock
+from ..names import DIMS
 from .header import EncodingInfo, parse_header
 from .transforms import fname_seed
 
@@ -129,7 +130,7 @@ class SliceDataset(Dataset):
                 dims = dims.decode() if isinstance(dims, bytes) else dims
                 if dims is None:
                     dims = "2d" if ds.ndim == 4 else "3d"
-                if dims not in ("2d", "3d", "2d+t") or (ds.ndim == 4) != (dims == "2d"):
+                if dims not in DIMS or (ds.ndim == 4) != (dims == "2d"):
                     raise InputError(f"{path}: attribute dims={dims!r} does not fit 'kspace' of shape {ds.shape}")
                 info: EncodingInfo | None = None
                 if "ismrmrd_header" in f:

@@ -32,11 +32,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import PSNR_OBJECT_SUPPORT
+from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, LEARNED_METHODS, METHOD_ORDER
 
 #: Canonical display order of the methods (``docs/conventions.md``).
-METHOD_ORDER = ["zero-filled", "sense", "cs-wavelet", "cs-tv", "modl", "deq", "mol-sn", "mol-lr"]
-CLASSICAL_METHODS = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
-LEARNED_METHODS = ["modl", "deq", "mol-sn", "mol-lr"]
 
 
 @dataclass
@@ -178,7 +177,7 @@ def load_dataset(data: str | Path | None, kind: str = "2d", split: str = "test",
     if acceleration is not None:
         from ..physics import mask_for
 
-        mask_func = mask_for({"dynamic": "2d+t"}.get(kind, kind), acceleration, center_fraction)
+        mask_func = mask_for(DIMS_OF_KIND.get(kind, kind), acceleration, center_fraction)
     if data is None or str(data) == "builtin":
         return builtin_dataset(kind, split, None, mask_func=mask_func)
     path = Path(data)
@@ -319,7 +318,8 @@ def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4,
         "volumes": per_volume,
         "slices": per_slice,
         "example": example,
-        "settings": {"average_over": average_over, "batch_size": batch_size, "device": device,
+        "settings": {"psnr_definition": PSNR_OBJECT_SUPPORT, "average_over": average_over, "batch_size": batch_size,
+                     "device": device,
                      "metric": "fastMRI-style on magnitude inside the object support; data_range = volume max; "
                                "SSIM 7x7"},
     }

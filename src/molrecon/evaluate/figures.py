@@ -13,13 +13,7 @@ from typing import Any
 
 import numpy as np
 
-#: Column titles as the paper writes them.
-DISPLAY_NAMES = {"zero-filled": "Zero-filled", "sense": "SENSE", "cs-wavelet": "CS (wavelet)", "cs-tv": "CS (TV)",
-                 "modl": "MoDL", "deq": "DEQ", "mol-sn": "MOL-SN", "mol-lr": "MOL-LR"}
-
-
-def _label(name: str) -> str:
-    return DISPLAY_NAMES.get(name, name)
+from ..names import display_name
 
 
 def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: str | os.PathLike,
@@ -54,7 +48,7 @@ def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: 
     err_im = None
     for j, (name, m) in enumerate(mags.items(), start=1):
         axes[0, j].imshow(m, cmap="gray", vmin=0, vmax=vmax)
-        axes[0, j].set_title(_label(name), fontsize=9)
+        axes[0, j].set_title(display_name(name), fontsize=9)
         err_im = axes[1, j].imshow(errs[name], cmap="inferno", vmin=0, vmax=emax)
         s = (metrics or {}).get(name)
         if s:
@@ -82,7 +76,7 @@ def save_image_grid(images: Mapping[str, Any], path: str | os.PathLike, title: s
     fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 2.8), squeeze=False)
     for ax, (name, img) in zip(axes[0], images.items()):
         ax.imshow(np.abs(np.asarray(img)), cmap="gray")
-        ax.set_title(_label(name), fontsize=9)
+        ax.set_title(display_name(name), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     if title:

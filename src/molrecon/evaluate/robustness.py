@@ -80,10 +80,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MolreconError
+from ..metrics import PSNR_WHOLE_IMAGE
+from ..physics import default_center_fraction
 from ..tensor_utils import batch_norms
 
 PARTS = ("attack", "random", "convergence", "uniqueness", "shift")
-FIXED_POINT_METHODS = ("mol-sn", "mol-lr", "deq")
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -603,11 +604,6 @@ def remask_examples(kspace_full: Sequence[torch.Tensor], maps: Sequence[torch.Te
     return out
 
 
-def default_center_fraction(acceleration: float) -> float:
-    """fastMRI's pairs (0.08 at 4×, 0.04 at 8×) continued as ``0.32/acc``, capped at 0.16."""
-    return float(min(0.16, 0.32 / float(acceleration)))
-
-
 # ----------------------------------------------------------------------------------------------- the driver
 def _log(progress: Callable[[str], None] | None, msg: str) -> None:
     if progress is not None:
@@ -880,6 +876,7 @@ def markdown_report(res: Mapping[str, Any], title: str = "molrecon robustness re
                   f"{', ' + mach['cuda'] if mach.get('cuda') else ''}; run time {_f(res.get('seconds'), 4)} s", ""]
     lines += [f"Slices: {', '.join(res.get('examples', []))}"
               + (f" (acceleration {res['data_acceleration']:g}×)" if res.get("data_acceleration") else ""), ""]
+    lines += [f"PSNR: {res.get('psnr_definition', PSNR_WHOLE_IMAGE)}.", ""]
     v = res.get("verdicts", {})
     lines += ["## Answers", ""]
     if "mol_sn_within_certificate" in v:
@@ -974,6 +971,7 @@ def write_report(res: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    res.setdefault("psnr_definition", PSNR_WHOLE_IMAGE)
     res.setdefault("machine", machine_info())
     res.setdefault("command", res["machine"].get("command"))
     plots = write_plots(res, out)

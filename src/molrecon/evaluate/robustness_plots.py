@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-_COLORS = {"mol-sn": "tab:blue", "mol-lr": "tab:green", "deq": "tab:red", "modl": "tab:orange"}
+from ..names import method_color
 
 
 def _plt():
@@ -32,7 +32,7 @@ def _plt():
 
 def _color(res: Mapping[str, Any], label: str, i: int) -> str:
     method = res.get("models", {}).get(label, {}).get("method")
-    return _COLORS.get(method, f"C{i % 10}")
+    return method_color(method, f"C{i % 10}")
 
 
 def plot_amplification(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import ConvergenceError, InputError
+from ..names import CONSTRAINT_METHOD as CONSTRAINTS
 from ..physics.mri import check_finite
 from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
@@ -49,8 +50,6 @@ from ..solvers.info import SolverInfo
 from ..tensor_utils import batch_norms
 from .cnn import DIMS, ConvDenoiser
 from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
-
-CONSTRAINTS = {"sn": "mol-sn", "lr": "mol-lr", "none": "deq"}
 
 
 def contraction_factor(alpha: float, lipschitz: float) -> float:

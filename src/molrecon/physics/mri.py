@@ -33,9 +33,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..names import DIMS
 from .fft import fft_centered, ifft_centered, input_signs
-
-DIMS = ("2d", "3d", "2d+t")
 
 
 def infer_dims(spatial_ndim: int, dims: str | None = None) -> str:

@@ -49,6 +49,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..errors import CheckpointError, ConvergenceError, InputError
+from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
+from ..names import DIMS_OF_KIND, KIND_ALIASES
 from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .losses import training_loss
 
@@ -57,7 +59,7 @@ TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "gra
 VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterations", "val_time_per_slice"]
 
 
-_DIMS_OF_KIND = {"2d": "2d", "3d": "3d", "dynamic": "2d+t", "2d+t": "2d+t"}
+_DIMS_OF_KIND = {alias: DIMS_OF_KIND[kind] for alias, kind in KIND_ALIASES.items()}
 
 
 class TrainingDivergedError(ConvergenceError):
@@ -505,8 +507,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean PSNR / SSIM / NMSE over the validation slices (magnitude, data range = ``max_value``)."""
-        from ..metrics import nmse, psnr, ssim
-
         if self.val_set is None or len(self.val_set) == 0:
             return {}
         self.model.eval()
@@ -685,7 +685,7 @@ class Trainer:
                 if self.tb is not None:
                     self.tb.close()
         return {"step": self.step, "epoch": self.epoch, **self.last_logs, **self.last_val,
-                "best_val_psnr": self.best_psnr, "out_dir": str(self.out_dir)}
+                "best_val_psnr": self.best_psnr, "psnr_definition": PSNR_WHOLE_IMAGE, "out_dir": str(self.out_dir)}
 
     def _log_step(self, logs: dict[str, float]) -> None:
         if not self.is_main or self.step % max(1, self.tcfg["log_every"]) != 0:

@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import CheckpointError, InputError
 from ..io import atomic_path, machine_info, sha256_file, write_json_atomic
 from ..models.factory import build_model
+from ..names import DIMS_TAG
 from .checkpoint import load_checkpoint, model_from_state
 
 #: Folder of the weights shipped inside the package.
@@ -40,8 +41,9 @@ PRETRAINED_ENV = "MOLRECON_PRETRAINED_DIR"
 #: Sidecar format version; bump when the JSON layout changes incompatibly.
 FORMAT_VERSION = 1
 
-_NAME_RE = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<dims>2d|3d|2dt)-(?P<accel>\d+(?:\.\d+)?)x$")
-_DIMS_FROM_TAG = {"2d": "2d", "3d": "3d", "2dt": "2d+t"}
+_NAME_RE = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<dims>" + "|".join(DIMS_TAG.values())
+                      + r")-(?P<accel>\d+(?:\.\d+)?)x$")
+_DIMS_FROM_TAG = {tag: dims for dims, tag in DIMS_TAG.items()}
 
 
 def parse_name(name: str) -> dict[str, Any]:
