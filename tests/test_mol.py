@@ -168,6 +168,38 @@ def test_anderson_same_fixed_point_fewer_iterations():
     assert int(ia.iterations.max()) < int(ip.iterations.min())
 
 
+def test_public_fixed_point_map_is_what_the_solver_iterates():
+    physics, y, _ = _problem(n=16, batch=2)
+    model = _model("sn", 3.0, solver="plain", tol=1e-6, max_iter=800, cg_iter=20)
+    x_star, info = model.solve(y, physics)
+    assert info.all_converged
+    T = model.fixed_point_map(y, physics)
+    assert _norm(T(x_star) - x_star) / _norm(x_star) < 1e-4
+    # iterating the map by hand from the model's start image walks the solver's path
+    x = model.initial_image(y, physics)
+    with pytest.warns(RuntimeWarning):  # tol 0 is never reached
+        _, plain = model.solve(y, physics, max_iter=5, tol=0.0, strict=False)
+    for k in range(5):
+        with torch.no_grad():
+            fx = T(x)
+        step = float(((fx - x).abs().pow(2).sum(dim=(1, 2)).sqrt() / fx.abs().pow(2).sum(dim=(1, 2)).sqrt())[0])
+        assert step == pytest.approx(float(plain.residuals[k][0]), rel=1e-3)
+        x = fx
+
+
+def test_solve_overrides_apply_to_one_call_only():
+    physics, y, _ = _problem(n=16)
+    model = _model("lr", 1.0, tol=1e-4, max_iter=50, solver="anderson")
+    with pytest.warns(RuntimeWarning):
+        _, info = model.solve(y, physics, max_iter=3, tol=0.0, solver="plain")
+    assert int(info.iterations.max()) == 3 and not info.all_converged
+    assert (model.max_iter, model.tol, model.solver) == (50, 1e-4, "anderson")
+    with pytest.raises(ConvergenceError):
+        model.solve(y, physics, max_iter=2, tol=0.0, strict=True)
+    with pytest.raises(InputError, match="not solver settings"):
+        model.solve(y, physics, alpha=0.5)
+
+
 def test_inexact_warm_started_dc_has_the_exact_blocks_fixed_point():
     # each block's CG starts at the current iterate, so at a fixed point its residual is zero: 2 CG steps per
     # block and a near-exact DC reach the same answer (only the path between them differs)

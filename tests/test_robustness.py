@@ -141,13 +141,13 @@ def test_plain_iteration_matches_the_models_plain_solver(problem):
     ex = problem[0]
     model = _mol("sn")
     ours = R.plain_iteration(model, ex.y, ex.physics, ex.target, ex.max_value, n_iter=8)
-    with R.solver_settings(model, solver="plain", tol=0.0, max_iter=8), pytest.warns(RuntimeWarning):
-        _, info = model.solve(ex.y, ex.physics)  # tol 0 never "converges": the warning is expected
+    with pytest.warns(RuntimeWarning):  # tol 0 never "converges": the warning is expected
+        _, info = model.solve(ex.y, ex.physics, solver="plain", tol=0.0, max_iter=8)
     theirs = [float(r[0]) for r in info.residuals]
     assert len(ours["residual"]) == 8 and len(theirs) == 8
     # ours divides by ‖x_n‖, the solver by ‖T(x_n)‖: equal to first order once the iterates settle
     np.testing.assert_allclose(ours["residual"][2:], theirs[2:], rtol=0.05)
-    assert model.solver == "anderson" and model.tol == 1e-4  # settings restored
+    assert model.solver == "anderson" and model.tol == 1e-4  # the overrides did not touch the model
     # MOL-SN contracts: the residual falls by orders of magnitude
     assert ours["residual"][-1] < 1e-2 * ours["residual"][0]
     modl = R.plain_iteration(MoDL(K=2, dims="2d", channels=4, layers=2), ex.y, ex.physics, ex.target,
@@ -247,10 +247,10 @@ def test_a_failing_model_is_reported_not_fatal(problem):
     class Diverging(torch.nn.Module):
         method_name = "deq"
 
-        def solve(self, y, physics, x0=None):
+        def solve(self, y, physics, x0=None, **overrides):
             raise R.InputError("MOL (deq): the reconstruction contains NaN/Inf (diverged)")
 
-        def forward(self, y, physics):
+        def forward(self, y, physics, **overrides):
             return self.solve(y, physics)[0]
 
     cfg = R.RobustnessConfig(eps=(0.01,), attack_steps=1, random_draws=1, conv_iters=3,

@@ -67,11 +67,10 @@ masks) and with extra complex Gaussian k-space noise at given SNRs; CG-SENSE alo
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,26 +168,6 @@ def method_of(model: Any) -> str:
     return str(getattr(model, "method_name", None) or type(model).__name__.lower())
 
 
-@contextlib.contextmanager
-def solver_settings(model: Any, **settings: Any) -> Iterator[None]:
-    """Temporarily set solver attributes of ``model`` (``tol``, ``max_iter``, ``solver``, ``min_iter``...).
-
-    ``None`` values and attributes the model does not have are skipped, so the same call works for MOL and
-    MoDL. The previous values are restored on exit, whatever happens.
-    """
-    old: dict[str, Any] = {}
-    try:
-        for key, value in settings.items():
-            if value is None or not hasattr(model, key):
-                continue
-            old[key] = getattr(model, key)
-            setattr(model, key, value)
-        yield
-    finally:
-        for key, value in old.items():
-            setattr(model, key, value)
-
-
 def _expand(y: torch.Tensor, batch: int) -> torch.Tensor:
     return y.expand(batch, *y.shape[1:]) if y.shape[0] == 1 else y
 
@@ -203,10 +182,10 @@ def reconstruct(model: Any, y: torch.Tensor, physics: Any, x0: torch.Tensor | No
     """
     with torch.no_grad():
         if is_fixed_point_model(model):
-            with solver_settings(model, tol=tol, max_iter=max_iter, solver=solver), \
-                    warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                x, info = model.solve(y, physics, x0=x0)
+                given = {"tol": tol, "max_iter": max_iter, "solver": solver}
+                x, info = model.solve(y, physics, x0=x0, **{k: v for k, v in given.items() if v is not None})
             info.extra["warnings"] = [str(w.message) for w in caught]
             return x, info
         if x0 is not None:
@@ -275,18 +254,20 @@ class AttackResult:
 def _objective(model: Any, y: torch.Tensor, physics: Any, delta: torch.Tensor, x_ref: torch.Tensor,
                need_grad: bool, tol: float | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """``(‖x(y+δ) − x_ref‖ per element, ∂‖·‖²/∂δ or None, warnings)``."""
-    with warnings.catch_warnings(record=True) as caught, solver_settings(model, tol=tol):
+    overrides = {"tol": tol} if is_fixed_point_model(model) and tol is not None else {}
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if need_grad:
             d = delta.detach().clone().requires_grad_(True)
             with torch.enable_grad():
-                x = model(y + d, physics)
+                x = model(y + d, physics, **overrides)
                 f2 = (x - x_ref).abs().pow(2).reshape(x.shape[0], -1).sum(dim=1)
                 (g,) = torch.autograd.grad(f2.sum(), d)
             value = f2.detach().clamp_min(0).sqrt()
         else:
             with torch.no_grad():
-                x = model.solve(y + delta, physics)[0] if is_fixed_point_model(model) else model(y + delta, physics)
+                x = model.solve(y + delta, physics, **overrides)[0] if is_fixed_point_model(model) \
+                    else model(y + delta, physics)
             value, g = batch_norms(x - x_ref), None
     if not torch.isfinite(value).all():
         raise InputError(f"{method_of(model)}: the reconstruction of perturbed data is not finite")
@@ -421,20 +402,8 @@ def certificate_verdict(amp: float, low: float | None, high: float | None, const
 # ---------------------------------------------------------------------------------------------- convergence
 def _mol_block_parts(model: Any, y: torch.Tensor, physics: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The model's own fixed-point map ``T`` (inexact DC step, exactly what its solver iterates), or ``None``."""
-    needed = ("_block", "_weights", "alpha", "lam")
-    if not all(hasattr(model, a) for a in needed):
-        return None
-    if hasattr(model, "_ensure_denoiser"):
-        model._ensure_denoiser(physics)
-    weights = model._weights(tuple(physics.spatial_shape))
-    weights = [w.detach() for w in weights] if weights is not None else None
-    mu = (model.alpha * model.lam).detach()
-    aty = physics.A_adjoint(y)
-
-    def T(x: torch.Tensor) -> torch.Tensor:
-        return model._block(x, weights, aty, physics, mu, exact=False)
-
-    return T
+    fixed_point_map = getattr(model, "fixed_point_map", None)
+    return fixed_point_map(y, physics) if callable(fixed_point_map) else None
 
 
 def _modl_parts(model: Any, y: torch.Tensor, physics: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -1039,7 +1008,7 @@ def load_examples(data: str | Path | None, slices: int = 2, acceleration: float 
 
 
 __all__ = [
-    "PARTS", "Example", "RobustnessConfig", "AttackResult", "measured_data", "solver_settings", "reconstruct",
+    "PARTS", "Example", "RobustnessConfig", "AttackResult", "measured_data", "reconstruct",
     "project_ball", "random_perturbation", "worst_case_perturbation", "measure_perturbations", "certificate_of",
     "certificate_verdict", "plain_iteration", "summary_rows", "markdown_report", "write_report",
     "convergence_study", "uniqueness_study", "evaluate_setting",
