@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from molrecon.errors import InputError
 from molrecon.evaluate import robustness as R
 from molrecon.models import MOL
 from molrecon.models.modl import MoDL
@@ -182,13 +183,13 @@ def test_run_robustness_and_report(problem, tmp_path):
 
 def test_bad_inputs(problem):
     ex = problem[0]
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.RobustnessConfig(eps=(-0.1,)).validate()
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.RobustnessConfig(parts=("attack", "nonsense")).validate()
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.run_robustness({}, [ex])
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.run_robustness({"m": _mol()}, [])
 
 
@@ -248,7 +249,7 @@ def test_a_failing_model_is_reported_not_fatal(problem):
         method_name = "deq"
 
         def solve(self, y, physics, x0=None, **overrides):
-            raise R.InputError("MOL (deq): the reconstruction contains NaN/Inf (diverged)")
+            raise InputError("MOL (deq): the reconstruction contains NaN/Inf (diverged)")
 
         def forward(self, y, physics, **overrides):
             return self.solve(y, physics)[0]

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..names import method_color
+from ...io import save_figure_atomic
+from ...names import method_color
 
 
 def _plt():
@@ -37,7 +38,6 @@ def _color(res: Mapping[str, Any], label: str, i: int) -> str:
 
 def plot_amplification(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """Amplification vs ε per method (log scale), random perturbations and certificates alongside."""
-    from ..io import save_figure_atomic
 
     attack = res.get("attack", {})
     if not attack:
@@ -72,7 +72,6 @@ def plot_amplification(res: Mapping[str, Any], path: str | os.PathLike) -> Path 
 
 def plot_convergence(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """Residual and PSNR against the iteration (first slice of the convergence study)."""
-    from ..io import save_figure_atomic
 
     conv = res.get("convergence", {})
     if not conv:
@@ -115,7 +114,6 @@ def plot_convergence(res: Mapping[str, Any], path: str | os.PathLike) -> Path | 
 
 def plot_examples(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """Rows: methods; columns: target, x(b), x(b+δ), |difference| (shared colour scale)."""
-    from ..io import save_figure_atomic
 
     images = res.get("_images", {})
     if not images:
@@ -149,7 +147,6 @@ def plot_examples(res: Mapping[str, Any], path: str | os.PathLike) -> Path | Non
 
 def plot_shift(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """PSNR vs acceleration and vs added-noise SNR per method (CG-SENSE as reference)."""
-    from ..io import save_figure_atomic
 
     shift = res.get("shift", {})
     if not shift:
