@@ -24,6 +24,7 @@ from molrecon.train import (
     load_config,
     validate_config,
 )
+from molrecon.train.health import HealthMonitor
 from molrecon.train.trainer import _collate, _physics
 from molrecon.weights.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 
@@ -287,7 +288,7 @@ def test_nan_rollback_lowers_lr_and_finishes(tmp_path):
 
 def test_lipschitz_and_residual_guards(tmp_path):
     trainer = Trainer(tiny_config(tmp_path / "run", lipschitz_limit=1.0, lipschitz_patience=3, residual_limit=1.0))
-    trainer.method = "mol-lr"
+    trainer.health = HealthMonitor("mol-lr", trainer.tcfg)
     assert trainer.check_health({"final_residual": 1e-3}) is None
     assert "diverged" in trainer.check_health({"final_residual": 5.0})
     assert trainer.check_health({"lipschitz": 1.5}) is None
@@ -295,7 +296,7 @@ def test_lipschitz_and_residual_guards(tmp_path):
     assert trainer.check_health({"lipschitz": 1.5}) is None
     assert trainer.check_health({"lipschitz": 1.5}) is None
     assert "Lipschitz" in trainer.check_health({"lipschitz": 1.5})
-    trainer.method = "deq"  # unconstrained: its Lipschitz constant is only logged
+    trainer.health = HealthMonitor("deq", trainer.tcfg)  # unconstrained: its Lipschitz constant is only logged
     assert all(trainer.check_health({"lipschitz": 3.0}) is None for _ in range(5))
 
 
@@ -377,3 +378,15 @@ def test_resume_in_process_is_exact_for_every_method(tmp_path, method):
     a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in a["model_state"]:
         assert torch.allclose(a["model_state"][key], b["model_state"][key], rtol=0, atol=1e-6), key
+
+
+def test_health_monitor_nonconverged_guard_and_reset():
+    tcfg = {"residual_limit": 1.0, "lipschitz_limit": 1.0, "lipschitz_patience": 2, "nonconverged_patience": 2}
+    health = HealthMonitor("mol-sn", tcfg)
+    assert not health.watches_lipschitz and HealthMonitor("mol-lr", tcfg).watches_lipschitz
+    assert health.check({"converged_frac": 0.0}) is None
+    assert "no slice converged" in health.check({"converged_frac": 0.0})
+    health.reset()
+    assert health.check({"converged_frac": 0.0}) is None
+    assert health.check({"converged_frac": 0.5}) is None and health.nonconverged_bad == 0
+    assert "diverged" in health.check({"final_residual": float("nan")})

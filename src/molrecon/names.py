@@ -62,6 +62,10 @@ CONSTRAINTS: tuple[str, ...] = ("sn", "lr", "none")
 #: MOL's constraint of each fixed-point method, and back.
 MOL_CONSTRAINTS: dict[str, str] = {n: s.constraint for n, s in METHODS.items() if s.constraint is not None}
 CONSTRAINT_METHOD: dict[str, str] = {c: n for c in CONSTRAINTS for n, m in MOL_CONSTRAINTS.items() if m == c}
+#: Constraints whose Lipschitz bound is an estimate, not a certificate (training watches it for divergence).
+ESTIMATED_CONSTRAINTS: tuple[str, ...] = ("lr",)
+ESTIMATED_LIPSCHITZ_METHODS: tuple[str, ...] = tuple(n for n, c in MOL_CONSTRAINTS.items()
+                                                     if c in ESTIMATED_CONSTRAINTS)
 
 
 def display_name(name: str) -> str:

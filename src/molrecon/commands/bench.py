@@ -2,7 +2,7 @@
 
 Examples
 --------
-    molrecon bench memory --out benchmarks/memory                       # the full grid
+    molrecon bench memory --out benchmarks/memory                       # the full grid
     molrecon bench memory --dims 2d --methods modl mol-lr --modl-iters 1 2 --mol-iters 5 10 --shape-2d 64 64
     molrecon bench speed --out benchmarks/speed                         # pretrained mol-lr-2d-4x if shipped
     molrecon bench speed --checkpoint runs/mol_lr_2d/last.pt --out /tmp/speed

@@ -13,8 +13,8 @@ and SSIM with a 7×7 window and the same data range :math:`R_v`, averaged over t
 The report gives, per method, the mean over volumes and the spread (sample standard deviation, ``ddof=1``;
 0 for a single volume), the iterations the solver needed (``model.last_info`` for MOL/DEQ, ``None`` for
 methods that do not report them) and the wall time per slice. ``average_over="slices"`` instead averages the
-per-slice scores (still with the volume's data range); the demo uses it because the issue defines its figures
-as means over the test slices.
+per-slice scores (still with the volume's data range); the demo uses it, as its figures are means over the
+test slices.
 
 Methods are given as names: classical ones (``zero-filled``, ``sense``, ``cs-wavelet``, ``cs-tv``) run
 :func:`molrecon.recon.reconstruct`; learned ones are training checkpoints or pretrained names, loaded through
@@ -53,7 +53,7 @@ class MethodRunner:
 
 def classical_runner(method: str, **kwargs: Any) -> MethodRunner:
     """A runner for ``zero-filled``, ``sense``, ``cs-wavelet`` or ``cs-tv`` with ``kwargs`` for
-    :func:`molrecon.recon.reconstruct` (defaults: the lead's tuned ``DEFAULT_LAM``)."""
+    :func:`molrecon.recon.reconstruct` (defaults: the tuned ``DEFAULT_LAM``)."""
     from .. import recon
 
     if method not in CLASSICAL_METHODS:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -59,26 +58,6 @@ def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: 
     if err_im is not None:
         cbar = fig.colorbar(err_im, ax=axes[1, -1], shrink=0.9)
         cbar.set_label("| |x| - |t| |", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    save_figure_atomic(fig, path)
-
-
-def save_image_grid(images: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> None:
-    """A single row of magnitude images with their own grey scales (for quick looks in examples)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import save_figure_atomic
-
-    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 2.8), squeeze=False)
-    for ax, (name, img) in zip(axes[0], images.items()):
-        ax.imshow(np.abs(np.asarray(img)), cmap="gray")
-        ax.set_title(display_name(name), fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
     save_figure_atomic(fig, path)

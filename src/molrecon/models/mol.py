@@ -26,10 +26,16 @@ number of forward iterations.
 
 Example
 -------
->>> model = MOL(constraint="sn", dims="2d", channels=8, layers=3)
->>> x = model(y, physics)                       # doctest: +SKIP
->>> x, info = model.solve(y, physics)           # doctest: +SKIP
->>> model.certificate(physics)["contraction"]   # doctest: +SKIP
+>>> import torch
+>>> from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+>>> physics = MultiCoilMRI(simulate_coil_maps((32, 32), num_coils=4)[None], RandomMask(0.08, 4)((32, 32), seed=0))
+>>> y = physics.A(torch.ones(1, 32, 32, dtype=torch.complex64))
+>>> model = MOL(constraint="sn", dims="2d", channels=8, layers=3).eval()
+>>> x, info = model.solve(y, physics)
+>>> x.shape, bool(info.all_converged)
+(torch.Size([1, 32, 32]), True)
+>>> model.certificate(physics)["contraction"] < 1
+True
 """
 
 from __future__ import annotations

@@ -44,10 +44,6 @@ def _flat_real(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def _rel(fx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return batch_norms(fx - x) / batch_norms(fx).clamp_min(1e-30)
-
-
 def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson", max_iter: int = 50,
                       tol: float = 1e-4, min_iter: int = 1, m: int = 5, reg: float = 1e-4,
                       beta: float = 1.0) -> tuple[torch.Tensor, SolverInfo]:

@@ -1,8 +1,12 @@
 """Training for every learned model: configs, the trainer and losses (checkpoints are in :mod:`molrecon.weights`).
 
+>>> import tempfile
 >>> from molrecon.train import load_config, Trainer
->>> cfg = load_config("configs/tiny_2d.yaml", ["out_dir=runs/tiny"])   # doctest: +SKIP
->>> Trainer(cfg).fit()                                                  # doctest: +SKIP
+>>> out = tempfile.mkdtemp()
+>>> cfg = load_config("configs/tiny_2d.yaml", [f"out_dir={out}", "data.source=synthetic", "data.shape=[16,16]",
+...                   "data.num_train=2", "data.num_val=1", "train.max_steps=2", "train.progress=false"])
+>>> Trainer(cfg).fit()["step"]
+2
 """
 
 from .config import DEFAULTS, apply_overrides, load_config, validate_config

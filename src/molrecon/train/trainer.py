@@ -52,6 +52,7 @@ from ..errors import CheckpointError, ConvergenceError, InputError
 from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
 from ..names import DIMS_OF_KIND, KIND_ALIASES
 from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .health import HealthMonitor
 from .losses import training_loss
 
 TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "grad_norm", "fwd_iterations",
@@ -273,7 +274,7 @@ class Trainer:
         self.best_psnr = -math.inf
         self.last_val: dict[str, float] = {}
         self.last_logs: dict[str, float] = {}
-        self._lip_bad = self._nonconv_bad = 0
+        self.health = HealthMonitor(self.config["model"]["method"], self.tcfg)
 
     # -- distributed hooks ------------------------------------------------------------------------------------------
     def _init_distributed(self) -> tuple[int, int]:
@@ -332,6 +333,7 @@ class Trainer:
         # kept from construction (not re-read later): MOL.config() reports the current λ, which trains
         self.model_config = model_config(self.model)
         self.method = self.model_config["method"]
+        self.health = HealthMonitor(self.method, self.tcfg)
         self.train_model = self._wrap_model(self.model)
         lam_params = [p for n, p in self.model.named_parameters() if is_lam_param(n) and p.requires_grad]
         net_params = [p for n, p in self.model.named_parameters() if not is_lam_param(n) and p.requires_grad]
@@ -484,24 +486,8 @@ class Trainer:
         return all_reduce_logs(logs, max_keys=("final_residual", "lipschitz", "step_time", "lipschitz_penalty"))
 
     def check_health(self, logs: dict[str, float]) -> str | None:
-        """Return why the step counts as diverging, or ``None`` when it is healthy."""
-        res = logs.get("final_residual")
-        if res is not None and (not math.isfinite(res) or res > self.tcfg["residual_limit"]):
-            return (f"forward fixed-point iteration diverged (final relative residual {res:.3g} > "
-                    f"residual_limit {self.tcfg['residual_limit']})")
-        lip = logs.get("lipschitz")
-        # only MOL-LR relies on an estimated constraint; MOL-SN is certified and the DEQ is unconstrained
-        if lip is not None and self.method == "mol-lr":
-            self._lip_bad = self._lip_bad + 1 if (not math.isfinite(lip) or lip > self.tcfg["lipschitz_limit"]) else 0
-            if self._lip_bad >= self.tcfg["lipschitz_patience"]:
-                return (f"Lipschitz estimate {lip:.3g} above lipschitz_limit {self.tcfg['lipschitz_limit']} for "
-                        f"{self._lip_bad} consecutive steps (the monotone constraint is lost)")
-        patience = self.tcfg["nonconverged_patience"]
-        if patience and "converged_frac" in logs:
-            self._nonconv_bad = self._nonconv_bad + 1 if logs["converged_frac"] == 0 else 0
-            if self._nonconv_bad >= patience:
-                return f"no slice converged in the forward solve for {self._nonconv_bad} consecutive steps"
-        return None
+        """Return why the step counts as diverging, or ``None`` when it is healthy (:class:`HealthMonitor`)."""
+        return self.health.check(logs)
 
     # -- validation -------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -597,7 +583,7 @@ class Trainer:
         for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             g["initial_lr"] = base
             g["lr"] = base * self._lr_factor(self.step)
-        self._lip_bad = self._nonconv_bad = 0
+        self.health.reset()
         if self.is_main:
             print(f"warning: {reason} at step {self.step + 1}; rolled back to step {self.step} and scaled the "
                   f"learning rates by {factor}")

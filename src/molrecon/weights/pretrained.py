@@ -13,9 +13,14 @@ Names follow ``<method>-<2d|3d|2dt>-<accel>x`` (``docs/conventions.md``), e.g. `
 
 Example
 -------
->>> import molrecon
->>> model = molrecon.load_pretrained("mol-lr-2d-4x")          # doctest: +SKIP
->>> x = model(y, physics)                                      # doctest: +SKIP
+>>> import torch, molrecon
+>>> from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+>>> model = molrecon.load_pretrained("modl-2d-4x")
+>>> model.method_name, model.pretrained_meta["dims"]
+('modl', '2d')
+>>> physics = MultiCoilMRI(simulate_coil_maps((32, 32), num_coils=4)[None], RandomMask(0.08, 4)((32, 32), seed=0))
+>>> model(physics.A(torch.ones(1, 32, 32, dtype=torch.complex64)), physics).shape
+torch.Size([1, 32, 32])
 """
 
 from __future__ import annotations

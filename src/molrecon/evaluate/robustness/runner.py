@@ -226,7 +226,8 @@ def _example_images(model: Any, y: torch.Tensor, physics: Any, x_ref: torch.Tens
 
 
 def verdicts(res: Mapping[str, Any]) -> dict[str, Any]:
-    """The issue's acceptance questions answered from the numbers (never assumed)."""
+    """The robustness questions (does MOL-SN stay within its certificate, is MOL more robust than MoDL and the
+    DEQ, ...) answered from the numbers (never assumed)."""
     out: dict[str, Any] = {}
     attack = res.get("attack", {})
     methods = {label: res["models"][label]["method"] for label in attack}
