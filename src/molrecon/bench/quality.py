@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.builtin import normalize_kind
 from ..errors import InputError
-from ..names import DIMS_OF_KIND, DIMS_TAG
+from ..evaluate.evaluation import evaluate, load_dataset, resolve_methods, write_report
+from ..evaluate.report import markdown_table
+from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, DIMS_TAG, LEARNED_METHODS
+from ..weights.pretrained import available_names
 
 
 def pretrained_for(method: str, kind: str, acceleration: float, shipped: set[str]) -> tuple[str | None, str]:
@@ -38,10 +42,6 @@ def run_quality_bench(accels: Sequence[float], classical: Sequence[str], learned
     """Evaluate all methods at every acceleration; returns ``{"rows": [...], "notes": [...], ...}`` with one
     row per (method, acceleration): ``psnr``, ``psnr_std``, ``ssim``, ``ssim_std``, ``nmse``, iterations,
     time per slice, source."""
-    from ..data.builtin import normalize_kind
-    from ..evaluate.evaluation import evaluate, load_dataset, resolve_methods, write_report
-    from ..names import CLASSICAL_METHODS, LEARNED_METHODS
-    from ..weights.pretrained import available_names
 
     kind = normalize_kind(kind)
     if not accels:
@@ -84,7 +84,6 @@ def run_quality_bench(accels: Sequence[float], classical: Sequence[str], learned
 
 def quality_markdown(results: dict[str, Any]) -> str:
     """``quality.md``: PSNR and SSIM (mean ± std over volumes) per method, one column pair per acceleration."""
-    from ..evaluate.report import markdown_table
 
     accels = results["accelerations"]
     methods = list(dict.fromkeys(r["method"] for r in results["rows"]))

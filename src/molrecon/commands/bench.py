@@ -14,8 +14,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
+from ..bench.plots import plot_memory, plot_quality, plot_speed
+from ..bench.quality import quality_markdown, run_quality_bench
+from ..bench.speed import bench_classical, bench_model, load_examples, random_modl, random_mol, speed_markdown
+from ..data.builtin import normalize_kind
+from ..errors import InputError
+from ..evaluate.report import markdown_table
+from ..io import machine_info, write_json_atomic, write_text_atomic
 from ..metrics import PSNR_OBJECT_SUPPORT
 from ..names import CLASSICAL_METHODS, DIMS, DIMS_OF_KIND, DIMS_TAG, FIXED_POINT_METHODS, LEARNED_METHODS
+from ..weights.loading import load_learned_model
+from ..weights.pretrained import available_names
 
 
 def _positive_ints(values: list[str] | None) -> list[int] | None:
@@ -109,11 +119,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_memory(args: argparse.Namespace) -> int:
-    from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
-    from ..bench.plots import plot_memory
-    from ..errors import InputError
-    from ..io import machine_info, write_json_atomic, write_text_atomic
-
     iters = dict(DEFAULT_ITERS)
     if args.modl_iters:
         iters["modl"] = _positive_ints(args.modl_iters)
@@ -166,21 +171,6 @@ def run_memory(args: argparse.Namespace) -> int:
 def run_speed(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.plots import plot_speed
-    from ..bench.speed import (
-        bench_classical,
-        bench_model,
-        load_examples,
-        random_modl,
-        random_mol,
-        speed_markdown,
-    )
-    from ..data.builtin import normalize_kind
-    from ..errors import InputError
-    from ..io import machine_info, write_json_atomic, write_text_atomic
-    from ..weights.loading import load_learned_model
-    from ..weights.pretrained import available_names
-
     if any(n < 1 for n in args.cg_iters):
         raise InputError(f"bench speed: --cg-iters must be positive integers, got {args.cg_iters}")
     torch.set_num_threads(args.threads)
@@ -228,8 +218,6 @@ def run_speed(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     md = speed_markdown(results)
     if classical:
-        from ..evaluate.report import markdown_table
-
         unit = "slice" if dims == "2d" else "volume"
         md += "\nClassical methods\n\n" + markdown_table(
             [{"method": c["label"], f"time/{unit} (s)": f"{c['time_per_item_s']:.3f}"} for c in classical],
@@ -245,10 +233,6 @@ def run_speed(args: argparse.Namespace) -> int:
 
 def run_quality(args: argparse.Namespace) -> int:
     import torch
-
-    from ..bench.plots import plot_quality
-    from ..bench.quality import quality_markdown, run_quality_bench
-    from ..io import machine_info, write_json_atomic, write_text_atomic
 
     if args.threads:
         torch.set_num_threads(args.threads)

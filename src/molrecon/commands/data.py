@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data import build_builtin, default_root, load_manifest, verify_builtin
+from ..errors import InputError
 from ..names import DIMS_OF_KIND
 
 
@@ -32,9 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import time
-
-    from ..data import build_builtin, default_root, load_manifest, verify_builtin
-    from ..errors import InputError
 
     if args.data_command is None:
         raise InputError("molrecon data needs an action: build or verify (see molrecon data --help)")

@@ -31,9 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from .. import recon
+from ..data.builtin import builtin_dataset
+from ..data.slice_dataset import SliceDataset, collate, physics_from_batch
 from ..errors import InputError
-from ..metrics import PSNR_OBJECT_SUPPORT
+from ..io import machine_info, write_json_atomic, write_text_atomic
+from ..metrics import PSNR_OBJECT_SUPPORT, evaluate_volume, nmse, object_support, psnr
 from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, LEARNED_METHODS, METHOD_ORDER
+from ..physics import mask_for
+from ..weights.loading import load_learned_model
+from .figures import comparison_grid
+from .report import markdown_table
 
 #: Canonical display order of the methods (``docs/conventions.md``).
 
@@ -54,7 +62,6 @@ class MethodRunner:
 def classical_runner(method: str, **kwargs: Any) -> MethodRunner:
     """A runner for ``zero-filled``, ``sense``, ``cs-wavelet`` or ``cs-tv`` with ``kwargs`` for
     :func:`molrecon.recon.reconstruct` (defaults: the tuned ``DEFAULT_LAM``)."""
-    from .. import recon
 
     if method not in CLASSICAL_METHODS:
         raise InputError(f"unknown classical method {method!r} (choose from {', '.join(CLASSICAL_METHODS)})")
@@ -125,7 +132,6 @@ def resolve_methods(methods: Sequence[str] = (), checkpoints: Sequence[str | Pat
     ``<method>-2d-4x``; prefer ``pretrained`` to be explicit. Two models of the same method get their
     source (file stem or pretrained name) as label so that both appear in the report.
     """
-    from ..weights.loading import load_learned_model
 
     runners: list[MethodRunner] = []
     classical_kwargs = classical_kwargs or {}
@@ -170,13 +176,9 @@ def load_dataset(data: str | Path | None, kind: str = "2d", split: str = "test",
     Without ``acceleration`` the files' stored masks are used; with it, a seeded fastMRI-style mask at that
     acceleration (:func:`molrecon.physics.mask_for`) replaces them.
     """
-    from ..data.builtin import builtin_dataset
-    from ..data.slice_dataset import SliceDataset
 
     mask_func = None
     if acceleration is not None:
-        from ..physics import mask_for
-
         mask_func = mask_for(DIMS_OF_KIND.get(kind, kind), acceleration, center_fraction)
     if data is None or str(data) == "builtin":
         return builtin_dataset(kind, split, None, mask_func=mask_func)
@@ -235,9 +237,6 @@ def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4,
     "slices": [...], "example": {...images of one slice for the figure...}, "settings": {...}}``.
     """
     import torch
-
-    from ..data.slice_dataset import collate, physics_from_batch
-    from ..metrics import evaluate_volume, nmse, object_support, psnr
 
     if average_over not in ("volumes", "slices"):
         raise InputError(f"average_over must be 'volumes' or 'slices', got {average_over!r}")
@@ -348,9 +347,6 @@ def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "mol
                  json_name: str = "report.json") -> dict[str, Path]:
     """Write ``out_dir/<json_name>`` (summary, per-volume and per-slice scores, machine info),
     ``report.md`` (table) and ``figure.png`` (grid of the example slice), each atomically."""
-    from ..io import machine_info, write_json_atomic, write_text_atomic
-    from .figures import comparison_grid
-    from .report import markdown_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

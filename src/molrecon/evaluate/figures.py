@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..io import save_figure_atomic
 from ..names import display_name
 
 
@@ -26,8 +27,6 @@ def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: 
 
     matplotlib.use("Agg")  # no display on servers/CI; must precede pyplot
     import matplotlib.pyplot as plt
-
-    from ..io import save_figure_atomic
 
     t = np.abs(np.asarray(target, dtype=np.complex128 if np.iscomplexobj(target) else np.float64))
     mags = {k: np.abs(np.asarray(v)) for k, v in images.items()}

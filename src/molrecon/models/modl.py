@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import InputError
 from ..names import DIMS
 from ..solvers import SolverInfo, conjugate_gradient
+from .cnn import ConvDenoiser
 
 
 class MoDL(nn.Module):
@@ -58,8 +59,6 @@ class MoDL(nn.Module):
         self.lam_init, self.cg_iter, self.cg_tol = float(lam), int(cg_iter), float(cg_tol)
         self._custom_denoiser = denoiser is not None
         if denoiser is None:
-            from .cnn import ConvDenoiser
-
             denoiser = ConvDenoiser(dims=dims, channels=channels, layers=layers)
         self.denoiser = denoiser
         self.lam = nn.Parameter(torch.tensor(float(lam)))

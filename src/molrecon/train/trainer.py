@@ -48,10 +48,27 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from .. import data as mdata
+from ..data import collate, physics_from_batch
+from ..data.synthetic import SyntheticSliceDataset
+from ..distributed import (
+    all_reduce_logs,
+    all_reduce_weighted_mean,
+    all_true,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    wrap_ddp,
+)
 from ..errors import CheckpointError, ConvergenceError, InputError
+from ..io import atomic_write
 from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
+from ..models.factory import build_model, model_config
 from ..names import DIMS_OF_KIND, KIND_ALIASES
+from ..physics import mask_for
 from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import validate_config
 from .health import HealthMonitor
 from .losses import training_loss
 
@@ -117,14 +134,10 @@ class ResumableSampler(Sampler[int]):
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    from ..data import collate
-
     return collate(items)
 
 
 def _physics(batch: dict[str, Any]) -> Any:
-    from ..data import physics_from_batch
-
     return physics_from_batch(batch)
 
 
@@ -136,17 +149,12 @@ def build_datasets(data_cfg: dict[str, Any], seed: int = 0) -> tuple[Dataset, Da
     """The training and validation datasets described by the ``data`` section of a config."""
     source = data_cfg["source"]
     if source == "synthetic":
-        from ..data.synthetic import SyntheticSliceDataset
-
         common = dict(shape=data_cfg["shape"], num_coils=data_cfg["num_coils"],
                       acceleration=data_cfg["acceleration"], center_fraction=data_cfg["center_fraction"])
         train = SyntheticSliceDataset(num=data_cfg["num_train"], seed=seed, **common)
         val = SyntheticSliceDataset(num=data_cfg["num_val"], seed=seed + 7919, **common) \
             if data_cfg["num_val"] else None
     else:
-        from .. import data as mdata
-        from ..physics import mask_for
-
         kind = data_cfg["kind"]
         dims = _DIMS_OF_KIND.get(kind)
         if dims is None:
@@ -219,8 +227,6 @@ class _CSVLog:
     """Append-only CSV log with a fixed header; on resume rows after the checkpoint's step are dropped."""
 
     def __init__(self, path: Path, columns: list[str], resume_step: int | None) -> None:
-        from ..io import atomic_write
-
         self.path, self.columns = path, columns
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
@@ -259,8 +265,6 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], resume: bool = False, overwrite: bool = False,
                  train_dataset: Dataset | None = None, val_dataset: Dataset | None = None) -> None:
-        from .config import validate_config
-
         self.config = validate_config(config)
         self.tcfg, self.dcfg = self.config["train"], self.config["data"]
         self.out_dir = Path(self.config["out_dir"])
@@ -282,7 +286,6 @@ class Trainer:
 
         Backend gloo on CPU, nccl on CUDA (each rank on ``cuda:LOCAL_RANK``). Returns ``(rank, world_size)``.
         """
-        from ..distributed import init_distributed
 
         self.dist_info = init_distributed(self.config["device"])
         self.device = self.dist_info.device
@@ -290,7 +293,6 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group if this trainer created it (no-op on one process)."""
-        from ..distributed import cleanup
 
         cleanup(self.dist_info)
 
@@ -300,7 +302,6 @@ class Trainer:
         DDP averages the gradients over ranks in backward; the unwrapped ``self.model`` stays the reference for
         state dicts, validation and ``extra_loss`` (DDP broadcast rank 0's weights at construction).
         """
-        from ..distributed import wrap_ddp
 
         return wrap_ddp(model, self.device)
 
@@ -310,14 +311,12 @@ class Trainer:
 
     def _reduce(self, values: dict[str, float], count: int) -> dict[str, float]:
         """Combine per-rank validation means, weighted by the ``count`` slices each rank validated."""
-        from ..distributed import all_reduce_weighted_mean
 
         return all_reduce_weighted_mean(values, count, [c for c in VAL_COLUMNS if c not in ("step", "epoch")])
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         seed_everything(self.tcfg["seed"], self.tcfg["deterministic"])
-        from ..models.factory import build_model, model_config
 
         if self._given[0] is not None:
             self.train_set, self.val_set = self._given
@@ -470,8 +469,6 @@ class Trainer:
         return logs
 
     def _all_true(self, flag: bool) -> bool:
-        from ..distributed import all_true
-
         return all_true(flag) if self.world_size > 1 else flag
 
     def _reduce_logs(self, logs: dict[str, float]) -> dict[str, float]:
@@ -481,7 +478,6 @@ class Trainer:
         """
         if self.world_size == 1:
             return logs
-        from ..distributed import all_reduce_logs
 
         return all_reduce_logs(logs, max_keys=("final_residual", "lipschitz", "step_time", "lipschitz_penalty"))
 
@@ -526,7 +522,6 @@ class Trainer:
         exists = (self.out_dir / "last.pt").exists()
         if self.world_size == 1:
             return exists
-        from ..distributed import broadcast_object
 
         return bool(broadcast_object(exists if self.is_main else None))
 
@@ -535,7 +530,6 @@ class Trainer:
         last = self.out_dir / "last.pt"
         if self.world_size == 1:
             return load_checkpoint(last, map_location=self.device)
-        from ..distributed import broadcast_object
 
         payload: tuple[str, Any] | None = None
         if self.is_main:
@@ -595,8 +589,6 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             import yaml
-
-            from ..io import atomic_write
 
             with atomic_write(self.out_dir / "config.yaml", "w") as fh:
                 yaml.safe_dump(self.config, fh, sort_keys=False)
@@ -660,8 +652,6 @@ class Trainer:
                 elif consumed == 0:
                     raise InputError(f"the training loader yielded no batch in epoch {self.epoch}")
             if self.world_size > 1:
-                from ..distributed import barrier
-
                 barrier()  # every rank returns once rank 0 has written the final checkpoint
         finally:
             bar.close()
