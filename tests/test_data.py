@@ -250,9 +250,10 @@ def test_fastmri_roundtrip_with_espirit_cache(fastmri_file, monkeypatch):
     zf = physics.A_adjoint(batch["kspace"])
     assert _nmse(x, batch["target"]) < 0.5 * _nmse(zf, batch["target"])
     # second dataset: the cache is reused, ESPIRiT is not run again
-    import molrecon.physics
+    import molrecon.data.slice_dataset
 
-    monkeypatch.setattr(molrecon.physics, "estimate_coil_maps", lambda *a, **k: pytest.fail("ESPIRiT rerun"))
+    monkeypatch.setattr(molrecon.data.slice_dataset, "estimate_coil_maps",
+                        lambda *a, **k: pytest.fail("ESPIRiT rerun"))
     ds2 = SliceDataset([path], mask_func=RandomMask(0.08, 4))
     assert torch.equal(ds2[1]["maps"], item["maps"])
     assert len(SliceDataset(path.parent)) == 2  # the sidecar is not taken for a data file

@@ -250,6 +250,7 @@ def _cli_args(out_dir: Path, batch_size: int, *extra: str) -> list[str]:
     return ["train", str(TINY), "--no-progress", *sum((["--set", s] for s in sets), []), *extra]
 
 
+@pytest.mark.slow
 def test_killed_distributed_run_resumes_from_last_checkpoint_on_any_world_size(tmp_path):
     import shutil
 
@@ -302,6 +303,7 @@ def _write_kspace(path: Path, seed: int, n: int = 16, slices: int = 2) -> None:
         f.create_dataset("mask", data=mask.numpy().astype(np.float32))
 
 
+@pytest.mark.slow
 def test_recon_folder_split_across_ranks_matches_one_process(tmp_path, capsys):
     import h5py
 
