@@ -29,6 +29,11 @@ Distributed training (``torchrun --nproc_per_node=N -m molrecon train CONFIG``, 
 an epoch is kept as *global* samples consumed (``epoch_samples``), so a run resumes on any world size. Every
 decision that changes control flow (non-finite loss, divergence guards) is taken on numbers reduced over the
 ranks, so all ranks always take the same branch.
+
+Size. This module is longer than the project's ~500 lines on purpose: :class:`Trainer` is one resumable state
+machine (step, position in the epoch, RNG, optimizer, scheduler, rollback, distributed hooks) whose bitwise
+resume depends on all of it together; what stands apart is already apart (configs, losses, the divergence
+guards in :mod:`molrecon.train.health`, checkpoints in :mod:`molrecon.weights`).
 """
 
 from __future__ import annotations
