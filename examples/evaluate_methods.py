@@ -5,7 +5,7 @@ Run: ``python examples/evaluate_methods.py``; writes ``example_report/report.jso
 """
 
 from molrecon.evaluate.evaluation import evaluate, load_dataset, resolve_methods, write_report
-from molrecon.models.pretrained import available_names
+from molrecon.weights.pretrained import available_names
 
 # classical methods, plus every shipped 2D 4x learned model
 pretrained = [n for n in available_names() if n.endswith("-2d-4x")]

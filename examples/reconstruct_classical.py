@@ -5,7 +5,7 @@ The k-space of the built-in set is SIMULATED from images: the figures are optimi
 """
 
 from molrecon.data import builtin_test_example
-from molrecon.evaluate.metrics import nmse, object_support, psnr, ssim
+from molrecon.metrics import nmse, object_support, psnr, ssim
 from molrecon.recon import reconstruct
 
 # y: masked k-space [1, C, H, W]; physics: the MultiCoilMRI operator (maps + 4x mask); target: [1, H, W]

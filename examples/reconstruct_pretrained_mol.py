@@ -6,9 +6,9 @@ is not shipped is reported, never replaced by an untrained one.
 
 import molrecon
 from molrecon.data import builtin_test_example
-from molrecon.evaluate.metrics import object_support, psnr, ssim
-from molrecon.models.pretrained import available_names
+from molrecon.metrics import object_support, psnr, ssim
 from molrecon.recon import reconstruct
+from molrecon.weights.pretrained import available_names
 
 y, physics, target = builtin_test_example(0)
 support = object_support(target[0])

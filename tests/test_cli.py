@@ -1,4 +1,4 @@
-"""The classical `molrecon recon` / `molrecon info` commands, including every bad-input case of the issue."""
+"""The classical `molrecon recon` / `molrecon info` commands, including every bad-input case."""
 
 import subprocess
 import sys

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from _killable import KILLABLE_CLI
-from molrecon.train import ResumableSampler, Trainer, load_checkpoint, load_config, validate_config
+from molrecon.train import ResumableSampler, Trainer, load_config, validate_config
+from molrecon.weights.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_2d.yaml"
@@ -68,7 +69,7 @@ class _CaptureTrainer(Trainer):
 
 def _collectives(rank: int) -> dict[str, Any]:
     """The helpers the trainer relies on, with ranks that disagree."""
-    from molrecon.train import distributed as D
+    from molrecon import distributed as D
 
     return {
         "all_true_mixed": D.all_true(rank == 0), "all_true_all": D.all_true(True),
@@ -143,7 +144,7 @@ def test_sampler_ranks_partition_the_global_permutation_and_resume_on_any_world_
 
 
 def test_single_process_helpers_are_no_ops():
-    from molrecon.train import distributed as D
+    from molrecon import distributed as D
 
     assert D.get_world_size() == 1 and D.get_rank() == 0 and D.is_main_process()
     assert D.backend_for("cpu") == "gloo"
@@ -249,6 +250,7 @@ def _cli_args(out_dir: Path, batch_size: int, *extra: str) -> list[str]:
     return ["train", str(TINY), "--no-progress", *sum((["--set", s] for s in sets), []), *extra]
 
 
+@pytest.mark.slow
 def test_killed_distributed_run_resumes_from_last_checkpoint_on_any_world_size(tmp_path):
     import shutil
 
@@ -301,6 +303,7 @@ def _write_kspace(path: Path, seed: int, n: int = 16, slices: int = 2) -> None:
         f.create_dataset("mask", data=mask.numpy().astype(np.float32))
 
 
+@pytest.mark.slow
 def test_recon_folder_split_across_ranks_matches_one_process(tmp_path, capsys):
     import h5py
 

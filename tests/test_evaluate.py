@@ -1,4 +1,4 @@
-"""Evaluation, demo, pretrained registry and examples (issue 5, evaluation side)."""
+"""Evaluation of methods over volumes, the demo, the examples and `molrecon recon` with a pretrained name."""
 
 import json
 import os
@@ -12,15 +12,11 @@ import pytest
 import sigpy
 import torch
 
+from _tiny_models import TINY_MODL, TINY_MOL_SN, tiny_model, write_checkpoint
 from molrecon.cli import main
-from molrecon.errors import CheckpointError, InputError
-from molrecon.physics import MultiCoilMRI, RandomMask, fft_centered, simulate_coil_maps
+from molrecon.physics import RandomMask, fft_centered, simulate_coil_maps
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODL = {"method": "modl", "K": 2, "dims": "2d", "channels": 8, "layers": 3, "cg_iter": 4}
-TINY_MOL_SN = {"method": "mol-sn", "dims": "2d", "channels": 8, "layers": 3, "max_iter": 8, "tol": 1e-3}
-
-
 def _phantom(n: int, shift: int) -> np.ndarray:
     """Shepp-Logan with a smooth phase, shifted so that the slices of a volume differ."""
     img = np.roll(sigpy.shepp_logan((n, n)), shift, axis=0)
@@ -55,22 +51,6 @@ def tiny_data(tmp_path):
     return folder
 
 
-def tiny_model(config=TINY_MODL):
-    """A small randomly initialised model (untrained: for code paths only, never for quality claims)."""
-    from molrecon.models.factory import build_model
-
-    torch.manual_seed(0)
-    return build_model(dict(config))
-
-
-def write_checkpoint(path: Path, model, model_config=TINY_MODL) -> Path:
-    from molrecon.train.checkpoint import save_checkpoint
-
-    config = {"model": dict(model_config), "out_dir": str(path.parent), "command": "molrecon train tiny.yaml"}
-    return save_checkpoint(path, {"model_state": model.state_dict(), "model_config": dict(model_config),
-                                  "config": config, "step": 7, "metrics": {"val_psnr": 12.5}})
-
-
 def tiny_dataset(folder):
     from molrecon.evaluate.evaluation import load_dataset
 
@@ -90,6 +70,7 @@ def test_evaluate_command_writes_report(tmp_path, tiny_data, capsys):
     assert rc == 0, captured.err
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["zero-filled", "sense", "modl"]
+    assert report["settings"]["psnr_definition"].startswith("object-support")
     for name, s in report["methods"].items():
         assert np.isfinite(s["psnr"]) and 5 < s["psnr"] < 80, (name, s)
         assert 0 < s["ssim"] <= 1 and 0 < s["nmse"] < 2
@@ -141,7 +122,7 @@ def test_evaluate_iterations_from_model_info(tiny_data):
 def test_evaluate_metric_matches_direct_computation(tiny_data):
     """Zero-filled PSNR of one volume equals the fastMRI formula applied by hand."""
     from molrecon.evaluate.evaluation import classical_runner, evaluate
-    from molrecon.evaluate.metrics import object_support
+    from molrecon.metrics import object_support
 
     ds = tiny_dataset(tiny_data)
     res = evaluate([classical_runner("zero-filled")], ds, progress=False, max_volumes=1)
@@ -164,90 +145,7 @@ def test_evaluate_rejects_unknown_method(tiny_data, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
-# pretrained registry
-
-
-def test_unknown_pretrained_name_lists_available(tmp_path, capsys):
-    from molrecon.models.pretrained import load_pretrained, save_pretrained
-
-    save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
-    with pytest.raises(InputError, match=r"unknown pretrained model 'mol-lr-2d-8x' \(available: modl-2d-4x"):
-        load_pretrained("mol-lr-2d-8x", root=tmp_path)
-    with pytest.raises(InputError, match="unknown pretrained model 'nope'"):
-        import molrecon
-
-        molrecon.load_pretrained("nope")
-    rc = main(["evaluate", "--pretrained", "nope", "--out", str(tmp_path / "r")])
-    assert rc == 2 and "unknown pretrained model 'nope'" in capsys.readouterr().err
-
-
-def test_bad_pretrained_names_refused(tmp_path):
-    from molrecon.models.pretrained import parse_name, save_pretrained
-
-    assert parse_name("mol-lr-2dt-8x") == {"method": "mol-lr", "dims": "2d+t", "acceleration": 8.0}
-    for bad in ("mol-lr-4x", "MOL-LR-2d-4x", "mol-lr-2d-4", "../evil-2d-4x"):
-        with pytest.raises(InputError):
-            save_pretrained(tiny_model(), dict(TINY_MODL), bad, root=tmp_path)
-
-
-def test_export_load_round_trip_without_pickle(tmp_path, monkeypatch):
-    from molrecon.models.pretrained import export_pretrained, list_pretrained, load_pretrained
-
-    model = tiny_model()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))  # weights that differ from a fresh init
-    ckpt = write_checkpoint(tmp_path / "ckpt.pt", model)
-    meta = {"validation": {"psnr": 30.1, "ssim": 0.9}, "training": {"device": "2 CPU cores"}}
-    weights = export_pretrained(ckpt, "modl-2d-4x", meta, root=tmp_path / "shipped")
-    assert weights.name == "modl-2d-4x.safetensors" and weights.with_suffix(".json").exists()
-
-    def no_pickle(*args, **kwargs):
-        raise AssertionError("load_pretrained must not unpickle")
-
-    monkeypatch.setattr(torch, "load", no_pickle)
-    loaded = load_pretrained("modl-2d-4x", root=tmp_path / "shipped")
-    monkeypatch.undo()
-    a, b = model.state_dict(), loaded.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert not loaded.training and loaded.method_name == "modl"
-    side = loaded.pretrained_meta
-    assert {k: side["model_config"][k] for k in TINY_MODL} == TINY_MODL and side["training"]["step"] == 7
-    assert side["training"]["config"]["model"] == TINY_MODL  # the exact training config is kept
-    assert side["training"]["command"] == "molrecon train tiny.yaml" and side["validation"]["psnr"] == 30.1
-    assert side["training"]["device"] == "2 CPU cores"
-    assert [m["name"] for m in list_pretrained(tmp_path / "shipped")] == ["modl-2d-4x"]
-    # same reconstruction from the shipped model as from the trained one
-    maps = simulate_coil_maps((32, 32), 4)[None]
-    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
-    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
-    with torch.no_grad():
-        assert torch.equal(model.eval()(y, physics), loaded(y, physics))
-
-
-def test_export_with_solver_overrides_keeps_the_fixed_point(tmp_path):
-    from molrecon.models.pretrained import export_pretrained, load_pretrained
-
-    config = {**TINY_MOL_SN, "max_iter": 400, "tol": 1e-6, "cg_iter": 3}
-    model = tiny_model(config)
-    ckpt = write_checkpoint(tmp_path / "ckpt.pt", model, config)
-    with pytest.raises(InputError, match="not solver settings"):
-        export_pretrained(ckpt, "mol-sn-2d-4x", root=tmp_path / "shipped", solver_overrides={"lam": 1.0})
-    export_pretrained(ckpt, "mol-sn-2d-4x", root=tmp_path / "shipped", solver_overrides={"cg_iter": 12})
-    loaded = load_pretrained("mol-sn-2d-4x", root=tmp_path / "shipped")
-    assert loaded.cg_iter == 12 and loaded.pretrained_meta["model_config"]["cg_iter"] == 12
-    assert loaded.pretrained_meta["inference_overrides"] == {"cg_iter": {"trained": 3, "shipped": 12}}
-    assert loaded.pretrained_meta["training"]["config"]["model"]["cg_iter"] == 3
-    maps = simulate_coil_maps((32, 32), 4)[None]
-    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
-    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
-    with torch.no_grad():
-        x_trained, x_shipped = model.eval()(y, physics), loaded(y, physics)
-    assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
-
-
+# methods from checkpoints
 def test_two_models_of_one_method_get_distinct_labels(tmp_path):
     from molrecon.evaluate.evaluation import resolve_methods
 
@@ -259,38 +157,13 @@ def test_two_models_of_one_method_get_distinct_labels(tmp_path):
     assert [r.name for r in runners] == ["sense", "modl (modl_k1/best)", "modl (modl_k10/best)"]
 
 
-def test_corrupted_pretrained_weights_refused(tmp_path):
-    from molrecon.models.pretrained import load_pretrained, save_pretrained
-
-    weights = save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
-    raw = bytearray(weights.read_bytes())
-    raw[-5] ^= 0xFF
-    weights.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="SHA-256"):
-        load_pretrained("modl-2d-4x", root=tmp_path)
-    weights.write_bytes(b"\x00" * 16)
-    with pytest.raises(CheckpointError):
-        load_pretrained("modl-2d-4x", root=tmp_path, verify=False)
-
-
-def test_models_command_lists_shipped(tmp_path, monkeypatch, capsys):
-    from molrecon.models import pretrained
-
-    pretrained.save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path,
-                               meta={"validation": {"psnr": 31.25, "ssim": 0.912}})
-    monkeypatch.setenv("MOLRECON_PRETRAINED_DIR", str(tmp_path))
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "modl-2d-4x" in out and "31.25" in out and "0.9120" in out
-
-
 # --------------------------------------------------------------------------------------------------------
 # demo
 
 
 def test_demo_on_tiny_dataset(tmp_path, tiny_data, capsys):
     from molrecon.commands.demo import run_demo
-    from molrecon.models.pretrained import save_pretrained
+    from molrecon.weights.pretrained import save_pretrained
 
     shipped = tmp_path / "shipped"
     save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=shipped)
@@ -326,9 +199,10 @@ def builtin_2d():
     return ensure_builtin("2d")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
 def test_example_runs(script, tmp_path, builtin_2d):
-    from molrecon.models.pretrained import available_names
+    from molrecon.weights.pretrained import available_names
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     env.pop("MOLRECON_PRETRAINED_DIR", None)
@@ -345,10 +219,11 @@ def test_example_runs(script, tmp_path, builtin_2d):
         assert {"zero-filled", "sense"} <= set(report["methods"])
 
 
+@pytest.mark.slow
 def test_pretrained_example_prints_certificate(tmp_path, builtin_2d):
     """With a MOL-SN exported under the name the example looks for, it reconstructs and prints the certificate.
     (The tiny model is untrained: this checks the code path, not the quality.)"""
-    from molrecon.models.pretrained import save_pretrained
+    from molrecon.weights.pretrained import save_pretrained
 
     small = dict(TINY_MOL_SN, max_iter=5)
     save_pretrained(tiny_model(small), small, "mol-sn-2d-4x", root=tmp_path / "shipped")
@@ -365,7 +240,7 @@ def test_pretrained_example_prints_certificate(tmp_path, builtin_2d):
 def test_recon_command_with_pretrained_name(tmp_path, tiny_data, monkeypatch, capsys):
     """`molrecon recon --method modl --pretrained NAME` reconstructs with a shipped model; a name holding
     another method is refused."""
-    from molrecon.models.pretrained import save_pretrained
+    from molrecon.weights.pretrained import save_pretrained
 
     save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path / "shipped")
     monkeypatch.setenv("MOLRECON_PRETRAINED_DIR", str(tmp_path / "shipped"))
@@ -380,9 +255,3 @@ def test_recon_command_with_pretrained_name(tmp_path, tiny_data, monkeypatch, ca
     assert rc == 2 and "not 'mol-lr'" in capsys.readouterr().err
 
 
-def test_report_json_has_no_infinities(tmp_path):
-    """A DEQ's certificate can hold inf (no monotonicity): the JSON writer turns it into null."""
-    from molrecon.evaluate.evaluation import _finite_or_none
-
-    assert _finite_or_none({"a": [1.0, float("inf")], "b": {"c": float("nan")}, "d": "x"}) == \
-        {"a": [1.0, None], "b": {"c": None}, "d": "x"}

@@ -13,7 +13,7 @@ from molrecon.models import MOL, ConvDenoiser
 from molrecon.models.cnn import conv_operator_norm_bound, conv_power_iteration
 from molrecon.models.constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
 from molrecon.physics import MultiCoilMRI, RandomMask, mask_for, simulate_coil_maps
-from molrecon.solvers import conjugate_gradient, dc_solve, fixed_point_solve
+from molrecon.solvers import conjugate_gradient, fixed_point_solve
 
 torch.set_num_threads(1)
 
@@ -72,25 +72,6 @@ def test_implicit_gradients_match_unrolled(constraint, gain):
     for name, a, b in zip(names, g_imp, g_ref):
         rel = _norm(a - b) / max(_norm(b), 1e-30)
         assert rel < 1e-3, f"{constraint}: gradient of {name} differs by {rel:.2e}"
-
-
-def test_dc_solve_backward_equals_autograd_through_cg():
-    physics, y, _ = _problem()
-    g = torch.Generator().manual_seed(3)
-    r = torch.randn((1, 16, 16), generator=g, dtype=torch.complex64)
-    w = torch.randn((1, 16, 16), generator=g, dtype=torch.complex64)
-    grads = []
-    for implicit in (True, False):
-        rr = r.clone().requires_grad_(True)
-        mu = torch.tensor(7.0, requires_grad=True)
-        if implicit:
-            u = dc_solve(rr, mu, physics.normal, max_iter=200, tol=1e-7)
-        else:
-            u, _ = conjugate_gradient(lambda v, mu=mu: v + mu * physics.normal(v), rr, max_iter=200, tol=1e-7)
-        loss = (u.conj() * w).real.sum() + u.abs().pow(2).sum()
-        grads.append(torch.autograd.grad(loss, [rr, mu]))
-    for a, b in zip(*grads):
-        assert _norm(a - b) / _norm(b) < 1e-4
 
 
 # ------------------------------------------------------------------------------------------ theory bounds
@@ -166,6 +147,38 @@ def test_anderson_same_fixed_point_fewer_iterations():
     assert ip.all_converged and ia.all_converged
     assert _norm(xp - xa) / _norm(xp) < 1e-3
     assert int(ia.iterations.max()) < int(ip.iterations.min())
+
+
+def test_public_fixed_point_map_is_what_the_solver_iterates():
+    physics, y, _ = _problem(n=16, batch=2)
+    model = _model("sn", 3.0, solver="plain", tol=1e-6, max_iter=800, cg_iter=20)
+    x_star, info = model.solve(y, physics)
+    assert info.all_converged
+    T = model.fixed_point_map(y, physics)
+    assert _norm(T(x_star) - x_star) / _norm(x_star) < 1e-4
+    # iterating the map by hand from the model's start image walks the solver's path
+    x = model.initial_image(y, physics)
+    with pytest.warns(RuntimeWarning):  # tol 0 is never reached
+        _, plain = model.solve(y, physics, max_iter=5, tol=0.0, strict=False)
+    for k in range(5):
+        with torch.no_grad():
+            fx = T(x)
+        step = float(((fx - x).abs().pow(2).sum(dim=(1, 2)).sqrt() / fx.abs().pow(2).sum(dim=(1, 2)).sqrt())[0])
+        assert step == pytest.approx(float(plain.residuals[k][0]), rel=1e-3)
+        x = fx
+
+
+def test_solve_overrides_apply_to_one_call_only():
+    physics, y, _ = _problem(n=16)
+    model = _model("lr", 1.0, tol=1e-4, max_iter=50, solver="anderson")
+    with pytest.warns(RuntimeWarning):
+        _, info = model.solve(y, physics, max_iter=3, tol=0.0, solver="plain")
+    assert int(info.iterations.max()) == 3 and not info.all_converged
+    assert (model.max_iter, model.tol, model.solver) == (50, 1e-4, "anderson")
+    with pytest.raises(ConvergenceError):
+        model.solve(y, physics, max_iter=2, tol=0.0, strict=True)
+    with pytest.raises(InputError, match="not solver settings"):
+        model.solve(y, physics, alpha=0.5)
 
 
 def test_inexact_warm_started_dc_has_the_exact_blocks_fixed_point():

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from molrecon.data import collate, physics_from_batch
+from molrecon.data.synthetic import SyntheticSliceDataset
 from molrecon.models import MOL
 from molrecon.train import train
 from molrecon.train.losses import mse_magnitude
 from molrecon.train.pretrain import pretrain_prior
-from molrecon.train.synthetic import SyntheticSliceDataset
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@ import pytest
 import sigpy
 import torch
 
-from molrecon.evaluate.metrics import psnr
+from molrecon.metrics import psnr
 from molrecon.physics import MultiCoilMRI, PoissonDiscMask, RandomMask, add_noise, simulate_coil_maps
 from molrecon.recon import cg_sense, cs_tv, cs_wavelet, reconstruct, zero_filled
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from molrecon.errors import InputError
 from molrecon.evaluate import robustness as R
 from molrecon.models import MOL
 from molrecon.models.modl import MoDL
@@ -141,13 +142,13 @@ def test_plain_iteration_matches_the_models_plain_solver(problem):
     ex = problem[0]
     model = _mol("sn")
     ours = R.plain_iteration(model, ex.y, ex.physics, ex.target, ex.max_value, n_iter=8)
-    with R.solver_settings(model, solver="plain", tol=0.0, max_iter=8), pytest.warns(RuntimeWarning):
-        _, info = model.solve(ex.y, ex.physics)  # tol 0 never "converges": the warning is expected
+    with pytest.warns(RuntimeWarning):  # tol 0 never "converges": the warning is expected
+        _, info = model.solve(ex.y, ex.physics, solver="plain", tol=0.0, max_iter=8)
     theirs = [float(r[0]) for r in info.residuals]
     assert len(ours["residual"]) == 8 and len(theirs) == 8
     # ours divides by ‖x_n‖, the solver by ‖T(x_n)‖: equal to first order once the iterates settle
     np.testing.assert_allclose(ours["residual"][2:], theirs[2:], rtol=0.05)
-    assert model.solver == "anderson" and model.tol == 1e-4  # settings restored
+    assert model.solver == "anderson" and model.tol == 1e-4  # the overrides did not touch the model
     # MOL-SN contracts: the residual falls by orders of magnitude
     assert ours["residual"][-1] < 1e-2 * ours["residual"][0]
     modl = R.plain_iteration(MoDL(K=2, dims="2d", channels=4, layers=2), ex.y, ex.physics, ex.target,
@@ -182,13 +183,13 @@ def test_run_robustness_and_report(problem, tmp_path):
 
 def test_bad_inputs(problem):
     ex = problem[0]
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.RobustnessConfig(eps=(-0.1,)).validate()
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.RobustnessConfig(parts=("attack", "nonsense")).validate()
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.run_robustness({}, [ex])
-    with pytest.raises(R.InputError):
+    with pytest.raises(InputError):
         R.run_robustness({"m": _mol()}, [])
 
 
@@ -203,7 +204,7 @@ def _write_tiny_data(folder, full, maps, target):
 
 def test_cli_on_two_tiny_checkpoints(problem, tmp_path, capsys):
     from molrecon.cli import main
-    from molrecon.train import save_checkpoint
+    from molrecon.weights.checkpoint import save_checkpoint
 
     _, full, maps, target = problem
     data = tmp_path / "data"
@@ -226,6 +227,8 @@ def test_cli_on_two_tiny_checkpoints(problem, tmp_path, capsys):
     assert res["verdicts"]["mol_sn_within_certificate"] is True
     assert abs(res["data_acceleration"] - 4.0) < 1.0
     assert res["machine"]["cpu_count"] and isinstance(res["command"], str)
+    assert res["psnr_definition"].startswith("whole-image")
+    assert "PSNR: whole-image" in (out / "robustness.md").read_text()
     for f in ("robustness.md", "amplification_vs_eps.png", "convergence.png", "adversarial_examples.png",
               "distribution_shift.png"):
         assert (out / f).stat().st_size > 0
@@ -245,10 +248,10 @@ def test_a_failing_model_is_reported_not_fatal(problem):
     class Diverging(torch.nn.Module):
         method_name = "deq"
 
-        def solve(self, y, physics, x0=None):
-            raise R.InputError("MOL (deq): the reconstruction contains NaN/Inf (diverged)")
+        def solve(self, y, physics, x0=None, **overrides):
+            raise InputError("MOL (deq): the reconstruction contains NaN/Inf (diverged)")
 
-        def forward(self, y, physics):
+        def forward(self, y, physics, **overrides):
             return self.solve(y, physics)[0]
 
     cfg = R.RobustnessConfig(eps=(0.01,), attack_steps=1, random_draws=1, conv_iters=3,

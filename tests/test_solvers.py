@@ -1,6 +1,7 @@
 import torch
 
-from molrecon.solvers import conjugate_gradient
+from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+from molrecon.solvers import conjugate_gradient, dc_solve
 
 
 def random_hpd(n, batch, cond=50.0, seed=0):
@@ -53,3 +54,22 @@ def test_cg_differentiable_by_autograd():
     ref_b = b.detach().clone().requires_grad_(True)
     torch.linalg.solve(M, ref_b).abs().pow(2).sum().backward()
     torch.testing.assert_close(b.grad, ref_b.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_dc_solve_backward_equals_autograd_through_cg():
+    physics = MultiCoilMRI(simulate_coil_maps((16, 16), 3)[None], RandomMask(0.08, 3.0)((16, 16), seed=0))
+    g = torch.Generator().manual_seed(3)
+    r = torch.randn((1, 16, 16), generator=g, dtype=torch.complex64)
+    w = torch.randn((1, 16, 16), generator=g, dtype=torch.complex64)
+    grads = []
+    for implicit in (True, False):
+        rr = r.clone().requires_grad_(True)
+        mu = torch.tensor(7.0, requires_grad=True)
+        if implicit:
+            u = dc_solve(rr, mu, physics.normal, max_iter=200, tol=1e-7)
+        else:
+            u, _ = conjugate_gradient(lambda v, mu=mu: v + mu * physics.normal(v), rr, max_iter=200, tol=1e-7)
+        loss = (u.conj() * w).real.sum() + u.abs().pow(2).sum()
+        grads.append(torch.autograd.grad(loss, [rr, mu]))
+    for a, b in zip(*grads):
+        assert float((a - b).norm() / b.norm()) < 1e-4

@@ -13,32 +13,23 @@ import pytest
 import torch
 
 from _killable import KILLABLE_CLI
+from molrecon.data.synthetic import SyntheticSliceDataset
 from molrecon.errors import CheckpointError, InputError
-from molrecon.models import MoDL, build_model
+from molrecon.models import MoDL
 from molrecon.train import (
     ResumableSampler,
     Trainer,
     TrainingDivergedError,
     apply_overrides,
-    load_checkpoint,
     load_config,
-    load_model_from_checkpoint,
-    save_checkpoint,
     validate_config,
 )
-from molrecon.train.synthetic import SyntheticSliceDataset
+from molrecon.train.health import HealthMonitor
 from molrecon.train.trainer import _collate, _physics
+from molrecon.weights.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_2d.yaml"
-
-
-def _mol_available() -> bool:
-    try:
-        from molrecon.models import MOL  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def tiny_config(out_dir: Path, **train) -> dict:
@@ -53,61 +44,6 @@ def _batch(n: int = 2, shape=(32, 32)):
     ds = SyntheticSliceDataset(num=n, shape=shape, num_coils=4, seed=3)
     batch = _collate([ds[i] for i in range(n)])
     return batch, _physics(batch)
-
-
-# -- MoDL ---------------------------------------------------------------------------------------------------------
-def test_modl_forward_backward_differentiates_cg():
-    torch.manual_seed(0)
-    batch, physics = _batch()
-    model = MoDL(K=2, dims="2d", channels=8, layers=3, lam=0.1, cg_iter=30, cg_tol=1e-7)
-    x = model(batch["kspace"], physics)
-    assert x.shape == batch["target"].shape and x.dtype == torch.complex64
-    loss = (x.abs() - batch["target"].abs()).pow(2).mean()
-    loss.backward()
-    g_lam = float(model.lam.grad)
-    assert g_lam != 0.0 and math.isfinite(g_lam)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    # λ enters only through the CG solves: the autograd derivative must match a central finite difference,
-    # which it can only do if the CG iterations themselves are differentiated.
-    with torch.no_grad():
-        h = 1e-2
-        vals = []
-        for d in (h, -h):
-            model.lam.add_(d)
-            xd = model(batch["kspace"], physics)
-            vals.append(float((xd.abs() - batch["target"].abs()).pow(2).mean()))
-            model.lam.sub_(d)
-    fd = (vals[0] - vals[1]) / (2 * h)
-    assert abs(fd - g_lam) <= 0.05 * abs(fd) + 1e-9, (fd, g_lam)
-    assert model.last_info.iterations.tolist() == [2, 2]
-    zero, logs = model.extra_loss(x, batch["target"])
-    assert float(zero) == 0.0 and "lam" in logs
-
-
-def test_modl_config_round_trip_and_bad_input():
-    model = MoDL(K=3, dims="2d", channels=8, layers=3, lam=0.2, cg_iter=4)
-    clone = build_model(model.config())
-    assert isinstance(clone, MoDL) and clone.config() == model.config()
-    clone.load_state_dict(model.state_dict())
-    batch, physics = _batch(1)
-    with torch.no_grad():
-        assert torch.equal(model(batch["kspace"], physics), clone(batch["kspace"], physics))
-    with pytest.raises(InputError):
-        model(batch["kspace"][:, :2], physics)
-    with pytest.raises(InputError):
-        build_model({"method": "unet"})
-    with pytest.raises(InputError):
-        build_model({"method": "modl", "not_an_arg": 1})
-
-
-@pytest.mark.skipif(not _mol_available(), reason="molrecon.models.MOL not available yet")
-@pytest.mark.parametrize("method,constraint", [("mol-sn", "sn"), ("mol-lr", "lr"), ("deq", "none")])
-def test_factory_builds_mol_variants(method, constraint):
-    model = build_model({"method": method, "channels": 8, "layers": 3})
-    assert model.method_name == method
-    assert getattr(model, "constraint", constraint) == constraint
-    again = build_model(model.config())
-    assert again.config() == model.config()
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -158,6 +94,7 @@ def test_trainer_fit_writes_logs_and_checkpoints(tmp_path):
     out = tmp_path / "run"
     result = Trainer(tiny_config(out, max_steps=6, checkpoint_every=3, tensorboard=True)).fit()
     assert result["step"] == 6 and math.isfinite(result["val_psnr"])
+    assert result["psnr_definition"].startswith("whole-image")
     for name in ("last.pt", "best.pt", "train_log.csv", "val_log.csv", "config.yaml"):
         assert (out / name).exists(), name
     assert any((out / "tb").iterdir())
@@ -288,7 +225,7 @@ def test_nan_rollback_lowers_lr_and_finishes(tmp_path):
 
 def test_lipschitz_and_residual_guards(tmp_path):
     trainer = Trainer(tiny_config(tmp_path / "run", lipschitz_limit=1.0, lipschitz_patience=3, residual_limit=1.0))
-    trainer.method = "mol-lr"
+    trainer.health = HealthMonitor("mol-lr", trainer.tcfg)
     assert trainer.check_health({"final_residual": 1e-3}) is None
     assert "diverged" in trainer.check_health({"final_residual": 5.0})
     assert trainer.check_health({"lipschitz": 1.5}) is None
@@ -296,7 +233,7 @@ def test_lipschitz_and_residual_guards(tmp_path):
     assert trainer.check_health({"lipschitz": 1.5}) is None
     assert trainer.check_health({"lipschitz": 1.5}) is None
     assert "Lipschitz" in trainer.check_health({"lipschitz": 1.5})
-    trainer.method = "deq"  # unconstrained: its Lipschitz constant is only logged
+    trainer.health = HealthMonitor("deq", trainer.tcfg)  # unconstrained: its Lipschitz constant is only logged
     assert all(trainer.check_health({"lipschitz": 3.0}) is None for _ in range(5))
 
 
@@ -309,6 +246,7 @@ def _run(args: list[str], kill_at: int = 0) -> subprocess.CompletedProcess:
                           timeout=240, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
     common = ["train", str(TINY), "--no-progress", "--set", "data.source=synthetic", "--set", "data.shape=[32,32]",
               "--set", "data.num_train=5", "--set", "data.num_val=1", "--set", "data.batch_size=2",
@@ -357,8 +295,6 @@ class _InterruptTrainer(Trainer):
                                     pytest.param("mol-lr", marks=pytest.mark.slow),
                                     pytest.param("deq", marks=pytest.mark.slow)])
 def test_resume_in_process_is_exact_for_every_method(tmp_path, method):
-    if method != "modl" and not _mol_available():
-        pytest.skip("molrecon.models.MOL not available yet")
     model = {"method": "modl", "K": 2, "dims": "2d", "channels": 4, "layers": 3, "cg_iter": 3} if method == "modl" \
         else {"method": method, "dims": "2d", "channels": 4, "layers": 3, "max_iter": 8, "tol": 1e-3,
               "init_cg_iter": 5, "dc_exact_iter": 10, "lr_steps": 2}
@@ -378,3 +314,15 @@ def test_resume_in_process_is_exact_for_every_method(tmp_path, method):
     a, b = load_checkpoint(tmp_path / "ref" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in a["model_state"]:
         assert torch.allclose(a["model_state"][key], b["model_state"][key], rtol=0, atol=1e-6), key
+
+
+def test_health_monitor_nonconverged_guard_and_reset():
+    tcfg = {"residual_limit": 1.0, "lipschitz_limit": 1.0, "lipschitz_patience": 2, "nonconverged_patience": 2}
+    health = HealthMonitor("mol-sn", tcfg)
+    assert not health.watches_lipschitz and HealthMonitor("mol-lr", tcfg).watches_lipschitz
+    assert health.check({"converged_frac": 0.0}) is None
+    assert "no slice converged" in health.check({"converged_frac": 0.0})
+    health.reset()
+    assert health.check({"converged_frac": 0.0}) is None
+    assert health.check({"converged_frac": 0.5}) is None and health.nonconverged_bad == 0
+    assert "diverged" in health.check({"final_residual": float("nan")})

@@ -14,9 +14,10 @@ import csv
 from pathlib import Path
 
 from molrecon.data.builtin import default_root, load_manifest, normalize_kind
-from molrecon.evaluate.report import machine_info
-from molrecon.models.pretrained import export_pretrained
+from molrecon.io import machine_info
+from molrecon.metrics import PSNR_WHOLE_IMAGE
 from molrecon.train import load_config
+from molrecon.weights.pretrained import export_pretrained
 
 
 def main() -> None:
@@ -54,7 +55,8 @@ def main() -> None:
         },
         "validation": {"psnr": float(best.get("val_psnr", "nan")), "ssim": float(best.get("val_ssim", "nan")),
                        "nmse": float(best.get("val_nmse", "nan")), "step": int(best.get("step", 0)),
-                       "split": f"built-in {kind} val ({num_val} items), whole image"},
+                       "split": f"built-in {kind} val ({num_val} items), whole image",
+                       "psnr_definition": PSNR_WHOLE_IMAGE},
     }
     overrides = {"cg_iter": a.cg_iter} if a.cg_iter is not None else None
     out = export_pretrained(a.run / a.checkpoint, a.name, meta, solver_overrides=overrides)

@@ -6,12 +6,13 @@ import argparse
 import importlib
 import sys
 
+from ._version import __version__
+from .errors import MolreconError
+
 COMMAND_MODULES = ["recon", "convert", "info", "evaluate", "demo", "models", "train", "data", "robustness", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="molrecon", description="Memory-efficient, provably stable MRI "
                                      "reconstruction with Monotone Operator Learning (MOL).")
     parser.add_argument("--version", action="version", version=f"molrecon {__version__}")
@@ -22,8 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import MolreconError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

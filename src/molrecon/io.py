@@ -1,4 +1,5 @@
-"""File input/output: atomic writes and reading k-space files in the fastMRI multicoil HDF5 layout.
+"""File input/output: atomic writes (bytes, text, JSON, PNG figures), the machine description every JSON
+carries, and reading k-space files in the fastMRI multicoil HDF5 layout.
 
 Every writer goes through a temporary name in the destination folder and ``os.replace`` on success, so an
 interrupted command never leaves a half-written file and never destroys the previous version.
@@ -9,14 +10,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
+import math
 import os
+import platform
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import torch
 
+from ._version import __version__
 from .errors import InputError
 
 
@@ -47,6 +54,65 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine, library versions and the command line, for every JSON the project writes."""
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "molrecon": __version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+    }
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON values: tensors and arrays as lists, paths as strings, NaN/±Inf as ``None``.
+
+    Strict JSON has no NaN or Infinity, and a number that was not computed (a bound that does not exist, a
+    metric of a diverged run) reads as ``null`` to every JSON consumer.
+    """
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        return json_ready(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented strict JSON (non-finite numbers become ``null``, see :func:`json_ready`),
+    atomically."""
+    text = json.dumps(json_ready(obj), indent=2, allow_nan=False)
+    with atomic_write(path, "w") as fh:
+        fh.write(text + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG through a temporary file, then close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -18,8 +18,9 @@ registered at run time in the parent is not seen there: register it at import ti
 
 Example
 -------
->>> measure_step_memory("mol-sn", max_iter=10, shape=(64, 64))   # doctest: +SKIP
-{'method': 'mol-sn', 'peak_bytes': ..., 'device': 'cpu', ...}
+>>> row = measure_step_memory("mol-sn", max_iter=2, shape=(32, 32))
+>>> row["method"], row["device"], row["peak_bytes"] > 0
+('mol-sn', 'cpu', True)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import InputError, MolreconError
+from ..names import DIMS, FIXED_POINT_METHODS, LEARNED_METHODS
 
 # name -> builder(spec) -> (model, forward(y, physics) -> x)
 STEP_BUILDERS: dict[str, Callable] = {}
@@ -42,13 +44,15 @@ def register_method(name: str, builder: Callable) -> None:
     STEP_BUILDERS[name] = builder
 
 
-def _build_mol(spec: dict):
-    from ..models import MOL
+def _build_learned(spec: dict):
+    """Any learned method through :func:`molrecon.models.build_method`: ``max_iter`` is MOL's ``max_iter`` and
+    MoDL's ``K`` (unrolled iterations, the same CNN ``channels`` × ``layers``); ``model_kwargs`` may set e.g.
+    MoDL's ``cg_iter`` (default 10, the authors'), ``lam``."""
+    from ..models import build_method
 
-    constraint = {"mol-sn": "sn", "mol-lr": "lr", "deq": "none"}[spec["method"]]
     kw = dict(spec.get("model_kwargs") or {})
-    model = MOL(constraint=constraint, max_iter=spec["max_iter"], dims=spec["dims"], channels=spec["channels"],
-                layers=spec["layers"], **kw)
+    model = build_method(spec["method"], spec["max_iter"], dims=spec["dims"], channels=spec["channels"],
+                         layers=spec["layers"], **kw)
 
     def forward(y, physics):
         return model(y, physics)
@@ -56,25 +60,8 @@ def _build_mol(spec: dict):
     return model, forward
 
 
-for _m in ("mol-sn", "mol-lr", "deq"):
-    register_method(_m, _build_mol)
-
-
-def _build_modl(spec: dict):
-    """MoDL with ``K = max_iter`` unrolled iterations and the same CNN (``channels`` × ``layers``) as MOL;
-    ``model_kwargs`` may set ``cg_iter`` (default 10, the authors'), ``lam``."""
-    from ..models import MoDL
-
-    kw = dict(spec.get("model_kwargs") or {})
-    model = MoDL(K=spec["max_iter"], dims=spec["dims"], channels=spec["channels"], layers=spec["layers"], **kw)
-
-    def forward(y, physics):
-        return model(y, physics)
-
-    return model, forward
-
-
-register_method("modl", _build_modl)
+for _m in LEARNED_METHODS:
+    register_method(_m, _build_learned)
 
 
 def _resolve(name: str) -> Callable:
@@ -234,10 +221,10 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------------------------------------
 # the sweep behind `molrecon bench memory`
 
-#: Iterations measured by default (the issue's grid): MoDL's unrolled K, MOL's forward max_iter.
+#: Iterations measured by default (the full grid): MoDL's unrolled K, MOL's forward max_iter.
 DEFAULT_ITERS: dict[str, list[int]] = {"modl": [1, 2, 5, 10, 20], "mol-lr": [5, 10, 20, 50],
                                        "mol-sn": [5, 10, 20, 50]}
-#: Problem sizes per dims: 2D is the issue's (12 coils, 256×256); 3D and 2D+t are sized to run on 2 CPU cores
+#: Problem sizes per dims: 2D is 12 coils at 256×256; 3D and 2D+t are sized to run on 2 CPU cores
 #: (the built-in dynamic series' 12×96×96; a 32×64×64 slab of the built-in 64³ volumes) with the 16-channel
 #: 3×3×3 CNN of ``configs/mol_lr_3d.yaml``/``mol_lr_dynamic.yaml``.
 DEFAULT_SIZES: dict[str, dict] = {
@@ -255,7 +242,7 @@ def _mol_kwargs(method: str, force_iters: bool) -> dict:
 
 
 def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
-                     dims_list: Sequence[str] = ("2d", "3d", "2d+t"),
+                     dims_list: Sequence[str] = DIMS,
                      iters: dict[str, Sequence[int]] | None = None,
                      sizes: dict[str, dict] | None = None, batch: int = 1, acceleration: float = 4.0,
                      device: str = "cpu", seed: int = 0, threads: int = 1, repeats: int = 1,
@@ -342,7 +329,7 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
             s["modl_k_exceeding_budget"] = (max(1, math.ceil((budget_mib - a) / b)) if b > 0 else None)
         k1 = next((r["peak_mib"] for r in modl if r["iters"] == 1), None)
         s["modl_k1_mib"] = k1
-        for method in ("mol-lr", "mol-sn", "deq"):
+        for method in FIXED_POINT_METHODS:
             mol = sorted((r for r in sub if r["method"] == method), key=lambda r: r["iters"])
             if not mol:
                 continue

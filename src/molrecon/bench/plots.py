@@ -1,4 +1,5 @@
-"""PNG plots of the benchmarks (written atomically through :func:`molrecon.evaluate.report.save_figure_atomic`)."""
+"""PNG plots of the benchmarks (written atomically through :func:`molrecon.io.save_figure_atomic`); each method
+has the colour and marker of :data:`molrecon.names.METHODS` in every figure."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-STYLE = {"modl": ("tab:red", "o"), "mol-lr": ("tab:blue", "s"), "mol-sn": ("tab:green", "^"),
-         "deq": ("tab:purple", "d")}
+from ..io import save_figure_atomic
+from ..names import METHODS
+
+STYLE = {name: (spec.color, spec.marker) for name, spec in METHODS.items()}
 
 
 def _plt():
@@ -22,7 +25,6 @@ def _plt():
 def plot_memory(rows: Sequence[dict], path: str | os.PathLike, summary: Sequence[dict] = ()) -> None:
     """Peak MiB of one training step vs iterations, one panel per dims, one line per method; MoDL's fitted
     line ``a + bK`` dashed (the extrapolation the budget figure is based on)."""
-    from ..evaluate.report import save_figure_atomic
 
     plt = _plt()
     dims_list = list(dict.fromkeys(r["dims"] for r in rows))
@@ -53,7 +55,6 @@ def plot_memory(rows: Sequence[dict], path: str | os.PathLike, summary: Sequence
 def plot_speed(results: dict[str, Any], path: str | os.PathLike) -> None:
     """Left: share of inference time per component (stacked bars per model). Right: forward iterations to
     ``tol``, plain vs Anderson."""
-    from ..evaluate.report import save_figure_atomic
 
     plt = _plt()
     models = results.get("models", [])
@@ -87,7 +88,6 @@ def plot_speed(results: dict[str, Any], path: str | os.PathLike) -> None:
 
 def plot_quality(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """PSNR (left) and SSIM (right) per method, one bar group per acceleration, error bars = std."""
-    from ..evaluate.report import save_figure_atomic
 
     plt = _plt()
     accels = list(dict.fromkeys(r["acceleration"] for r in rows))

@@ -14,14 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.builtin import normalize_kind
 from ..errors import InputError
-
-_TAG = {"2d": "2d", "3d": "3d", "dynamic": "2dt"}
+from ..evaluate.evaluation import evaluate, load_dataset, resolve_methods, write_report
+from ..evaluate.report import markdown_table
+from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, DIMS_TAG, LEARNED_METHODS
+from ..weights.pretrained import available_names
 
 
 def pretrained_for(method: str, kind: str, acceleration: float, shipped: set[str]) -> tuple[str | None, str]:
     """The pretrained name to use for ``method`` at ``acceleration`` and a note (empty when exact)."""
-    tag = _TAG[kind]
+    tag = DIMS_TAG[DIMS_OF_KIND[kind]]
     exact = f"{method}-{tag}-{acceleration:g}x"
     if exact in shipped:
         return exact, ""
@@ -39,16 +42,6 @@ def run_quality_bench(accels: Sequence[float], classical: Sequence[str], learned
     """Evaluate all methods at every acceleration; returns ``{"rows": [...], "notes": [...], ...}`` with one
     row per (method, acceleration): ``psnr``, ``psnr_std``, ``ssim``, ``ssim_std``, ``nmse``, iterations,
     time per slice, source."""
-    from ..data.builtin import normalize_kind
-    from ..evaluate.evaluation import (
-        CLASSICAL_METHODS,
-        LEARNED_METHODS,
-        evaluate,
-        load_dataset,
-        resolve_methods,
-        write_report,
-    )
-    from ..models.pretrained import available_names
 
     kind = normalize_kind(kind)
     if not accels:
@@ -91,7 +84,6 @@ def run_quality_bench(accels: Sequence[float], classical: Sequence[str], learned
 
 def quality_markdown(results: dict[str, Any]) -> str:
     """``quality.md``: PSNR and SSIM (mean ± std over volumes) per method, one column pair per acceleration."""
-    from ..evaluate.report import markdown_table
 
     accels = results["accelerations"]
     methods = list(dict.fromkeys(r["method"] for r in results["rows"]))

@@ -40,7 +40,9 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..solvers.cg import batch_norms
+from ..models import build_model
+from ..names import DIMS_OF_KIND, FIXED_POINT_METHODS
+from ..tensor_utils import batch_norms
 
 CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
 
@@ -97,14 +99,15 @@ def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
 
 
 def _is_mol(model: Any) -> bool:
-    return hasattr(model, "solve") and hasattr(model, "_h")
+    return hasattr(model, "solve") and hasattr(model, "fixed_point_map")
 
 
-def infer(model: Any, y: torch.Tensor, physics: Any) -> tuple[torch.Tensor, Any]:
-    """One reconstruction without gradients: ``(x, info)`` (``info`` = ``model.last_info`` or ``None``)."""
+def infer(model: Any, y: torch.Tensor, physics: Any, **overrides: Any) -> tuple[torch.Tensor, Any]:
+    """One reconstruction without gradients: ``(x, info)`` (``info`` = ``model.last_info`` or ``None``);
+    ``overrides`` are MOL's per-call solver settings (``MOL.solve``)."""
     with torch.no_grad():
         if _is_mol(model):
-            return model.solve(y, physics)
+            return model.solve(y, physics, **overrides)
         x = model(y, physics)
     return x, getattr(model, "last_info", None)
 
@@ -193,38 +196,28 @@ def time_inference(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1,
     return {"median_s": statistics.median(times), "times_s": times}
 
 
-@contextlib.contextmanager
-def _solver_settings(model: Any, **settings: Any) -> Iterator[None]:
-    old = {k: getattr(model, k) for k in settings}
-    for k, v in settings.items():
-        setattr(model, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(model, k, v)
-
-
 def iterations_to_tol(model: Any, examples: Sequence[tuple[torch.Tensor, Any]], tol: float = 1e-4,
-                      max_iter: int = 500, anderson_answers: list[torch.Tensor] | None = None
-                      ) -> dict[str, dict[str, Any]]:
+                      max_iter: int = 500, anderson_answers: list[torch.Tensor] | None = None,
+                      cg_iter: int | None = None) -> dict[str, dict[str, Any]]:
     """Forward iterations of a MOL/DEQ model to relative change ``tol`` with the plain and the Anderson
     solver (same start, same model), averaged over ``examples``; plus the wall time of each solve.
-    ``anderson_answers``, when given, receives the Anderson reconstructions (one per example)."""
+    ``anderson_answers``, when given, receives the Anderson reconstructions (one per example); ``cg_iter``
+    replaces the model's CG steps per block for these solves."""
     out: dict[str, dict[str, Any]] = {}
     for solver in ("plain", "anderson"):
         its, conv, secs = [], [], []
-        with _solver_settings(model, solver=solver, tol=float(tol), max_iter=int(max_iter), strict=False):
-            for y, physics in examples:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported below
-                    t0 = time.perf_counter()
-                    x, info = infer(model, y, physics)
-                    secs.append(time.perf_counter() - t0)
-                if solver == "anderson" and anderson_answers is not None:
-                    anderson_answers.append(x)
-                its.extend(int(v) for v in info.iterations.tolist())
-                conv.extend(bool(v) for v in info.converged.tolist())
+        settings = {"solver": solver, "tol": float(tol), "max_iter": int(max_iter), "strict": False,
+                    "cg_iter": cg_iter}
+        for y, physics in examples:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported below
+                t0 = time.perf_counter()
+                x, info = infer(model, y, physics, **settings)
+                secs.append(time.perf_counter() - t0)
+            if solver == "anderson" and anderson_answers is not None:
+                anderson_answers.append(x)
+            its.extend(int(v) for v in info.iterations.tolist())
+            conv.extend(bool(v) for v in info.converged.tolist())
         out[solver] = {"iterations": statistics.mean(its), "iterations_all": its,
                        "converged_fraction": sum(conv) / len(conv), "seconds": statistics.mean(secs)}
     out["anderson_over_plain"] = out["anderson"]["iterations"] / max(out["plain"]["iterations"], 1e-9)
@@ -248,8 +241,7 @@ def dc_iterations_sweep(model: Any, examples: Sequence[tuple[torch.Tensor, Any]]
     rows = []
     for n in values:
         answers[n] = []
-        with _solver_settings(model, cg_iter=n):
-            its = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter, anderson_answers=answers[n])
+        its = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter, anderson_answers=answers[n], cg_iter=n)
         rows.append({"cg_iter": n, "plain": its["plain"], "anderson": its["anderson"],
                      "anderson_over_plain": its["anderson_over_plain"]})
     for row in rows:
@@ -262,26 +254,23 @@ def dc_iterations_sweep(model: Any, examples: Sequence[tuple[torch.Tensor, Any]]
 def random_mol(method: str, dims: str, channels: int = 32, layers: int = 5, seed: int = 0, **kw: Any):
     """An untrained MOL (``mol-lr``/``mol-sn``/``deq``) with the configs' CNN; for timings only — its iteration
     counts are NOT those of a trained model (label them so)."""
-    from ..models import MOL
-
-    constraint = {"mol-lr": "lr", "mol-sn": "sn", "deq": "none"}[method]
+    if method not in FIXED_POINT_METHODS:
+        raise InputError(f"random_mol: {method!r} is not a MOL method ({', '.join(FIXED_POINT_METHODS)})")
     torch.manual_seed(seed)
-    return MOL(constraint=constraint, dims=dims, channels=channels, layers=layers, **kw).eval()
+    return build_model({"method": method, "dims": dims, "channels": channels, "layers": layers, **kw}).eval()
 
 
 def random_modl(dims: str, K: int = 10, channels: int = 32, layers: int = 5, seed: int = 0):
     """An untrained MoDL with the configs' CNN and K (timings only)."""
-    from ..models import MoDL
-
     torch.manual_seed(seed)
-    return MoDL(K=K, dims=dims, channels=channels, layers=layers).eval()
+    return build_model({"method": "modl", "K": K, "dims": dims, "channels": channels, "layers": layers}).eval()
 
 
 def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
                   device: str = "cpu") -> list[tuple[torch.Tensor, Any]]:
     """``count`` test items of the built-in ``kind`` set (built if absent) as ``(y, physics)`` on ``device``;
     ``y`` is the masked k-space (the file's k-space is fully sampled)."""
-    from ..data.builtin import DIMS_OF_KIND, builtin_dataset, normalize_kind
+    from ..data.builtin import builtin_dataset, normalize_kind
     from ..data.slice_dataset import collate, physics_from_batch
     from ..physics import mask_for
 

@@ -2,7 +2,7 @@
 
 Examples
 --------
-    molrecon bench memory --out benchmarks/memory                       # the full grid
+    molrecon bench memory --out benchmarks/memory                       # the full grid
     molrecon bench memory --dims 2d --methods modl mol-lr --modl-iters 1 2 --mol-iters 5 10 --shape-2d 64 64
     molrecon bench speed --out benchmarks/speed                         # pretrained mol-lr-2d-4x if shipped
     molrecon bench speed --checkpoint runs/mol_lr_2d/last.pt --out /tmp/speed
@@ -13,6 +13,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
+from ..bench.plots import plot_memory, plot_quality, plot_speed
+from ..bench.quality import quality_markdown, run_quality_bench
+from ..bench.speed import bench_classical, bench_model, load_examples, random_modl, random_mol, speed_markdown
+from ..data.builtin import normalize_kind
+from ..errors import InputError
+from ..evaluate.report import markdown_table
+from ..io import machine_info, write_json_atomic, write_text_atomic
+from ..metrics import PSNR_OBJECT_SUPPORT
+from ..names import CLASSICAL_METHODS, DIMS, DIMS_OF_KIND, DIMS_TAG, FIXED_POINT_METHODS, LEARNED_METHODS
+from ..weights.loading import load_learned_model
+from ..weights.pretrained import available_names
 
 
 def _positive_ints(values: list[str] | None) -> list[int] | None:
@@ -31,12 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Writes OUT/memory.json, memory.md, memory.png.")
     m.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
     m.add_argument("--methods", nargs="+", default=["modl", "mol-lr", "mol-sn"],
-                   choices=["modl", "mol-lr", "mol-sn", "deq"])
-    m.add_argument("--dims", nargs="+", default=["2d", "3d", "2d+t"], choices=["2d", "3d", "2d+t"])
+                   choices=LEARNED_METHODS)
+    m.add_argument("--dims", nargs="+", default=list(DIMS), choices=DIMS)
     m.add_argument("--modl-iters", nargs="+", default=None, metavar="K", help="MoDL K values (default 1 2 5 10 20)")
     m.add_argument("--mol-iters", nargs="+", default=None, metavar="N",
                    help="MOL/DEQ max_iter values (default 5 10 20 50)")
-    for dims, flag in (("2d", "2d"), ("3d", "3d"), ("2d+t", "2dt")):
+    for dims, flag in DIMS_TAG.items():
         m.add_argument(f"--shape-{flag}", nargs="+", type=int, default=None, metavar="N",
                        help=f"{dims} image shape (default: see molrecon.bench.memory.DEFAULT_SIZES)")
         m.add_argument(f"--coils-{flag}", type=int, default=None, help=f"{dims} coils")
@@ -64,12 +77,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="pretrained models (default: <method>-<dims>-4x for mol-lr, mol-sn, modl, deq when shipped)")
     s.add_argument("--checkpoint", action="append", default=[], type=Path, help="training checkpoint (repeatable)")
     s.add_argument("--random-init", nargs="*", default=None, metavar="METHOD",
-                   choices=["mol-lr", "mol-sn", "deq", "modl"],
+                   choices=LEARNED_METHODS,
                    help="also time untrained models of these methods (labelled; default when no trained model "
                    "is found: mol-lr mol-sn modl)")
     s.add_argument("--classical", nargs="*", default=["sense", "cs-wavelet"], metavar="METHOD",
                    help="classical methods to time (default: sense cs-wavelet)")
-    s.add_argument("--kind", default="2d", choices=["2d", "3d", "dynamic"], help="built-in data kind")
+    s.add_argument("--kind", default="2d", choices=list(DIMS_OF_KIND), help="built-in data kind")
     s.add_argument("--accel", type=float, default=4.0)
     s.add_argument("--examples", type=int, default=2, help="test items to average over")
     s.add_argument("--repeats", type=int, default=3, help="timed runs per item (median)")
@@ -91,11 +104,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "and comparison figure).")
     q.add_argument("--out", type=Path, default=Path("bench-out"))
     q.add_argument("--accels", nargs="+", type=float, default=[4.0, 8.0])
-    q.add_argument("--classical", nargs="*", default=["zero-filled", "sense", "cs-wavelet", "cs-tv"])
-    q.add_argument("--learned", nargs="*", default=["modl", "deq", "mol-sn", "mol-lr"],
+    q.add_argument("--classical", nargs="*", default=list(CLASSICAL_METHODS))
+    q.add_argument("--learned", nargs="*", default=list(LEARNED_METHODS),
                    help="learned methods, loaded as pretrained <method>-<dims>-<accel>x (else the 4x model)")
     q.add_argument("--checkpoint", action="append", default=[], type=Path, help="also evaluate a checkpoint")
-    q.add_argument("--kind", default="2d", choices=["2d", "3d", "dynamic"])
+    q.add_argument("--kind", default="2d", choices=list(DIMS_OF_KIND))
     q.add_argument("--max-volumes", type=int, default=None)
     q.add_argument("--max-slices", type=int, default=None)
     q.add_argument("--batch-size", type=int, default=4)
@@ -106,21 +119,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_memory(args: argparse.Namespace) -> int:
-    from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
-    from ..bench.plots import plot_memory
-    from ..errors import InputError
-    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
-
     iters = dict(DEFAULT_ITERS)
     if args.modl_iters:
         iters["modl"] = _positive_ints(args.modl_iters)
     if args.mol_iters:
-        iters.update({k: _positive_ints(args.mol_iters) for k in ("mol-lr", "mol-sn", "deq")})
+        iters.update({k: _positive_ints(args.mol_iters) for k in FIXED_POINT_METHODS})
     iters.setdefault("deq", iters["mol-lr"])
     if any(k < 1 for v in iters.values() for k in v):
         raise InputError("bench memory: iterations must be >= 1")
     sizes: dict[str, dict] = {}
-    for dims, flag in (("2d", "2d"), ("3d", "3d"), ("2d+t", "2dt")):
+    for dims, flag in DIMS_TAG.items():
         sz = {}
         for key in ("shape", "coils", "channels"):
             v = getattr(args, f"{key}_{flag}")
@@ -163,31 +171,16 @@ def run_memory(args: argparse.Namespace) -> int:
 def run_speed(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.plots import plot_speed
-    from ..bench.speed import (
-        bench_classical,
-        bench_model,
-        load_examples,
-        random_modl,
-        random_mol,
-        speed_markdown,
-    )
-    from ..data.builtin import DIMS_OF_KIND, normalize_kind
-    from ..errors import InputError
-    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
-    from ..models.loading import load_learned_model
-    from ..models.pretrained import available_names
-
     if any(n < 1 for n in args.cg_iters):
         raise InputError(f"bench speed: --cg-iters must be positive integers, got {args.cg_iters}")
     torch.set_num_threads(args.threads)
     kind = normalize_kind(args.kind)
     dims = DIMS_OF_KIND[kind]
-    tag = {"2d": "2d", "3d": "3d", "2d+t": "2dt"}[dims]
+    tag = DIMS_TAG[dims]
     notes: list[str] = []
     shipped = set(available_names())
     if args.pretrained is None:
-        wanted = [f"{m}-{tag}-4x" for m in ("mol-lr", "mol-sn", "deq", "modl")]
+        wanted = [f"{m}-{tag}-4x" for m in LEARNED_METHODS]
         names = [n for n in wanted if n in shipped]
         missing = [n for n in wanted if n not in shipped]
         if missing:
@@ -225,8 +218,6 @@ def run_speed(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     md = speed_markdown(results)
     if classical:
-        from ..evaluate.report import markdown_table
-
         unit = "slice" if dims == "2d" else "volume"
         md += "\nClassical methods\n\n" + markdown_table(
             [{"method": c["label"], f"time/{unit} (s)": f"{c['time_per_item_s']:.3f}"} for c in classical],
@@ -243,10 +234,6 @@ def run_speed(args: argparse.Namespace) -> int:
 def run_quality(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.plots import plot_quality
-    from ..bench.quality import quality_markdown, run_quality_bench
-    from ..evaluate.report import machine_info, write_json_atomic, write_text_atomic
-
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -254,6 +241,7 @@ def run_quality(args: argparse.Namespace) -> int:
     results = run_quality_bench(args.accels, args.classical, args.learned, args.checkpoint, kind=args.kind,
                                 out=out, max_volumes=args.max_volumes, max_slices=args.max_slices,
                                 batch_size=args.batch_size, device=args.device)
+    results["psnr_definition"] = PSNR_OBJECT_SUPPORT
     results["machine"] = machine_info()
     md = quality_markdown(results)
     write_json_atomic(out / "quality.json", results)

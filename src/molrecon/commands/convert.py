@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..names import DIMS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert k-space between fastMRI HDF5, ISMRMRD and BART CFL",
@@ -18,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", type=Path, help="output file (written atomically)")
     p.add_argument("--to", choices=["fastmri", "ismrmrd", "cfl"], default=None,
                    help="output format (default: from the output's extension)")
-    p.add_argument("--dims", choices=["2d", "3d", "2d+t"], default=None, help="layout of the input")
+    p.add_argument("--dims", choices=DIMS, default=None, help="layout of the input")
     p.add_argument("--maps", type=Path, default=None,
                    help="coil maps to carry along (BART .cfl, or an HDF5 file with a 'maps' dataset)")
     p.add_argument("--no-prewhiten", action="store_true",

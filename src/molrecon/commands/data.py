@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data import build_builtin, default_root, load_manifest, verify_builtin
+from ..errors import InputError
+from ..names import DIMS_OF_KIND
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build or verify the built-in offline dataset (simulated from MNI152 anatomy)")
@@ -12,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b = dsub.add_parser("build", help="build the built-in set into OUT/<kind> (offline, deterministic)")
     b.add_argument("--out", type=Path, default=None,
                    help="dataset root (default: $MOLRECON_DATA or ~/.cache/molrecon/builtin)")
-    b.add_argument("--kind", default="2d", choices=["2d", "3d", "dynamic", "all"])
+    b.add_argument("--kind", default="2d", choices=[*DIMS_OF_KIND, "all"])
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--size", type=int, default=None, help="image side in pixels (default: 128 2d, 64 3d, 96 dynamic)")
     b.add_argument("--coils", type=int, default=None, help="number of coils (default 8)")
@@ -23,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=run)
     v = dsub.add_parser("verify", help="check the files of a built set against its manifest checksums")
     v.add_argument("--out", type=Path, default=None, help="dataset root (default as for build)")
-    v.add_argument("--kind", default="2d", choices=["2d", "3d", "dynamic", "all"])
+    v.add_argument("--kind", default="2d", choices=[*DIMS_OF_KIND, "all"])
     v.set_defaults(func=run)
     p.set_defaults(func=run, data_command=None)
 
@@ -31,13 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..data import build_builtin, default_root, load_manifest, verify_builtin
-    from ..errors import InputError
-
     if args.data_command is None:
         raise InputError("molrecon data needs an action: build or verify (see molrecon data --help)")
     root = args.out if args.out is not None else default_root()
-    kinds = ["2d", "3d", "dynamic"] if args.kind == "all" else [args.kind]
+    kinds = list(DIMS_OF_KIND) if args.kind == "all" else [args.kind]
     if args.data_command == "verify":
         bad = 0
         for kind in kinds:

@@ -13,8 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..data.builtin import builtin_dataset, ensure_builtin
+from ..data.slice_dataset import collate, physics_from_batch
+from ..evaluate.evaluation import SUMMARY_COLUMNS, classical_runner, evaluate, model_runner, summary_rows, write_report
+from ..evaluate.report import markdown_table
+from ..names import LEARNED_METHODS
+from ..weights.pretrained import available_names, load_pretrained
+
 DEMO_CLASSICAL = ["zero-filled", "sense", "cs-wavelet"]
-DEMO_LEARNED = ["modl", "deq", "mol-sn", "mol-lr"]
+DEMO_LEARNED = LEARNED_METHODS
 DEMO_TAG = "2d-4x"
 
 
@@ -35,8 +42,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def resolve_demo_methods(include_cs_tv: bool = False, pretrained_root: str | os.PathLike | None = None,
                          device: str = "cpu") -> tuple[list[Any], dict[str, str]]:
     """Runners for the demo and ``{method: reason}`` for the learned methods that are not shipped."""
-    from ..evaluate.evaluation import classical_runner, model_runner
-    from ..models.pretrained import available_names, load_pretrained
 
     runners = [classical_runner(m) for m in DEMO_CLASSICAL + (["cs-tv"] if include_cs_tv else [])]
     shipped = set(available_names(pretrained_root))
@@ -54,7 +59,6 @@ def resolve_demo_methods(include_cs_tv: bool = False, pretrained_root: str | os.
 def add_certificates(results: dict[str, Any], runners: list[Any], dataset: Any, device: str = "cpu") -> None:
     """Attach ``model.certificate(physics)`` (MOL's theorem constants: L, m, contraction, robustness constant,
     certified or estimated) on the first slice's acquisition to each MOL/DEQ entry of ``results``."""
-    from ..data.slice_dataset import collate, physics_from_batch
 
     physics = physics_from_batch(collate([dataset[0]])).to(device)
     for r in runners:
@@ -73,12 +77,7 @@ def run_demo(out: str | os.PathLike, dataset: Any = None, data_root: str | os.Pa
     """
     import json
 
-    from ..evaluate.evaluation import SUMMARY_COLUMNS, evaluate, summary_rows, write_report
-    from ..evaluate.report import markdown_table
-
     if dataset is None:
-        from ..data.builtin import builtin_dataset, ensure_builtin
-
         print("preparing the built-in data (built on first use)...", flush=True)
         ensure_builtin("2d", data_root)
         # mask_func=None: the files' stored 4x fastMRI-style masks (seeded by file name), as in training

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..names import DIMS_OF_KIND
+
 DEFAULT_CLASSICAL = ["zero-filled", "sense", "cs-wavelet"]
 
 
@@ -25,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="builtin",
                    help="folder of multicoil HDF5 files (fastMRI layout) or 'builtin' (the built-in test split, "
                    "built if absent)")
-    p.add_argument("--kind", default="2d", choices=["2d", "3d", "dynamic"], help="built-in data kind")
+    p.add_argument("--kind", default="2d", choices=list(DIMS_OF_KIND), help="built-in data kind")
     p.add_argument("--split", default="test", help="built-in split (train, val, test)")
     p.add_argument("--accel", type=float, default=None,
                    help="replace the files' stored masks by a seeded fastMRI-style mask at this acceleration "

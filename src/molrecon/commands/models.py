@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..evaluate.report import markdown_table
+from ..weights.pretrained import _root, list_pretrained
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the shipped pretrained models",
@@ -20,7 +23,7 @@ def _fmt(v, spec: str) -> str:
 
 
 def rows_for(models: list[dict]) -> list[dict]:
-    """Table rows of :func:`molrecon.models.pretrained.list_pretrained` entries."""
+    """Table rows of :func:`molrecon.weights.pretrained.list_pretrained` entries."""
     rows = []
     for m in models:
         val = m.get("validation") or {}
@@ -41,9 +44,6 @@ def rows_for(models: list[dict]) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     import json
-
-    from ..evaluate.report import markdown_table
-    from ..models.pretrained import _root, list_pretrained
 
     models = list_pretrained()
     if args.json:

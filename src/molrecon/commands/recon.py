@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-CLASSICAL = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
-LEARNED = ["mol-lr", "mol-sn", "modl", "deq"]
+from ..names import CLASSICAL_METHODS as CLASSICAL
+from ..names import DIMS
+from ..names import LEARNED_METHODS as LEARNED
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Reconstruct every slice (or volume) of a multicoil HDF5 file in the fastMRI "
                        "layout: 'kspace' [slices, coils, *spatial], optional 'maps' (else ESPIRiT) and 'mask' "
                        "(else the non-zero k-space locations).")
-    p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
+    p.add_argument("--method", required=True, choices=[*CLASSICAL, *LEARNED])
     p.add_argument("--input", required=True, type=Path,
                    help="input k-space: fastMRI or ISMRMRD HDF5 (.h5/.mrd) or BART .cfl (see docs/formats.md), "
                    "or a folder of HDF5 files (split across ranks under torchrun)")
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ISMRMRD input: do not prewhiten with the noise scans")
     p.add_argument("--lam", type=float, default=None, help="regularisation weight (classical methods)")
     p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS)")
-    p.add_argument("--dims", choices=["2d", "3d", "2d+t"], default=None,
+    p.add_argument("--dims", choices=DIMS, default=None,
                    help="spatial layout of 3 spatial axes (default: the file's 'dims' attribute, else 3d)")
     p.add_argument("--calib-width", type=int, default=24, help="ESPIRiT calibration width when maps are absent")
     p.add_argument("--checkpoint", type=Path, default=None, help="training checkpoint (learned methods)")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace):
     if args.method not in LEARNED:
         return None
-    from ..models.loading import load_learned_model
+    from ..weights.loading import load_learned_model
 
     return load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
 
@@ -80,8 +81,8 @@ def _run_folder(args: argparse.Namespace) -> int:
     A file that fails is reported (``error: FILE: ...``) and the others still run; the exit code is then 2.
     The final gathering of the per-rank errors doubles as the barrier that every rank waits at.
     """
+    from .. import distributed as D
     from ..errors import InputError, MolreconError
-    from ..train import distributed as D
 
     files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5", ".mrd"))
     if not files:
@@ -135,7 +136,7 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
     import torch
     from tqdm import tqdm
 
-    from .. import __version__
+    from .._version import __version__
     from ..errors import InputError
     from ..formats import load_problem
     from ..io import write_h5_atomic

@@ -7,13 +7,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import InputError
+from ..evaluate.report import markdown_table
+from ..evaluate.robustness import (
+    RobustnessConfig,
+    load_examples,
+    load_models,
+    run_robustness,
+    summary_rows,
+    write_report,
+)
+from ..physics import achieved_acceleration
+
 DEFAULT_MODELS = "mol-sn-2d-4x,mol-lr-2d-4x,modl-2d-4x,deq-2d-4x"
 PARTS = ("attack", "random", "convergence", "uniqueness", "shift")
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
-    from ..errors import InputError
-
     if text is None or str(text).strip() in ("", "none"):
         return ()
     try:
@@ -67,18 +77,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
-    from ..errors import InputError
-    from ..evaluate.report import markdown_table
-    from ..evaluate.robustness import (
-        RobustnessConfig,
-        load_examples,
-        load_models,
-        run_robustness,
-        summary_rows,
-        write_report,
-    )
-    from ..physics import achieved_acceleration
 
     if args.threads:
         torch.set_num_threads(int(args.threads))

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 CONTRASTS = ("t1", "t2", "pd", "flair")
 CONTRAST_WEIGHTS: dict[str, tuple[float, float, float]] = {
     # (CSF, GM, WM) signal weights of the simulated weightings
@@ -73,8 +75,6 @@ def contrast_volume(contrast: str) -> np.ndarray:
     if contrast == "t1":
         return vols["t1"]
     if contrast not in CONTRAST_WEIGHTS:
-        from ..errors import InputError
-
         raise InputError(f"unknown contrast {contrast!r} (choose from {', '.join(CONTRASTS)})")
     w_csf, w_gm, w_wm = CONTRAST_WEIGHTS[contrast]
     return (w_csf * vols["csf"] + w_gm * vols["gm"] + w_wm * vols["wm"]).astype(np.float32)

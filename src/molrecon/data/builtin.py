@@ -56,16 +56,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._version import __version__
 from ..errors import InputError
-from ..io import file_lock, sha256_file
+from ..io import atomic_path, atomic_write, file_lock, sha256_file
+from ..names import DIMS_OF_KIND, KIND_ALIASES
+from ..physics import PoissonDiscMask, RandomMask, VariableDensity2DMask, simulate_coil_maps
 from . import anatomy
 from .header import make_header
+from .slice_dataset import SliceDataset, collate, physics_from_batch
 from .transforms import fname_seed
 
-KINDS = ("2d", "3d", "dynamic")
-_KIND_ALIASES = {"2d": "2d", "3d": "3d", "dynamic": "dynamic", "2d+t": "dynamic", "2dt": "dynamic"}
+KINDS = tuple(DIMS_OF_KIND)
 FORMAT_VERSION = 1
-DIMS_OF_KIND = {"2d": "2d", "3d": "3d", "dynamic": "2d+t"}
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "2d": {"size": 128, "coils": 8, "snr_db": 30.0, "contrasts": list(anatomy.CONTRASTS), "units": 4,
@@ -82,7 +84,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 def normalize_kind(kind: str) -> str:
     """``"2d"``, ``"3d"`` or ``"dynamic"`` (``"2d+t"``/``"2dt"`` are accepted for the latter)."""
     try:
-        return _KIND_ALIASES[str(kind).lower()]
+        return KIND_ALIASES[str(kind).lower()]
     except KeyError:
         raise InputError(f"unknown built-in dataset kind {kind!r} (choose from {', '.join(KINDS)})") from None
 
@@ -122,7 +124,6 @@ def _phase_basis(shape: tuple[int, ...]) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _coil_maps(spatial: tuple[int, ...], coils: int, radius: float) -> np.ndarray:
     """Birdcage maps (cached: the radius is drawn from a few values, and sigpy's simulator is slow)."""
-    from ..physics import simulate_coil_maps
 
     return simulate_coil_maps(spatial, coils, radius=radius).numpy()
 
@@ -182,8 +183,6 @@ def _write_file(path: Path, sim: dict[str, Any], mask: np.ndarray, header: str, 
     """Write one fastMRI-layout file atomically (no HDF5 timestamps); return its sha256."""
     import h5py
 
-    from ..io import atomic_path
-
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             f.create_dataset("kspace", data=sim["kspace"], track_times=False)
@@ -237,7 +236,6 @@ def build_2d(out: Path, seed: int = 0, *, size: int = 128, coils: int = 8, snr_d
 
     ``max_train_slices`` keeps only the first slices of each train block (for tiny test builds).
     """
-    from ..physics import RandomMask
 
     plan = plan_axial_splits(units, spacing_mm, gap_mm)
     fov = anatomy.axial_fov_mm()
@@ -282,7 +280,6 @@ def build_3d(out: Path, seed: int = 0, *, size: int = 64, coils: int = 8, snr_db
              contrasts: Sequence[str] = anatomy.CONTRASTS, n_train: int = 4, n_val: int = 1, n_test: int = 2,
              acceleration: float = 4.0, calib_size: int = 12) -> dict[str, Any]:
     """Build the 3D set (one deformed template volume per file) into ``out/{train,val,test}``."""
-    from ..physics import PoissonDiscMask, VariableDensity2DMask
 
     fov = 208
     # sigpy's Poisson-disc generator can fail or never return on small grids (its bisection on the density
@@ -351,7 +348,6 @@ def build_dynamic(out: Path, seed: int = 0, *, size: int = 96, coils: int = 8, s
                   acceleration: float = 4.0, center_fraction: float = 0.08, resp_mm: float = 3.0,
                   card_mm: float = 2.5, card_cycles: int = 2) -> dict[str, Any]:
     """Build the 2D+time set (one moving axial slice per file) into ``out/{train,val,test}``."""
-    from ..physics import RandomMask
 
     plan = plan_axial_splits(units, spacing_mm, gap_mm)
     fov = anatomy.axial_fov_mm()
@@ -396,8 +392,6 @@ def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overw
     """
     import nilearn
 
-    from .. import __version__
-
     kind = normalize_kind(kind)
     out = Path(out)
     unknown = set(params) - set(DEFAULTS[kind]) - {"max_train_slices"}
@@ -439,7 +433,6 @@ def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overw
             "plan": result.get("plan"),
             "build": {"seconds": round(seconds, 2), "molrecon": __version__, "torch": torch.__version__},
         }
-        from ..io import atomic_write
 
         with atomic_write(tmp / "manifest.json", "w") as fh:
             json.dump(manifest, fh, indent=1)
@@ -498,7 +491,6 @@ def verify_builtin(folder: str | os.PathLike) -> list[str]:
 def builtin_dataset(kind: str = "2d", split: str = "train", root: str | os.PathLike | None = None,
                     mask_func: Any = None, **kwargs: Any):
     """The :class:`~molrecon.data.SliceDataset` of one split of the built-in set (built first if absent)."""
-    from .slice_dataset import SliceDataset
 
     if split not in ("train", "val", "test"):
         raise InputError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -509,12 +501,10 @@ def builtin_dataset(kind: str = "2d", split: str = "train", root: str | os.PathL
 def builtin_test_example(index: int = 0, kind: str = "2d", root: str | os.PathLike | None = None,
                          mask_func: Any = None):
     """One test item of the built-in set as ``(y [1, C, *sp], physics, target [1, *sp])`` (complex64)."""
-    from .slice_dataset import physics_from_batch
 
     ds = builtin_dataset(kind, "test", root, mask_func=mask_func)
     if not 0 <= index < len(ds):
         raise InputError(f"test example index {index} out of range (the {kind} test split has {len(ds)} items)")
-    from .slice_dataset import collate
 
     batch = collate([ds[index]])
     return batch["kspace"], physics_from_batch(batch), batch["target"]

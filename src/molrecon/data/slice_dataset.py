@@ -42,7 +42,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from ..io import file_lock
+from ..io import atomic_path, file_lock, open_h5
+from ..names import DIMS
+from ..physics import MultiCoilMRI, estimate_coil_maps, ifft_centered
 from .header import EncodingInfo, parse_header
 from .transforms import fname_seed
 
@@ -102,8 +104,6 @@ class SliceDataset(Dataset):
                  mask_func: Callable[..., torch.Tensor] | None = None,
                  transform: Callable[[dict[str, Any]], Any] | None = None, *,
                  maps_cache_dir: str | os.PathLike | None = None, calib_width: int = 24) -> None:
-        from ..io import open_h5
-
         self.files = _list_files(path_or_files)
         self.mask_func = mask_func
         self.transform = transform
@@ -129,7 +129,7 @@ class SliceDataset(Dataset):
                 dims = dims.decode() if isinstance(dims, bytes) else dims
                 if dims is None:
                     dims = "2d" if ds.ndim == 4 else "3d"
-                if dims not in ("2d", "3d", "2d+t") or (ds.ndim == 4) != (dims == "2d"):
+                if dims not in DIMS or (ds.ndim == 4) != (dims == "2d"):
                     raise InputError(f"{path}: attribute dims={dims!r} does not fit 'kspace' of shape {ds.shape}")
                 info: EncodingInfo | None = None
                 if "ismrmrd_header" in f:
@@ -185,9 +185,6 @@ class SliceDataset(Dataset):
 
     # -- items ----------------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from ..io import open_h5
-        from ..physics import ifft_centered
-
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
         path, s = self.examples[index]
@@ -280,9 +277,6 @@ def _write_sidecar(side: Path, source: Path, meta: dict[str, Any], calib_width: 
     ``target_max = max |Σ_c conj(S_c) F^{-1} y_c|``, atomically."""
     import h5py
 
-    from ..io import atomic_path, open_h5
-    from ..physics import estimate_coil_maps, ifft_centered
-
     side.parent.mkdir(parents=True, exist_ok=True)
     dims = meta["dims"]
     fft_dims = (-3, -2, -1) if dims == "3d" else (-2, -1)
@@ -332,7 +326,6 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def physics_from_batch(batch: dict[str, Any]):
     """The :class:`~molrecon.physics.MultiCoilMRI` of a collated batch (its maps, mask and dims)."""
-    from ..physics import MultiCoilMRI
 
     dims = batch["dims"]
     dims = dims if isinstance(dims, str) else dims[0]

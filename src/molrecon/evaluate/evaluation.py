@@ -1,7 +1,7 @@
 r"""Evaluate reconstruction methods, classical and learned, over a dataset, as fastMRI does.
 
 For every volume ``v`` (the slices of one file) and method ``m`` the slices are reconstructed, stacked and
-scored on the magnitude inside the object support :math:`\Omega` (:func:`~molrecon.evaluate.metrics.object_support`,
+scored on the magnitude inside the object support :math:`\Omega` (:func:`~molrecon.metrics.object_support`,
 computed per slice from the target):
 
 .. math::
@@ -13,12 +13,12 @@ and SSIM with a 7×7 window and the same data range :math:`R_v`, averaged over t
 The report gives, per method, the mean over volumes and the spread (sample standard deviation, ``ddof=1``;
 0 for a single volume), the iterations the solver needed (``model.last_info`` for MOL/DEQ, ``None`` for
 methods that do not report them) and the wall time per slice. ``average_over="slices"`` instead averages the
-per-slice scores (still with the volume's data range); the demo uses it because the issue defines its figures
-as means over the test slices.
+per-slice scores (still with the volume's data range); the demo uses it, as its figures are means over the
+test slices.
 
 Methods are given as names: classical ones (``zero-filled``, ``sense``, ``cs-wavelet``, ``cs-tv``) run
 :func:`molrecon.recon.reconstruct`; learned ones are training checkpoints or pretrained names, loaded through
-:func:`molrecon.models.loading.load_learned_model` (never unpickling code).
+:func:`molrecon.weights.loading.load_learned_model` (never unpickling code).
 """
 
 from __future__ import annotations
@@ -31,12 +31,19 @@ from typing import Any
 
 import numpy as np
 
+from .. import recon
+from ..data.builtin import builtin_dataset
+from ..data.slice_dataset import SliceDataset, collate, physics_from_batch
 from ..errors import InputError
+from ..io import machine_info, write_json_atomic, write_text_atomic
+from ..metrics import PSNR_OBJECT_SUPPORT, evaluate_volume, nmse, object_support, psnr
+from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, LEARNED_METHODS, METHOD_ORDER
+from ..physics import mask_for
+from ..weights.loading import load_learned_model
+from .figures import comparison_grid
+from .report import markdown_table
 
 #: Canonical display order of the methods (``docs/conventions.md``).
-METHOD_ORDER = ["zero-filled", "sense", "cs-wavelet", "cs-tv", "modl", "deq", "mol-sn", "mol-lr"]
-CLASSICAL_METHODS = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
-LEARNED_METHODS = ["modl", "deq", "mol-sn", "mol-lr"]
 
 
 @dataclass
@@ -54,8 +61,7 @@ class MethodRunner:
 
 def classical_runner(method: str, **kwargs: Any) -> MethodRunner:
     """A runner for ``zero-filled``, ``sense``, ``cs-wavelet`` or ``cs-tv`` with ``kwargs`` for
-    :func:`molrecon.recon.reconstruct` (defaults: the lead's tuned ``DEFAULT_LAM``)."""
-    from .. import recon
+    :func:`molrecon.recon.reconstruct` (defaults: the tuned ``DEFAULT_LAM``)."""
 
     if method not in CLASSICAL_METHODS:
         raise InputError(f"unknown classical method {method!r} (choose from {', '.join(CLASSICAL_METHODS)})")
@@ -126,7 +132,6 @@ def resolve_methods(methods: Sequence[str] = (), checkpoints: Sequence[str | Pat
     ``<method>-2d-4x``; prefer ``pretrained`` to be explicit. Two models of the same method get their
     source (file stem or pretrained name) as label so that both appear in the report.
     """
-    from ..models.loading import load_learned_model
 
     runners: list[MethodRunner] = []
     classical_kwargs = classical_kwargs or {}
@@ -171,14 +176,10 @@ def load_dataset(data: str | Path | None, kind: str = "2d", split: str = "test",
     Without ``acceleration`` the files' stored masks are used; with it, a seeded fastMRI-style mask at that
     acceleration (:func:`molrecon.physics.mask_for`) replaces them.
     """
-    from ..data.builtin import builtin_dataset
-    from ..data.slice_dataset import SliceDataset
 
     mask_func = None
     if acceleration is not None:
-        from ..physics import mask_for
-
-        mask_func = mask_for({"dynamic": "2d+t"}.get(kind, kind), acceleration, center_fraction)
+        mask_func = mask_for(DIMS_OF_KIND.get(kind, kind), acceleration, center_fraction)
     if data is None or str(data) == "builtin":
         return builtin_dataset(kind, split, None, mask_func=mask_func)
     path = Path(data)
@@ -236,9 +237,6 @@ def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4,
     "slices": [...], "example": {...images of one slice for the figure...}, "settings": {...}}``.
     """
     import torch
-
-    from ..data.slice_dataset import collate, physics_from_batch
-    from .metrics import evaluate_volume, nmse, object_support, psnr
 
     if average_over not in ("volumes", "slices"):
         raise InputError(f"average_over must be 'volumes' or 'slices', got {average_over!r}")
@@ -319,7 +317,8 @@ def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4,
         "volumes": per_volume,
         "slices": per_slice,
         "example": example,
-        "settings": {"average_over": average_over, "batch_size": batch_size, "device": device,
+        "settings": {"psnr_definition": PSNR_OBJECT_SUPPORT, "average_over": average_over, "batch_size": batch_size,
+                     "device": device,
                      "metric": "fastMRI-style on magnitude inside the object support; data_range = volume max; "
                                "SSIM 7x7"},
     }
@@ -343,24 +342,11 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _finite_or_none(obj: Any) -> Any:
-    """Replace non-finite floats (a DEQ's robustness constant is ``inf``) by ``None``: JSON has no Inf/NaN."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
 def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "molrecon evaluation",
                  data_description: str = "", extra: dict[str, Any] | None = None,
                  json_name: str = "report.json") -> dict[str, Path]:
     """Write ``out_dir/<json_name>`` (summary, per-volume and per-slice scores, machine info),
     ``report.md`` (table) and ``figure.png`` (grid of the example slice), each atomically."""
-    from .figures import comparison_grid
-    from .report import machine_info, markdown_table, write_json_atomic, write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,7 +366,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, title: str = "mol
         "machine": machine_info(),
     }
     payload.update(extra or {})
-    write_json_atomic(paths["json"], _finite_or_none(payload))
+    write_json_atomic(paths["json"], payload)
     avg = results["settings"]["average_over"]
     n_vol = len(results["volumes"])
     n_sl = len(results["slices"])

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-#: Column titles as the paper writes them.
-DISPLAY_NAMES = {"zero-filled": "Zero-filled", "sense": "SENSE", "cs-wavelet": "CS (wavelet)", "cs-tv": "CS (TV)",
-                 "modl": "MoDL", "deq": "DEQ", "mol-sn": "MOL-SN", "mol-lr": "MOL-LR"}
-
-
-def _label(name: str) -> str:
-    return DISPLAY_NAMES.get(name, name)
+from ..io import save_figure_atomic
+from ..names import display_name
 
 
 def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: str | os.PathLike,
@@ -33,8 +27,6 @@ def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: 
 
     matplotlib.use("Agg")  # no display on servers/CI; must precede pyplot
     import matplotlib.pyplot as plt
-
-    from .report import save_figure_atomic
 
     t = np.abs(np.asarray(target, dtype=np.complex128 if np.iscomplexobj(target) else np.float64))
     mags = {k: np.abs(np.asarray(v)) for k, v in images.items()}
@@ -54,7 +46,7 @@ def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: 
     err_im = None
     for j, (name, m) in enumerate(mags.items(), start=1):
         axes[0, j].imshow(m, cmap="gray", vmin=0, vmax=vmax)
-        axes[0, j].set_title(_label(name), fontsize=9)
+        axes[0, j].set_title(display_name(name), fontsize=9)
         err_im = axes[1, j].imshow(errs[name], cmap="inferno", vmin=0, vmax=emax)
         s = (metrics or {}).get(name)
         if s:
@@ -65,26 +57,6 @@ def comparison_grid(target: np.ndarray, images: Mapping[str, np.ndarray], path: 
     if err_im is not None:
         cbar = fig.colorbar(err_im, ax=axes[1, -1], shrink=0.9)
         cbar.set_label("| |x| - |t| |", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    save_figure_atomic(fig, path)
-
-
-def save_image_grid(images: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> None:
-    """A single row of magnitude images with their own grey scales (for quick looks in examples)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import save_figure_atomic
-
-    fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 2.8), squeeze=False)
-    for ax, (name, img) in zip(axes[0], images.items()):
-        ax.imshow(np.abs(np.asarray(img)), cmap="gray")
-        ax.set_title(_label(name), fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
     save_figure_atomic(fig, path)

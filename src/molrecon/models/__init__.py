@@ -1,8 +1,8 @@
-"""Reconstruction networks: the MOL deep-equilibrium model and its CNN prior (MoDL lives in ``models.modl``)."""
+"""Reconstruction networks: the MOL deep-equilibrium model, its CNN prior, the MoDL baseline and the builder."""
 
 from .cnn import ConvDenoiser
-from .factory import build_model  # training engineer: model factory
-from .modl import MoDL  # training engineer: MoDL baseline
+from .factory import build_method, build_model
+from .modl import MoDL
 from .mol import MOL
 
-__all__ = ["MOL", "ConvDenoiser", "MoDL", "build_model"]
+__all__ = ["MOL", "ConvDenoiser", "MoDL", "build_model", "build_method"]

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-
-DIMS = ("2d", "3d", "2d+t")
+from ..names import DIMS
 
 
 def _conv_fns(nd: int):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..solvers.cg import batch_norms
+from ..tensor_utils import batch_norms
 
 
 def lipschitz_barrier(lip: torch.Tensor, threshold: float = 0.98, eps: float = 1e-3) -> torch.Tensor:

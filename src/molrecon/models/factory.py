@@ -19,10 +19,12 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..names import CONSTRAINT_METHOD, LEARNED_METHODS, METHODS
+from .modl import MoDL
+from .mol import MOL
 
-METHODS = ("mol-sn", "mol-lr", "deq", "modl")
-_MOL_CONSTRAINT = {"mol-sn": "sn", "mol-lr": "lr", "deq": "none"}
-_CONSTRAINT_METHOD = {v: k for k, v in _MOL_CONSTRAINT.items()}
+#: The class of each kind of learned model: fixed-point methods are MOL with their constraint, the others by name.
+MODEL_CLASSES: dict[str, type[torch.nn.Module]] = {"modl": MoDL}
 
 
 def model_config(model: torch.nn.Module) -> dict[str, Any]:
@@ -39,18 +41,14 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
         raise InputError(f"model config must be a mapping, got {type(config).__name__}")
     kwargs = dict(config)
     method = kwargs.pop("method", None)
-    if method is None and kwargs.get("constraint") in _CONSTRAINT_METHOD:
-        method = _CONSTRAINT_METHOD[kwargs["constraint"]]  # a bare MOL.config() names only its constraint
-    if method not in METHODS:
-        raise InputError(f"unknown model method {method!r} (known: {', '.join(METHODS)})")
-    if method == "modl":
-        from .modl import MoDL
-
-        cls, extra = MoDL, {}
+    if method is None and kwargs.get("constraint") in CONSTRAINT_METHOD:
+        method = CONSTRAINT_METHOD[kwargs["constraint"]]  # a bare MOL.config() names only its constraint
+    if method not in LEARNED_METHODS:
+        raise InputError(f"unknown model method {method!r} (known: {', '.join(LEARNED_METHODS)})")
+    constraint = METHODS[method].constraint
+    if constraint is None:
+        cls, extra = MODEL_CLASSES[method], {}
     else:
-        from .mol import MOL
-
-        constraint = _MOL_CONSTRAINT[method]
         given = kwargs.pop("constraint", constraint)
         if given != constraint:
             raise InputError(f"model method {method!r} implies constraint={constraint!r}, but the config says "
@@ -60,3 +58,13 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
         return cls(**extra, **kwargs)
     except TypeError as exc:
         raise InputError(f"bad model config for {method!r}: {exc}") from None
+
+
+def build_method(method: str, iterations: int | None = None, **kwargs: Any) -> torch.nn.Module:
+    """:func:`build_model` with the iteration count under the method's own name (MoDL's ``K``, MOL's
+    ``max_iter``), so that a sweep over iterations treats every method alike."""
+    if method in METHODS and iterations is not None:
+        key = METHODS[method].iterations_key
+        if key is not None:
+            kwargs[key] = iterations
+    return build_model({"method": method, **kwargs})

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..names import DIMS
 from ..solvers import SolverInfo, conjugate_gradient
+from .cnn import ConvDenoiser
 
 
 class MoDL(nn.Module):
@@ -49,7 +51,7 @@ class MoDL(nn.Module):
             raise InputError(f"MoDL: K must be >= 1, got {K}")
         if int(cg_iter) < 1:
             raise InputError(f"MoDL: cg_iter must be >= 1, got {cg_iter}")
-        if dims not in ("2d", "3d", "2d+t"):
+        if dims not in DIMS:
             raise InputError(f"MoDL: dims must be '2d', '3d' or '2d+t', got {dims!r}")
         if not lam > 0:
             raise InputError(f"MoDL: lam must be > 0, got {lam}")
@@ -57,8 +59,6 @@ class MoDL(nn.Module):
         self.lam_init, self.cg_iter, self.cg_tol = float(lam), int(cg_iter), float(cg_tol)
         self._custom_denoiser = denoiser is not None
         if denoiser is None:
-            from .cnn import ConvDenoiser
-
             denoiser = ConvDenoiser(dims=dims, channels=channels, layers=layers)
         self.denoiser = denoiser
         self.lam = nn.Parameter(torch.tensor(float(lam)))

@@ -26,33 +26,44 @@ number of forward iterations.
 
 Example
 -------
->>> model = MOL(constraint="sn", dims="2d", channels=8, layers=3)
->>> x = model(y, physics)                       # doctest: +SKIP
->>> x, info = model.solve(y, physics)           # doctest: +SKIP
->>> model.certificate(physics)["contraction"]   # doctest: +SKIP
+>>> import torch
+>>> from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+>>> physics = MultiCoilMRI(simulate_coil_maps((32, 32), num_coils=4)[None], RandomMask(0.08, 4)((32, 32), seed=0))
+>>> y = physics.A(torch.ones(1, 32, 32, dtype=torch.complex64))
+>>> model = MOL(constraint="sn", dims="2d", channels=8, layers=3).eval()
+>>> x, info = model.solve(y, physics)
+>>> x.shape, bool(info.all_converged)
+(torch.Size([1, 32, 32]), True)
+>>> model.certificate(physics)["contraction"] < 1
+True
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConvergenceError, InputError
-from ..physics.mri import check_finite
-from ..solvers.cg import batch_norms, conjugate_gradient
+from ..names import CONSTRAINT_METHOD as CONSTRAINTS
+from ..physics.mri import MultiCoilMRI, check_finite
+from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
 from ..solvers.implicit import attach_implicit_backward, dc_solve
 from ..solvers.info import SolverInfo
+from ..tensor_utils import batch_norms
 from .cnn import DIMS, ConvDenoiser
 from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
 from .priors import ResidualDenoiser, SLLDenoiser, build_prior, check_architecture
 
-CONSTRAINTS = {"sn": "mol-sn", "lr": "mol-lr", "none": "deq"}
 #: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
 _WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
+#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
+SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
 
 
 def contraction_factor(alpha: float, lipschitz: float) -> float:
@@ -225,8 +236,8 @@ class MOL(nn.Module):
             return self.denoiser.effective_weights(spatial)
         return None
 
-    def _block(self, x: torch.Tensor, weights, aty: torch.Tensor, physics, mu: torch.Tensor,
-               exact: bool, where: str = "") -> torch.Tensor:
+    def _block(self, x: torch.Tensor, weights, aty: torch.Tensor, physics: MultiCoilMRI, mu: torch.Tensor,
+               exact: bool, where: str = "", cg_iter: int | None = None) -> torch.Tensor:
         """One MOL block ``x⁺ = (I + μN)^{-1}((1−α)x + αH(x) + μA^H b)`` with ``μ = αλ``."""
         hx = self._h(x, weights)
         if not torch.isfinite(hx).all():
@@ -236,9 +247,37 @@ class MOL(nn.Module):
         if exact:
             return dc_solve(rhs, mu, physics.normal, x0=x, max_iter=self.dc_exact_iter, tol=self.cg_tol)
         mu_d = mu.detach()
-        out, _ = conjugate_gradient(lambda v: v + mu_d * physics.normal(v), rhs, x0=x, max_iter=self.cg_iter,
-                                    tol=self.cg_tol)
+        out, _ = conjugate_gradient(lambda v: v + mu_d * physics.normal(v), rhs, x0=x,
+                                    max_iter=self.cg_iter if cg_iter is None else cg_iter, tol=self.cg_tol)
         return out
+
+    def fixed_point_map(self, y: torch.Tensor, physics: MultiCoilMRI,
+                        cg_iter: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The map ``T(x) = (I + μN)^{-1}((1−α)x + αH(x) + μA^H y)`` that the forward solver iterates.
+
+        The data-consistency step is solved as in the solver (``cg_iter`` CG steps, the model's by default);
+        the CNN weights and ``μ = αλ`` are frozen (detached). The map is kept apart from the solvers, as
+        torchdeq keeps ``func``: any iteration (plain, Anderson, a study of the iteration itself) can run it.
+        """
+        self._check_inputs(y, physics)
+        self._ensure_denoiser(physics)
+        with torch.no_grad():
+            weights = self._weights(tuple(physics.spatial_shape))
+            w_d = [w.detach() for w in weights] if weights is not None else None
+            mu = (self.alpha * self.lam).detach()
+            aty = physics.A_adjoint(y.detach())
+
+        def T(x: torch.Tensor) -> torch.Tensor:
+            return self._block(x, w_d, aty, physics, mu, exact=False, cg_iter=cg_iter)
+
+        return T
+
+    def _settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The solver settings of one call: the model's, replaced by the non-``None`` ``overrides``."""
+        unknown = sorted(set(overrides) - set(SOLVE_OVERRIDES))
+        if unknown:
+            raise InputError(f"MOL: {unknown} are not solver settings ({', '.join(SOLVE_OVERRIDES)})")
+        return {k: getattr(self, k) if overrides.get(k) is None else overrides[k] for k in SOLVE_OVERRIDES}
 
     def initial_image(self, y: torch.Tensor, physics) -> torch.Tensor:
         """CG-SENSE start: ``argmin λ0‖Ax − b‖² + ‖x‖²`` (λ0 = ``init_lam``, ``init_cg_iter`` CG iterations)."""
@@ -329,8 +368,10 @@ class MOL(nn.Module):
                 "spatial_shape": list(spatial)}
 
     # -- solving --------------------------------------------------------------------------------------------
-    def _run(self, y: torch.Tensor, physics, x0: torch.Tensor | None, weights) -> tuple[torch.Tensor, SolverInfo]:
-        """Fixed-point solve under no_grad with per-sample stopping, then one exact block + error bound."""
+    def _run(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None, weights,
+             s: dict[str, Any]) -> tuple[torch.Tensor, SolverInfo]:
+        """Fixed-point solve under no_grad with per-sample stopping, then one exact block + error bound; ``s``
+        holds the solver settings of this call (:meth:`_settings`)."""
         B = y.shape[0]
         with torch.no_grad():
             w_d = [w.detach() for w in weights] if weights is not None else None
@@ -346,10 +387,11 @@ class MOL(nn.Module):
                     ph, a = physics, aty
                 else:
                     ph, a = physics.subset(idx), aty[idx]
-                return self._block(xs, w_d, a, ph, mu, exact=False, where=f"at iteration {counter['k']}")
+                return self._block(xs, w_d, a, ph, mu, exact=False, where=f"at iteration {counter['k']}",
+                                   cg_iter=s["cg_iter"])
 
-            x_last, info = fixed_point_solve(T, x0.detach(), solver=self.solver, max_iter=self.max_iter,
-                                             tol=self.tol, min_iter=self.min_iter, m=self.anderson_m)
+            x_last, info = fixed_point_solve(T, x0.detach(), solver=s["solver"], max_iter=s["max_iter"],
+                                             tol=s["tol"], min_iter=s["min_iter"], m=self.anderson_m)
             # one exact block: the output, and the a-posteriori bound ‖x_out − x*‖ ≤ c/(1−c)‖x_out − x_last‖
             # (CG to cg_tol; its residual r enters the bound as ‖r‖/(1−c) since ‖(I + μN)^{-1}‖ ≤ 1)
             hx = self._h(x_last, w_d)
@@ -374,8 +416,8 @@ class MOL(nn.Module):
             bad = (~info.converged).nonzero().flatten().tolist()
             res = float(info.extra["best_residual"][~info.converged].max())
             msg = (f"MOL ({self.method_name}) forward did not converge for sample(s) {bad}: relative change "
-                   f"{res:.2e} > tol {self.tol:.1e} after {self.max_iter} iterations")
-            if self.strict:
+                   f"{res:.2e} > tol {s['tol']:.1e} after {s['max_iter']} iterations")
+            if s["strict"]:
                 raise ConvergenceError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         if not torch.isfinite(x_out).all():
@@ -384,21 +426,30 @@ class MOL(nn.Module):
         self.last_info = info
         return x_out, info
 
-    def solve(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolverInfo]:
+    def solve(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
+              **overrides: Any) -> tuple[torch.Tensor, SolverInfo]:
         """Reconstruct without gradients; return ``(x, info)``. ``info.extra["error_bound"]`` is the per-sample
-        a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode)."""
+        a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode).
+
+        ``overrides`` (keys of :data:`SOLVE_OVERRIDES`; ``None`` keeps the model's value) change the solver for
+        this call only; the model is not modified.
+        """
+        s = self._settings(overrides)
         self._check_inputs(y, physics, x0)
         self._ensure_denoiser(physics)
         with torch.no_grad():
             weights = self._weights(tuple(physics.spatial_shape))
-            return self._run(y, physics, x0, weights)
+            return self._run(y, physics, x0, weights, s)
 
-    def forward(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation."""
+    def forward(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
+                **overrides: Any) -> torch.Tensor:
+        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation;
+        ``overrides`` as in :meth:`solve` (the backward tolerance follows an overridden ``tol``)."""
+        s = self._settings(overrides)
         self._check_inputs(y, physics, x0)
         self._ensure_denoiser(physics)
         weights = self._weights(tuple(physics.spatial_shape))  # once: the same H for every iteration
-        x_star, info = self._run(y, physics, x0, weights)
+        x_star, info = self._run(y, physics, x0, weights, s)
         need_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in self.parameters()))
         if not need_grad:
             return x_star
@@ -410,9 +461,9 @@ class MOL(nn.Module):
         def record(binfo: SolverInfo) -> None:
             self.last_backward_info = binfo
 
-        return attach_implicit_backward(out, x_in, solver=self.solver,
-                                        max_iter=self.backward_max_iter or self.max_iter,
-                                        tol=self.backward_tol if self.backward_tol is not None else self.tol / 10,
+        return attach_implicit_backward(out, x_in, solver=s["solver"],
+                                        max_iter=self.backward_max_iter or s["max_iter"],
+                                        tol=self.backward_tol if self.backward_tol is not None else s["tol"] / 10,
                                         m=self.anderson_m, on_info=record)
 
     def prior(self, x: torch.Tensor, inference: bool = True) -> torch.Tensor:

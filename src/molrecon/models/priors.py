@@ -35,10 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, channels_to_complex, complex_to_channels
-
-#: MOL's parametrisations of ``H`` (config key ``architecture``) and the constraints each one serves.
-ARCHITECTURE_CONSTRAINTS = {"plain": ("sn", "lr", "none"), "residual": ("lr", "none"), "sll": ("sn",)}
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -243,13 +241,12 @@ def build_prior(architecture: str, constraint: str, dims: str, channels: int, la
 
 def check_architecture(architecture: str, constraint: str) -> None:
     """Refuse an unknown architecture, or one that does not serve ``constraint``."""
-    if architecture not in ARCHITECTURE_CONSTRAINTS:
-        raise InputError(f"MOL: architecture must be one of {tuple(ARCHITECTURE_CONSTRAINTS)}, got "
+    if architecture not in ARCHITECTURES:
+        raise InputError(f"MOL: architecture must be one of {tuple(ARCHITECTURES)}, got "
                          f"{architecture!r}")
-    if constraint not in ARCHITECTURE_CONSTRAINTS[architecture]:
+    if constraint not in ARCHITECTURES[architecture]:
         raise InputError(f"MOL: architecture {architecture!r} does not serve constraint {constraint!r} (it "
-                         f"serves {', '.join(ARCHITECTURE_CONSTRAINTS[architecture])})")
+                         f"serves {', '.join(ARCHITECTURES[architecture])})")
 
 
-__all__ = ["ResidualDenoiser", "SLLDenoiser", "sll_scaling", "build_prior", "check_architecture",
-           "ARCHITECTURE_CONSTRAINTS"]
+__all__ = ["ResidualDenoiser", "SLLDenoiser", "sll_scaling", "build_prior", "check_architecture"]

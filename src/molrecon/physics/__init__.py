@@ -8,6 +8,7 @@ from .masks import (
     RandomMask,
     VariableDensity2DMask,
     achieved_acceleration,
+    default_center_fraction,
     mask_for,
 )
 from .mri import MultiCoilMRI, check_finite, infer_dims
@@ -15,6 +16,7 @@ from .noise import add_noise, complex_gaussian
 
 __all__ = [
     "MultiCoilMRI", "fft_centered", "ifft_centered", "RandomMask", "EquispacedMask", "PoissonDiscMask",
-    "VariableDensity2DMask", "achieved_acceleration", "mask_for", "simulate_coil_maps", "estimate_coil_maps",
-    "normalize_maps", "check_maps_normalised", "add_noise", "complex_gaussian", "check_finite", "infer_dims",
+    "VariableDensity2DMask", "achieved_acceleration", "default_center_fraction", "mask_for", "simulate_coil_maps",
+    "estimate_coil_maps", "normalize_maps", "check_maps_normalised", "add_noise", "complex_gaussian", "check_finite",
+    "infer_dims",
 ]

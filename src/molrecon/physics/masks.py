@@ -204,12 +204,18 @@ class VariableDensity2DMask(_PlaneMask):
                 f"power={self.power})")
 
 
+def default_center_fraction(acceleration: float) -> float:
+    """The centre fraction used when none is given: fastMRI's pairs (0.08 at 4×, 0.04 at 8×) continued as
+    ``0.32 / acceleration``, capped at 0.16 (so 0.16 at 2×)."""
+    return float(min(0.16, 0.32 / float(acceleration)))
+
+
 def mask_for(dims: str, acceleration: float, center_fraction: float | None = None,
              kind: str = "random") -> ColumnMask | _PlaneMask:
-    """The default mask object for ``dims`` ("2d", "3d", "2d+t") at ``acceleration``
-    (fastMRI centre fractions: 0.08 at 4×, 0.04 at 8×)."""
+    """The default mask object for ``dims`` ("2d", "3d", "2d+t") at ``acceleration``, with
+    :func:`default_center_fraction` unless ``center_fraction`` is given."""
     if center_fraction is None:
-        center_fraction = 0.08 if acceleration <= 4 else 0.04 if acceleration <= 8 else 0.32 / acceleration
+        center_fraction = default_center_fraction(acceleration)
     if dims == "3d":
         return PoissonDiscMask(acceleration) if kind in ("random", "poisson") else VariableDensity2DMask(
             acceleration, center_fraction)

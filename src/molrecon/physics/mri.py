@@ -33,9 +33,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
+from ..names import DIMS
 from .fft import fft_centered, ifft_centered, input_signs
-
-DIMS = ("2d", "3d", "2d+t")
 
 
 def infer_dims(spatial_ndim: int, dims: str | None = None) -> str:
@@ -168,14 +167,6 @@ class MultiCoilMRI:
             return (maps.conj() * ifft_centered(k, self.fft_dims)).sum(dim=1)
         k = self.mask * torch.fft.fftn(coil_images, dim=self.fft_dims, norm="ortho")
         return (maps.conj() * torch.fft.ifftn(k, dim=self.fft_dims, norm="ortho")).sum(dim=1)
-
-    def A_dagger(self, y: torch.Tensor, lam: float = 1e-4, max_iter: int = 50) -> torch.Tensor:
-        """Regularised pseudo-inverse ``(A^H A + lam I)^{-1} A^H y`` by conjugate gradient."""
-        from ..solvers.cg import conjugate_gradient
-
-        x, _ = conjugate_gradient(lambda v: self.normal(v) + lam * v, self.A_adjoint(y), max_iter=max_iter,
-                                  tol=1e-6)
-        return x
 
     # -- utilities ------------------------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> MultiCoilMRI:

@@ -13,17 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..tensor_utils import batch_dot
 from .info import SolverInfo
-
-
-def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real part of ``<a, b> = Σ conj(a)·b`` per batch element (``[B]``)."""
-    return (a.conj() * b).real.reshape(a.shape[0], -1).sum(dim=1)
-
-
-def batch_norms(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm per batch element of a complex or real ``[B, ...]`` tensor (``[B]``)."""
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

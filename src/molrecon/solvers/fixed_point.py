@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError
-from .cg import batch_norms
+from ..tensor_utils import batch_norms
 from .info import SolverInfo
 
 FixedPointFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,10 +42,6 @@ def _flat_real(x: torch.Tensor) -> torch.Tensor:
     if x.is_complex():
         x = torch.view_as_real(x)
     return x.reshape(x.shape[0], -1)
-
-
-def _rel(fx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return batch_norms(fx - x) / batch_norms(fx).clamp_min(1e-30)
 
 
 def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson", max_iter: int = 50,

@@ -38,7 +38,8 @@ from collections.abc import Callable
 
 import torch
 
-from .cg import batch_dot, conjugate_gradient
+from ..tensor_utils import batch_dot
+from .cg import conjugate_gradient
 from .fixed_point import fixed_point_solve, indexed
 from .info import SolverInfo
 

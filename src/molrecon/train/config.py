@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..names import LEARNED_METHODS
 
 #: Every key the trainer understands, with its default. Unknown keys in ``data``/``train`` are an error
 #: (a typo must not silently fall back to a default); ``model`` keys go to the model constructor.
@@ -159,8 +160,8 @@ def validate_config(config: dict, where: str = "config") -> dict:
         raise InputError(f"{where}: expected a mapping at top level, got {type(config).__name__}")
     cfg = _merge(DEFAULTS, config, where)
     method = cfg["model"].get("method")
-    if method not in ("mol-sn", "mol-lr", "deq", "modl"):
-        raise InputError(f"{where}: model.method must be one of mol-sn, mol-lr, deq, modl; got {method!r}")
+    if method not in LEARNED_METHODS:
+        raise InputError(f"{where}: model.method must be one of {', '.join(LEARNED_METHODS)}; got {method!r}")
     t, d = cfg["train"], cfg["data"]
     if t["max_steps"] is None and (not isinstance(t["epochs"], int) or t["epochs"] < 1):
         raise InputError(f"{where}: train.epochs must be a positive integer (or set train.max_steps)")

@@ -22,13 +22,18 @@ good checkpoint and lowers the learning rate by ``rollback_lr_factor`` (at most 
 state is never written: checkpoints are only taken after healthy steps and ``save_checkpoint`` refuses NaN/Inf.
 
 Distributed training (``torchrun --nproc_per_node=N -m molrecon train CONFIG``, see
-:mod:`molrecon.train.distributed` and ``docs/distributed.md``) plugs in at :meth:`Trainer._init_distributed`
+:mod:`molrecon.distributed` and ``docs/distributed.md``) plugs in at :meth:`Trainer._init_distributed`
 (process group from the torchrun environment, gloo on CPU / nccl on GPU), :meth:`Trainer._wrap_model` (DDP),
 :meth:`Trainer._build_sampler` (rank ``r`` takes positions ``r, r+W, ...`` of the epoch's permutation) and
 :meth:`Trainer._reduce` (validation numbers); logs, progress bar and checkpoints are rank 0's. The position in
 an epoch is kept as *global* samples consumed (``epoch_samples``), so a run resumes on any world size. Every
 decision that changes control flow (non-finite loss, divergence guards) is taken on numbers reduced over the
 ranks, so all ranks always take the same branch.
+
+Size. This module is longer than the project's ~500 lines on purpose: :class:`Trainer` is one resumable state
+machine (step, position in the epoch, RNG, optimizer, scheduler, rollback, distributed hooks) whose bitwise
+resume depends on all of it together; what stands apart is already apart (configs, losses, the divergence
+guards in :mod:`molrecon.train.health`, checkpoints in :mod:`molrecon.weights`).
 """
 
 from __future__ import annotations
@@ -48,8 +53,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from .. import data as mdata
+from ..data import collate, physics_from_batch
+from ..data.synthetic import SyntheticSliceDataset
+from ..distributed import (
+    all_reduce_logs,
+    all_reduce_weighted_mean,
+    all_true,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    wrap_ddp,
+)
 from ..errors import CheckpointError, ConvergenceError, InputError
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ..io import atomic_write
+from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
+from ..models.factory import build_model, model_config
+from ..names import DIMS_OF_KIND, KIND_ALIASES
+from ..physics import mask_for
+from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import validate_config
+from .health import HealthMonitor
 from .losses import training_loss
 from .pretrain import pretrain_prior
 
@@ -58,7 +83,7 @@ TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "gra
 VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterations", "val_time_per_slice"]
 
 
-_DIMS_OF_KIND = {"2d": "2d", "3d": "3d", "dynamic": "2d+t", "2d+t": "2d+t"}
+_DIMS_OF_KIND = {alias: DIMS_OF_KIND[kind] for alias, kind in KIND_ALIASES.items()}
 
 
 PRETRAIN_COLUMNS = ["step", "mse", "psnr", "lipschitz", "lipschitz_scale"]
@@ -118,14 +143,10 @@ class ResumableSampler(Sampler[int]):
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    from ..data import collate
-
     return collate(items)
 
 
 def _physics(batch: dict[str, Any]) -> Any:
-    from ..data import physics_from_batch
-
     return physics_from_batch(batch)
 
 
@@ -137,17 +158,12 @@ def build_datasets(data_cfg: dict[str, Any], seed: int = 0) -> tuple[Dataset, Da
     """The training and validation datasets described by the ``data`` section of a config."""
     source = data_cfg["source"]
     if source == "synthetic":
-        from .synthetic import SyntheticSliceDataset
-
         common = dict(shape=data_cfg["shape"], num_coils=data_cfg["num_coils"],
                       acceleration=data_cfg["acceleration"], center_fraction=data_cfg["center_fraction"])
         train = SyntheticSliceDataset(num=data_cfg["num_train"], seed=seed, **common)
         val = SyntheticSliceDataset(num=data_cfg["num_val"], seed=seed + 7919, **common) \
             if data_cfg["num_val"] else None
     else:
-        from .. import data as mdata
-        from ..physics import mask_for
-
         kind = data_cfg["kind"]
         dims = _DIMS_OF_KIND.get(kind)
         if dims is None:
@@ -220,8 +236,6 @@ class _CSVLog:
     """Append-only CSV log with a fixed header; on resume rows after the checkpoint's step are dropped."""
 
     def __init__(self, path: Path, columns: list[str], resume_step: int | None) -> None:
-        from ..io import atomic_write
-
         self.path, self.columns = path, columns
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
@@ -260,8 +274,6 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], resume: bool = False, overwrite: bool = False,
                  train_dataset: Dataset | None = None, val_dataset: Dataset | None = None) -> None:
-        from .config import validate_config
-
         self.config = validate_config(config)
         self.tcfg, self.dcfg = self.config["train"], self.config["data"]
         self.out_dir = Path(self.config["out_dir"])
@@ -275,7 +287,7 @@ class Trainer:
         self.best_psnr = -math.inf
         self.last_val: dict[str, float] = {}
         self.last_logs: dict[str, float] = {}
-        self._lip_bad = self._nonconv_bad = 0
+        self.health = HealthMonitor(self.config["model"]["method"], self.tcfg)
 
     # -- distributed hooks ------------------------------------------------------------------------------------------
     def _init_distributed(self) -> tuple[int, int]:
@@ -283,7 +295,6 @@ class Trainer:
 
         Backend gloo on CPU, nccl on CUDA (each rank on ``cuda:LOCAL_RANK``). Returns ``(rank, world_size)``.
         """
-        from .distributed import init_distributed
 
         self.dist_info = init_distributed(self.config["device"])
         self.device = self.dist_info.device
@@ -291,7 +302,6 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group if this trainer created it (no-op on one process)."""
-        from .distributed import cleanup
 
         cleanup(self.dist_info)
 
@@ -301,7 +311,6 @@ class Trainer:
         DDP averages the gradients over ranks in backward; the unwrapped ``self.model`` stays the reference for
         state dicts, validation and ``extra_loss`` (DDP broadcast rank 0's weights at construction).
         """
-        from .distributed import wrap_ddp
 
         return wrap_ddp(model, self.device)
 
@@ -311,14 +320,12 @@ class Trainer:
 
     def _reduce(self, values: dict[str, float], count: int) -> dict[str, float]:
         """Combine per-rank validation means, weighted by the ``count`` slices each rank validated."""
-        from .distributed import all_reduce_weighted_mean
 
         return all_reduce_weighted_mean(values, count, [c for c in VAL_COLUMNS if c not in ("step", "epoch")])
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         seed_everything(self.tcfg["seed"], self.tcfg["deterministic"])
-        from ..models.factory import build_model, model_config
 
         if self._given[0] is not None:
             self.train_set, self.val_set = self._given
@@ -334,6 +341,7 @@ class Trainer:
         # kept from construction (not re-read later): MOL.config() reports the current λ, which trains
         self.model_config = model_config(self.model)
         self.method = self.model_config["method"]
+        self.health = HealthMonitor(self.method, self.tcfg)
         self.train_model = self._wrap_model(self.model)
         lam_params = [p for n, p in self.model.named_parameters() if is_lam_param(n) and p.requires_grad]
         net_params = [p for n, p in self.model.named_parameters() if not is_lam_param(n) and p.requires_grad]
@@ -470,8 +478,6 @@ class Trainer:
         return logs
 
     def _all_true(self, flag: bool) -> bool:
-        from .distributed import all_true
-
         return all_true(flag) if self.world_size > 1 else flag
 
     def _reduce_logs(self, logs: dict[str, float]) -> dict[str, float]:
@@ -481,36 +487,17 @@ class Trainer:
         """
         if self.world_size == 1:
             return logs
-        from .distributed import all_reduce_logs
 
         return all_reduce_logs(logs, max_keys=("final_residual", "lipschitz", "step_time", "lipschitz_penalty"))
 
     def check_health(self, logs: dict[str, float]) -> str | None:
-        """Return why the step counts as diverging, or ``None`` when it is healthy."""
-        res = logs.get("final_residual")
-        if res is not None and (not math.isfinite(res) or res > self.tcfg["residual_limit"]):
-            return (f"forward fixed-point iteration diverged (final relative residual {res:.3g} > "
-                    f"residual_limit {self.tcfg['residual_limit']})")
-        lip = logs.get("lipschitz")
-        # only MOL-LR relies on an estimated constraint; MOL-SN is certified and the DEQ is unconstrained
-        if lip is not None and self.method == "mol-lr":
-            self._lip_bad = self._lip_bad + 1 if (not math.isfinite(lip) or lip > self.tcfg["lipschitz_limit"]) else 0
-            if self._lip_bad >= self.tcfg["lipschitz_patience"]:
-                return (f"Lipschitz estimate {lip:.3g} above lipschitz_limit {self.tcfg['lipschitz_limit']} for "
-                        f"{self._lip_bad} consecutive steps (the monotone constraint is lost)")
-        patience = self.tcfg["nonconverged_patience"]
-        if patience and "converged_frac" in logs:
-            self._nonconv_bad = self._nonconv_bad + 1 if logs["converged_frac"] == 0 else 0
-            if self._nonconv_bad >= patience:
-                return f"no slice converged in the forward solve for {self._nonconv_bad} consecutive steps"
-        return None
+        """Return why the step counts as diverging, or ``None`` when it is healthy (:class:`HealthMonitor`)."""
+        return self.health.check(logs)
 
     # -- validation -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean PSNR / SSIM / NMSE over the validation slices (magnitude, data range = ``max_value``)."""
-        from ..evaluate.metrics import nmse, psnr, ssim
-
         if self.val_set is None or len(self.val_set) == 0:
             return {}
         self.model.eval()
@@ -544,7 +531,6 @@ class Trainer:
         exists = (self.out_dir / "last.pt").exists()
         if self.world_size == 1:
             return exists
-        from .distributed import broadcast_object
 
         return bool(broadcast_object(exists if self.is_main else None))
 
@@ -553,7 +539,6 @@ class Trainer:
         last = self.out_dir / "last.pt"
         if self.world_size == 1:
             return load_checkpoint(last, map_location=self.device)
-        from .distributed import broadcast_object
 
         payload: tuple[str, Any] | None = None
         if self.is_main:
@@ -601,7 +586,7 @@ class Trainer:
         for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             g["initial_lr"] = base
             g["lr"] = base * self._lr_factor(self.step)
-        self._lip_bad = self._nonconv_bad = 0
+        self.health.reset()
         if self.is_main:
             print(f"warning: {reason} at step {self.step + 1}; rolled back to step {self.step} and scaled the "
                   f"learning rates by {factor}")
@@ -613,8 +598,6 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             import yaml
-
-            from ..io import atomic_write
 
             with atomic_write(self.out_dir / "config.yaml", "w") as fh:
                 yaml.safe_dump(self.config, fh, sort_keys=False)
@@ -680,8 +663,6 @@ class Trainer:
                 elif consumed == 0:
                     raise InputError(f"the training loader yielded no batch in epoch {self.epoch}")
             if self.world_size > 1:
-                from .distributed import barrier
-
                 barrier()  # every rank returns once rank 0 has written the final checkpoint
         finally:
             bar.close()
@@ -691,7 +672,7 @@ class Trainer:
                 if self.tb is not None:
                     self.tb.close()
         return {"step": self.step, "epoch": self.epoch, **self.last_logs, **self.last_val,
-                "best_val_psnr": self.best_psnr, "out_dir": str(self.out_dir)}
+                "best_val_psnr": self.best_psnr, "psnr_definition": PSNR_WHOLE_IMAGE, "out_dir": str(self.out_dir)}
 
     def _pretrain(self) -> None:
         """Denoiser pre-training of a MOL model's H (:mod:`molrecon.train.pretrain`), logged to

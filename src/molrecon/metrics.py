@@ -3,6 +3,10 @@
 All metrics act on the magnitude. PSNR and SSIM use ``data_range`` = the maximum of the *target volume*
 (not 1.0, not the slice maximum); SSIM uses a 7×7 window (scikit-image, as fastMRI's ``evaluate.py``);
 NMSE = ‖x − t‖² / ‖t‖².
+
+Two PSNRs are reported in this project, and every report names the one it uses (``psnr_definition``):
+:data:`PSNR_OBJECT_SUPPORT` (``molrecon evaluate``, ``demo``, ``bench quality``) and :data:`PSNR_WHOLE_IMAGE`
+(training validation, the pretrained sidecars' validation figures, the robustness studies).
 """
 
 from __future__ import annotations
@@ -10,6 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+#: fastMRI's evaluation: the magnitude inside the object support, data range = max |target| of the volume.
+PSNR_OBJECT_SUPPORT = "object-support: magnitude inside the object support, data range = max |target| of the volume"
+#: Training validation and robustness: the magnitude over the whole image, data range = max |target| of the item.
+PSNR_WHOLE_IMAGE = "whole-image: magnitude over the whole image, data range = max |target| of the slice or item"
 
 
 def _magnitude(a: Any) -> np.ndarray:

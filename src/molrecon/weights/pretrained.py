@@ -13,9 +13,14 @@ Names follow ``<method>-<2d|3d|2dt>-<accel>x`` (``docs/conventions.md``), e.g. `
 
 Example
 -------
->>> import molrecon
->>> model = molrecon.load_pretrained("mol-lr-2d-4x")          # doctest: +SKIP
->>> x = model(y, physics)                                      # doctest: +SKIP
+>>> import torch, molrecon
+>>> from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+>>> model = molrecon.load_pretrained("modl-2d-4x")
+>>> model.method_name, model.pretrained_meta["dims"]
+('modl', '2d')
+>>> physics = MultiCoilMRI(simulate_coil_maps((32, 32), num_coils=4)[None], RandomMask(0.08, 4)((32, 32), seed=0))
+>>> model(physics.A(torch.ones(1, 32, 32, dtype=torch.complex64)), physics).shape
+torch.Size([1, 32, 32])
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, InputError
-from ..io import sha256_file
+from ..io import atomic_path, machine_info, sha256_file, write_json_atomic
+from ..models.factory import build_model
+from ..names import DIMS_TAG
+from .checkpoint import load_checkpoint, model_from_state
 
 #: Folder of the weights shipped inside the package.
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
@@ -38,8 +46,9 @@ PRETRAINED_ENV = "MOLRECON_PRETRAINED_DIR"
 #: Sidecar format version; bump when the JSON layout changes incompatibly.
 FORMAT_VERSION = 1
 
-_NAME_RE = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<dims>2d|3d|2dt)-(?P<accel>\d+(?:\.\d+)?)x$")
-_DIMS_FROM_TAG = {"2d": "2d", "3d": "3d", "2dt": "2d+t"}
+_NAME_RE = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<dims>" + "|".join(DIMS_TAG.values())
+                      + r")-(?P<accel>\d+(?:\.\d+)?)x$")
+_DIMS_FROM_TAG = {tag: dims for dims, tag in DIMS_TAG.items()}
 
 
 def parse_name(name: str) -> dict[str, Any]:
@@ -123,8 +132,6 @@ def load_pretrained(name: str, device: str | Any = "cpu", root: str | os.PathLik
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .factory import build_model
-
     meta = pretrained_info(name, root)
     weights = Path(meta["path"])
     expected = meta["weights"].get("sha256")
@@ -153,9 +160,6 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
     atomically; the JSON is written last, so a listed model always has complete weights.
     """
     from safetensors.torch import save_file
-
-    from ..evaluate.report import machine_info, write_json_atomic
-    from ..io import atomic_path
 
     parsed = parse_name(name)
     folder = _root(root)
@@ -192,11 +196,9 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
 def _read_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """``(model, model_config, checkpoint_summary)`` of a training checkpoint, loaded without pickle code.
 
-    :func:`molrecon.train.checkpoint.load_checkpoint` reads it with ``torch.load(weights_only=True)`` and checks
+    :func:`molrecon.weights.checkpoint.load_checkpoint` reads it with ``torch.load(weights_only=True)`` and checks
     the layout; the model is rebuilt from its ``model_config`` exactly as the trainer does.
     """
-    from ..train.checkpoint import load_checkpoint, model_from_state
-    from .factory import build_model
 
     state = load_checkpoint(path)
     model = model_from_state(state, path)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..physics import RandomMask, fft_centered, simulate_coil_maps
+
 
 def _phantom(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     h, w = shape
@@ -38,7 +40,6 @@ class SyntheticSliceDataset(Dataset):
     def __init__(self, num: int = 8, shape: Sequence[int] = (64, 64), num_coils: int = 4,
                  acceleration: float = 4.0, center_fraction: float = 0.08, seed: int = 0,
                  noise_std: float = 0.0) -> None:
-        from ..physics import RandomMask, fft_centered, simulate_coil_maps
 
         shape = (int(shape[0]), int(shape[1]))
         self.maps = simulate_coil_maps(shape, num_coils)

@@ -32,7 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..errors import CheckpointError
+from ..io import atomic_path
+from ..models.factory import build_model
 
 FORMAT = "molrecon-checkpoint"
 VERSION = 1
@@ -93,10 +96,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], check_finite
         bad = _non_finite_tensors(state["model_state"])
         if bad:
             raise CheckpointError(f"{path}: refusing to save a model with NaN/Inf in {', '.join(bad[:5])}")
-    from .. import __version__
 
     payload = {"format": FORMAT, "version": VERSION, "molrecon_version": __version__, **state}
-    from ..io import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -153,7 +154,6 @@ def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torc
 
 def model_from_state(state: dict[str, Any], path: str | os.PathLike) -> torch.nn.Module:
     """The model of a loaded checkpoint ``state``: architecture from ``model_config``, then its weights."""
-    from ..models.factory import build_model
 
     try:
         model = build_model(dict(state["model_config"]))

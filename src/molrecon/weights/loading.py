@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from .checkpoint import load_model_from_checkpoint
+from .pretrained import load_pretrained
 
 
 def load_learned_model(method: str | None = None, checkpoint: str | Path | None = None,
@@ -15,12 +17,8 @@ def load_learned_model(method: str | None = None, checkpoint: str | Path | None 
     if (checkpoint is None) == (pretrained is None):
         raise InputError("give exactly one of a checkpoint or a pretrained model name")
     if pretrained is not None:
-        from .pretrained import load_pretrained
-
         model = load_pretrained(pretrained)
     else:
-        from ..train import load_model_from_checkpoint
-
         model = load_model_from_checkpoint(checkpoint, map_location=map_location)
     name = getattr(model, "method_name", None)
     if method is not None and name != method:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-_COLORS = {"mol-sn": "tab:blue", "mol-lr": "tab:green", "deq": "tab:red", "modl": "tab:orange"}
+from ...io import save_figure_atomic
+from ...names import method_color
 
 
 def _plt():
@@ -32,12 +33,11 @@ def _plt():
 
 def _color(res: Mapping[str, Any], label: str, i: int) -> str:
     method = res.get("models", {}).get(label, {}).get("method")
-    return _COLORS.get(method, f"C{i % 10}")
+    return method_color(method, f"C{i % 10}")
 
 
 def plot_amplification(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """Amplification vs ε per method (log scale), random perturbations and certificates alongside."""
-    from .report import save_figure_atomic
 
     attack = res.get("attack", {})
     if not attack:
@@ -72,7 +72,6 @@ def plot_amplification(res: Mapping[str, Any], path: str | os.PathLike) -> Path 
 
 def plot_convergence(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """Residual and PSNR against the iteration (first slice of the convergence study)."""
-    from .report import save_figure_atomic
 
     conv = res.get("convergence", {})
     if not conv:
@@ -115,7 +114,6 @@ def plot_convergence(res: Mapping[str, Any], path: str | os.PathLike) -> Path | 
 
 def plot_examples(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """Rows: methods; columns: target, x(b), x(b+δ), |difference| (shared colour scale)."""
-    from .report import save_figure_atomic
 
     images = res.get("_images", {})
     if not images:
@@ -149,7 +147,6 @@ def plot_examples(res: Mapping[str, Any], path: str | os.PathLike) -> Path | Non
 
 def plot_shift(res: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
     """PSNR vs acceleration and vs added-noise SNR per method (CG-SENSE as reference)."""
-    from .report import save_figure_atomic
 
     shift = res.get("shift", {})
     if not shift:

@@ -1,0 +1,84 @@
+"""The project's vocabulary, defined once: reconstruction methods, MOL constraints, spatial dims and data kinds.
+
+Every other module imports these names instead of spelling them again (``docs/conventions.md`` lists them for
+readers). :data:`METHODS` is the one registry of methods: for each, its family (classical or learned), how a
+learned one is built (:func:`molrecon.models.build_model` reads ``constraint`` and ``iterations_key``), how it is
+shown (label, plot colour and marker) and whether it is a fixed-point model (MOL-SN, MOL-LR, DEQ). Adding a
+method means adding one :class:`MethodSpec` here, plus its class when it is a new kind of model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Spatial layouts of an image ``[B, *spatial]``: ``(H, W)``, ``(D, H, W)`` and ``(T, H, W)``.
+DIMS: tuple[str, ...] = ("2d", "3d", "2d+t")
+#: The spelling of each dims in pretrained names and command-line flags (``mol-lr-2dt-4x``, ``--shape-2dt``).
+DIMS_TAG: dict[str, str] = {"2d": "2d", "3d": "3d", "2d+t": "2dt"}
+#: Kinds of the built-in data set and the dims of their images.
+DIMS_OF_KIND: dict[str, str] = {"2d": "2d", "3d": "3d", "dynamic": "2d+t"}
+#: Accepted spellings of a data kind (the dims spellings of ``dynamic`` included).
+KIND_ALIASES: dict[str, str] = {"2d": "2d", "3d": "3d", "dynamic": "dynamic", "2d+t": "dynamic", "2dt": "dynamic"}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One reconstruction method: how it is identified, built and shown."""
+
+    name: str
+    label: str
+    family: str  # "classical" or "learned"
+    color: str = "k"
+    marker: str = "x"
+    #: MOL's ``constraint`` argument (``sn``, ``lr``, ``none``); ``None`` for a model that is not MOL
+    constraint: str | None = None
+    #: the constructor argument that sets the number of iterations (learned methods only)
+    iterations_key: str | None = None
+
+    @property
+    def fixed_point(self) -> bool:
+        """A deep-equilibrium model, solved to a fixed point (MOL-SN, MOL-LR, DEQ)."""
+        return self.constraint is not None
+
+
+_SPECS = (
+    MethodSpec("zero-filled", "Zero-filled", "classical", "tab:gray", "."),
+    MethodSpec("sense", "SENSE", "classical", "tab:brown", "v"),
+    MethodSpec("cs-wavelet", "CS (wavelet)", "classical", "tab:olive", "<"),
+    MethodSpec("cs-tv", "CS (TV)", "classical", "tab:cyan", ">"),
+    MethodSpec("modl", "MoDL", "learned", "tab:red", "o", iterations_key="K"),
+    MethodSpec("deq", "DEQ", "learned", "tab:purple", "d", constraint="none", iterations_key="max_iter"),
+    MethodSpec("mol-sn", "MOL-SN", "learned", "tab:green", "^", constraint="sn", iterations_key="max_iter"),
+    MethodSpec("mol-lr", "MOL-LR", "learned", "tab:blue", "s", constraint="lr", iterations_key="max_iter"),
+)
+#: The registry, in the order of every table and figure (classical first).
+METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
+METHOD_ORDER: tuple[str, ...] = tuple(METHODS)
+CLASSICAL_METHODS: tuple[str, ...] = tuple(n for n, s in METHODS.items() if s.family == "classical")
+LEARNED_METHODS: tuple[str, ...] = tuple(n for n, s in METHODS.items() if s.family == "learned")
+FIXED_POINT_METHODS: tuple[str, ...] = tuple(n for n, s in METHODS.items() if s.fixed_point)
+#: MOL's constraints (``models/constraints.py``): spectral norm, Lipschitz penalty, none.
+CONSTRAINTS: tuple[str, ...] = ("sn", "lr", "none")
+#: MOL's constraint of each fixed-point method, and back.
+MOL_CONSTRAINTS: dict[str, str] = {n: s.constraint for n, s in METHODS.items() if s.constraint is not None}
+CONSTRAINT_METHOD: dict[str, str] = {c: n for c in CONSTRAINTS for n, m in MOL_CONSTRAINTS.items() if m == c}
+#: Constraints whose Lipschitz bound is an estimate, not a certificate (training watches it for divergence).
+ESTIMATED_CONSTRAINTS: tuple[str, ...] = ("lr",)
+#: MOL's parametrisations of H (``model.architecture``, :mod:`molrecon.models.priors`) and the constraints each
+#: serves: ``plain`` every one, ``residual`` the estimated and unconstrained ones, ``sll`` the certified one.
+ARCHITECTURES: dict[str, tuple[str, ...]] = {"plain": CONSTRAINTS, "residual": ESTIMATED_CONSTRAINTS + ("none",),
+                                             "sll": ("sn",)}
+ESTIMATED_LIPSCHITZ_METHODS: tuple[str, ...] = tuple(n for n, c in MOL_CONSTRAINTS.items()
+                                                     if c in ESTIMATED_CONSTRAINTS)
+
+
+def display_name(name: str) -> str:
+    """The label of a method in tables and figures (the name itself when it is not a known method)."""
+    spec = METHODS.get(name)
+    return spec.label if spec else name
+
+
+def method_color(name: str, default: str = "k") -> str:
+    """The one plot colour of a method (the same in every figure)."""
+    spec = METHODS.get(name)
+    return spec.color if spec else default

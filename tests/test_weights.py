@@ -1,0 +1,116 @@
+"""The weights layer: shipped pretrained models (safetensors + JSON sidecar), export from a checkpoint, safe loading."""
+
+
+import pytest
+import torch
+
+from _tiny_models import TINY_MODL, TINY_MOL_SN, tiny_model, write_checkpoint
+from molrecon.cli import main
+from molrecon.errors import CheckpointError, InputError
+from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+
+
+def test_unknown_pretrained_name_lists_available(tmp_path, capsys):
+    from molrecon.weights.pretrained import load_pretrained, save_pretrained
+
+    save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
+    with pytest.raises(InputError, match=r"unknown pretrained model 'mol-lr-2d-8x' \(available: modl-2d-4x"):
+        load_pretrained("mol-lr-2d-8x", root=tmp_path)
+    with pytest.raises(InputError, match="unknown pretrained model 'nope'"):
+        import molrecon
+
+        molrecon.load_pretrained("nope")
+    rc = main(["evaluate", "--pretrained", "nope", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "unknown pretrained model 'nope'" in capsys.readouterr().err
+
+
+def test_bad_pretrained_names_refused(tmp_path):
+    from molrecon.weights.pretrained import parse_name, save_pretrained
+
+    assert parse_name("mol-lr-2dt-8x") == {"method": "mol-lr", "dims": "2d+t", "acceleration": 8.0}
+    for bad in ("mol-lr-4x", "MOL-LR-2d-4x", "mol-lr-2d-4", "../evil-2d-4x"):
+        with pytest.raises(InputError):
+            save_pretrained(tiny_model(), dict(TINY_MODL), bad, root=tmp_path)
+
+
+def test_export_load_round_trip_without_pickle(tmp_path, monkeypatch):
+    from molrecon.weights.pretrained import export_pretrained, list_pretrained, load_pretrained
+
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # weights that differ from a fresh init
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", model)
+    meta = {"validation": {"psnr": 30.1, "ssim": 0.9}, "training": {"device": "2 CPU cores"}}
+    weights = export_pretrained(ckpt, "modl-2d-4x", meta, root=tmp_path / "shipped")
+    assert weights.name == "modl-2d-4x.safetensors" and weights.with_suffix(".json").exists()
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("load_pretrained must not unpickle")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = load_pretrained("modl-2d-4x", root=tmp_path / "shipped")
+    monkeypatch.undo()
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not loaded.training and loaded.method_name == "modl"
+    side = loaded.pretrained_meta
+    assert {k: side["model_config"][k] for k in TINY_MODL} == TINY_MODL and side["training"]["step"] == 7
+    assert side["training"]["config"]["model"] == TINY_MODL  # the exact training config is kept
+    assert side["training"]["command"] == "molrecon train tiny.yaml" and side["validation"]["psnr"] == 30.1
+    assert side["training"]["device"] == "2 CPU cores"
+    assert [m["name"] for m in list_pretrained(tmp_path / "shipped")] == ["modl-2d-4x"]
+    # same reconstruction from the shipped model as from the trained one
+    maps = simulate_coil_maps((32, 32), 4)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
+    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(y, physics), loaded(y, physics))
+
+
+def test_export_with_solver_overrides_keeps_the_fixed_point(tmp_path):
+    from molrecon.weights.pretrained import export_pretrained, load_pretrained
+
+    config = {**TINY_MOL_SN, "max_iter": 400, "tol": 1e-6, "cg_iter": 3}
+    model = tiny_model(config)
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", model, config)
+    with pytest.raises(InputError, match="not solver settings"):
+        export_pretrained(ckpt, "mol-sn-2d-4x", root=tmp_path / "shipped", solver_overrides={"lam": 1.0})
+    export_pretrained(ckpt, "mol-sn-2d-4x", root=tmp_path / "shipped", solver_overrides={"cg_iter": 12})
+    loaded = load_pretrained("mol-sn-2d-4x", root=tmp_path / "shipped")
+    assert loaded.cg_iter == 12 and loaded.pretrained_meta["model_config"]["cg_iter"] == 12
+    assert loaded.pretrained_meta["inference_overrides"] == {"cg_iter": {"trained": 3, "shipped": 12}}
+    assert loaded.pretrained_meta["training"]["config"]["model"]["cg_iter"] == 3
+    maps = simulate_coil_maps((32, 32), 4)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
+    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
+    with torch.no_grad():
+        x_trained, x_shipped = model.eval()(y, physics), loaded(y, physics)
+    assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
+
+
+def test_corrupted_pretrained_weights_refused(tmp_path):
+    from molrecon.weights.pretrained import load_pretrained, save_pretrained
+
+    weights = save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
+    raw = bytearray(weights.read_bytes())
+    raw[-5] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_pretrained("modl-2d-4x", root=tmp_path)
+    weights.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError):
+        load_pretrained("modl-2d-4x", root=tmp_path, verify=False)
+
+
+def test_models_command_lists_shipped(tmp_path, monkeypatch, capsys):
+    from molrecon.weights import pretrained
+
+    pretrained.save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path,
+                               meta={"validation": {"psnr": 31.25, "ssim": 0.912}})
+    monkeypatch.setenv("MOLRECON_PRETRAINED_DIR", str(tmp_path))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "modl-2d-4x" in out and "31.25" in out and "0.9120" in out
