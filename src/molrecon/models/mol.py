@@ -48,6 +48,7 @@ from ..solvers.implicit import attach_implicit_backward, dc_solve
 from ..solvers.info import SolverInfo
 from .cnn import DIMS, ConvDenoiser
 from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
+from .normalization import scale_invariant
 
 CONSTRAINTS = {"sn": "mol-sn", "lr": "mol-lr", "none": "deq"}
 
@@ -366,17 +367,21 @@ class MOL(nn.Module):
         self.last_info = info
         return x_out, info
 
+    @scale_invariant
     def solve(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolverInfo]:
         """Reconstruct without gradients; return ``(x, info)``. ``info.extra["error_bound"]`` is the per-sample
-        a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode)."""
+        a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode). The k-space is normalised to the
+        model's training scale and the result scaled back (:mod:`molrecon.models.normalization`)."""
         self._check_inputs(y, physics, x0)
         self._ensure_denoiser(physics)
         with torch.no_grad():
             weights = self._weights(tuple(physics.spatial_shape))
             return self._run(y, physics, x0, weights)
 
+    @scale_invariant
     def forward(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation."""
+        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation; equivariant
+        in the k-space scale (:mod:`molrecon.models.normalization`)."""
         self._check_inputs(y, physics, x0)
         self._ensure_denoiser(physics)
         weights = self._weights(tuple(physics.spatial_shape))  # once: the same H for every iteration
