@@ -14,13 +14,16 @@ from pathlib import Path
 
 CLASSICAL = ["zero-filled", "sense", "cs-wavelet", "cs-tv"]
 LEARNED = ["mol-lr", "mol-sn", "modl", "deq"]
+#: ESPIRiT's kernel width (``estimate_coil_maps``): the calibration region and the matrix must be at least this
+ESPIRIT_KERNEL = 6
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recon", help="reconstruct undersampled multicoil k-space (HDF5, fastMRI layout)",
                        description="Reconstruct every slice (or volume) of a multicoil HDF5 file in the fastMRI "
                        "layout: 'kspace' [slices, coils, *spatial], optional 'maps' (else ESPIRiT) and 'mask' "
-                       "(else the non-zero k-space locations).")
+                       "(else the non-zero k-space locations). Learned methods normalise the k-space to their "
+                       "training scale and scale back, so any units work; the scale used is recorded in the output.")
     p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
     p.add_argument("--input", required=True, type=Path,
                    help="input HDF5 file, or a folder of them (split across ranks under torchrun)")
@@ -28,11 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="output HDF5 file (written atomically); a folder when --input is a folder")
     p.add_argument("--nifti", type=Path, default=None,
                    help="also write the magnitude as NIfTI (.nii/.nii.gz); a folder when --input is a folder")
-    p.add_argument("--lam", type=float, default=None, help="regularisation weight (classical methods)")
-    p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="regularisation weight (classical methods), relative to the data: the weight at the "
+                   "built-in scale, whatever the units of the k-space")
+    p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS), >= 1")
     p.add_argument("--dims", choices=["2d", "3d", "2d+t"], default=None,
                    help="spatial layout of 3 spatial axes (default: the file's 'dims' attribute, else 3d)")
-    p.add_argument("--calib-width", type=int, default=24, help="ESPIRiT calibration width when maps are absent")
+    p.add_argument("--calib-width", type=int, default=24,
+                   help=f"ESPIRiT calibration width when maps are absent (>= {ESPIRIT_KERNEL})")
     p.add_argument("--checkpoint", type=Path, default=None, help="training checkpoint (learned methods)")
     p.add_argument("--pretrained", default=None, help="shipped pretrained model name (learned methods)")
     p.set_defaults(func=run)
@@ -73,13 +79,43 @@ def _mask_for_slice(mask, index: int, kspace_ndim: int):
     return mask
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument value, before a file is opened."""
+    import math
+
     from ..errors import InputError
 
-    if args.method in LEARNED and args.checkpoint is None and args.pretrained is None:
+    learned = args.method in LEARNED
+    if learned and args.checkpoint is None and args.pretrained is None:
         raise InputError(f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME")
+    if args.checkpoint is not None and args.pretrained is not None:
+        raise InputError("give --checkpoint or --pretrained, not both")
+    if not learned and (args.checkpoint is not None or args.pretrained is not None):
+        given = "--checkpoint" if args.checkpoint is not None else "--pretrained"
+        raise InputError(f"{given} applies to the learned methods ({', '.join(LEARNED)}); {args.method} is classical")
+    if learned and (args.lam is not None or args.max_iter is not None):
+        given = "--lam" if args.lam is not None else "--max-iter"
+        raise InputError(f"{given} applies to the classical methods; a learned model's λ and iterations are its "
+                         f"own")
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
+        raise InputError(f"--lam must be a finite number >= 0, got {args.lam}")
+    if args.max_iter is not None and args.max_iter < 1:
+        raise InputError(f"--max-iter must be >= 1, got {args.max_iter}")
+    if args.calib_width < ESPIRIT_KERNEL:
+        raise InputError(f"--calib-width must be >= {ESPIRIT_KERNEL} (the ESPIRiT kernel width), got "
+                         f"{args.calib_width}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checks import HDF5_SUFFIXES, NIFTI_SUFFIXES, check_output_file, inspect_kspace_file
+
+    _check_args(args)
     if args.input.is_dir():
         return _run_folder(args)
+    check_output_file(args.out, HDF5_SUFFIXES, "--out", inputs=[args.input])
+    if args.nifti is not None:
+        check_output_file(args.nifti, NIFTI_SUFFIXES, "--nifti", inputs=[args.input, args.out])
+    inspect_kspace_file(args.input)
     _recon_file(args, args.input, args.out, args.nifti, _load_model(args))
     return 0
 
@@ -92,6 +128,10 @@ def _load_model(args: argparse.Namespace):
     return load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
 
 
+# what a failing file may raise besides MolreconError (sigpy, h5py, numpy); folder mode reports it and goes on
+_FILE_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError, MemoryError)
+
+
 def _run_folder(args: argparse.Namespace) -> int:
     """Reconstruct every HDF5 file of ``args.input`` into the folder ``args.out``; split across torchrun ranks.
 
@@ -100,6 +140,7 @@ def _run_folder(args: argparse.Namespace) -> int:
     """
     from ..errors import InputError, MolreconError
     from ..train import distributed as D
+    from .checks import check_output_dir
 
     files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5"))
     if not files:
@@ -108,12 +149,12 @@ def _run_folder(args: argparse.Namespace) -> int:
         raise InputError(f"{args.out}: --input is a folder, so --out must be a folder (it is a file)")
     if args.nifti is not None and args.nifti.exists() and not args.nifti.is_dir():
         raise InputError(f"{args.nifti}: --input is a folder, so --nifti must be a folder (it is a file)")
+    check_output_dir(args.out, "--out", inputs=[args.input])
+    if args.nifti is not None:
+        check_output_dir(args.nifti, "--nifti", inputs=[args.input])
     info = D.init_distributed("cpu")  # gloo: reconstruction runs on the CPU; the group only coordinates
     try:
         mine = D.shard(files, info.rank, info.world_size)
-        args.out.mkdir(parents=True, exist_ok=True)
-        if args.nifti is not None:
-            args.nifti.mkdir(parents=True, exist_ok=True)
         errors: list[str] = []
         model = None
         try:  # a failure on one rank must still reach the gathering below, or the others would wait forever
@@ -128,6 +169,9 @@ def _run_folder(args: argparse.Namespace) -> int:
             except MolreconError as exc:
                 msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                 errors.append(msg)
+            except _FILE_ERRORS as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                errors.append(f"{path}: cannot reconstruct ({type(exc).__name__}: {first})")
         if info.world_size > 1:
             gathered: list[list[str]] = [[] for _ in range(info.world_size)]
             import torch.distributed as dist
@@ -146,44 +190,96 @@ def _run_folder(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def _load_checked(args: argparse.Namespace, input_path: Path):
+    """``load_problem`` after the metadata checks; ESPIRiT failures become one line naming the file."""
+    from ..errors import InputError, MolreconError
+    from .checks import inspect_kspace_file
+
+    layout = inspect_kspace_file(input_path)
+    spatial = layout["kspace"][0][2:]
+    if layout["maps"] is None and min(spatial) < ESPIRIT_KERNEL:
+        raise InputError(f"{input_path}: no 'maps' and the matrix {spatial} is too small to estimate them by "
+                         f"ESPIRiT (needs >= {ESPIRIT_KERNEL} along every axis); store 'maps' in the file")
+    try:
+        return load_problem(input_path, args.dims, args.calib_width)
+    except MolreconError:
+        raise
+    except (ValueError, RuntimeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{input_path}: cannot estimate coil maps by ESPIRiT ({first}); store 'maps' in the "
+                         f"file or change --calib-width") from None
+
+
 def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nifti_path: Path | None, model,
                 quiet: bool = False) -> None:
-    """Reconstruct one file (every slice/volume) and write ``out_path`` (and the NIfTI) atomically."""
+    """Reconstruct one file (every slice/volume), then write ``out_path`` and the NIfTI: both or neither."""
+    import contextlib
+
+    import h5py
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from .. import __version__
-    from ..io import write_h5_atomic
+    from ..data.nifti import recon_nifti_bytes, voxel_size_of
+    from ..errors import InputError
+    from ..io import atomic_path
+    from ..models.normalization import default_normalization, model_normalization
     from ..physics import MultiCoilMRI
     from ..recon import DEFAULT_LAM, reconstruct
+    from .checks import HDF5_SUFFIXES, NIFTI_SUFFIXES, check_output_file
 
-    kspace, maps, mask, dims, data = load_problem(input_path, args.dims, args.calib_width)
+    check_output_file(out_path, HDF5_SUFFIXES, "output", inputs=[input_path])
+    if nifti_path is not None:
+        check_output_file(nifti_path, NIFTI_SUFFIXES, "NIfTI output", inputs=[input_path, out_path])
+    kspace, maps, mask, dims, data = _load_checked(args, input_path)
     kwargs: dict = {}
     if args.method in DEFAULT_LAM:
         kwargs["lam"] = DEFAULT_LAM[args.method] if args.lam is None else args.lam
     if args.max_iter is not None and args.method != "zero-filled":
         kwargs["max_iter"] = args.max_iter
-    out = []
+    out, scales = [], []
+    norm = None
     for s in tqdm(range(kspace.shape[0]), desc=f"{args.method}", unit="slice",
                   disable=kspace.shape[0] < 2 or quiet):
         physics = MultiCoilMRI(maps[s:s + 1] if maps.shape[0] > 1 else maps, _mask_for_slice(mask, s, kspace.ndim),
                                dims=dims)
         y = physics.mask * kspace[s:s + 1]
-        if model is None:
-            x = reconstruct(args.method, y, physics, **kwargs)
-        else:
-            with torch.no_grad():
+        with torch.no_grad():
+            if model is None:
+                x = reconstruct(args.method, y, physics, **kwargs)
+                norm = default_normalization(dims)  # what the classical solvers scale by (recon._data_scale)
+                scales.append(float(norm.factors(y, physics)[0]))
+            else:
                 x = model(y, physics)
+                norm = model_normalization(model, physics)
+                scales.append(float(model.last_kspace_scale[0]))
         out.append(x[0].detach().cpu().numpy())
     recon = np.stack(out).astype(np.complex64)
+    if not np.isfinite(recon).all():
+        raise InputError(f"{input_path}: the {args.method} reconstruction contains NaN or Inf values; nothing "
+                         f"was written")
     attrs = {"method": args.method, "source": str(input_path), "dims": dims, "molrecon_version": __version__}
     attrs.update({k: v for k, v in kwargs.items()})
-    write_h5_atomic(out_path, {"reconstruction": np.abs(recon).astype(np.float32),
-                               "reconstruction_complex": recon}, attrs)
+    if args.method != "zero-filled" and norm is not None:
+        # x = f(c y) / c per slice: c brings the k-space to the method's reference scale
+        attrs.update({"kspace_scale": np.asarray(scales, np.float64), "normalization_statistic": norm.statistic,
+                      "normalization_reference": float(norm.reference)})
+    payload = None
+    if nifti_path is not None:
+        voxel, source = voxel_size_of(data["attrs"], data["header"], dims)
+        payload = recon_nifti_bytes(np.abs(recon), nifti_path, dims, voxel,
+                                    description=f"molrecon {args.method}; voxels: {source}")
+    with contextlib.ExitStack() as stack:  # leaving it renames both temporaries; an error removes both
+        tmp = stack.enter_context(atomic_path(out_path))
+        tmp_nifti = stack.enter_context(atomic_path(nifti_path)) if payload is not None else None
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=np.abs(recon).astype(np.float32))
+            f.create_dataset("reconstruction_complex", data=recon)
+            for key, value in attrs.items():
+                f.attrs[key] = value
+        if tmp_nifti is not None:
+            tmp_nifti.write_bytes(payload)
     print(f"wrote {out_path} ({recon.shape[0]} x {'x'.join(map(str, recon.shape[1:]))}, {args.method})")
     if nifti_path is not None:
-        from ..data import export_nifti
-
-        export_nifti(np.abs(recon), nifti_path)
         print(f"wrote {nifti_path}")
