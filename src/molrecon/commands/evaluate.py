@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..evaluate.evaluation import (
         SUMMARY_COLUMNS,
         evaluate,
@@ -48,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
         write_report,
     )
     from ..evaluate.report import markdown_table
-
-    from ..errors import InputError
     from .checks import check_output_dir
 
     check_output_dir(args.out, "--out")  # before hours of reconstruction, not after
