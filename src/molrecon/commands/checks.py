@@ -62,13 +62,13 @@ def _suffix_ok(path: Path, suffixes: Sequence[str]) -> bool:
 
 def check_output_file(path: Path, suffixes: Sequence[str], what: str, inputs: Iterable[Path] = ()) -> None:
     """An output file: the right extension, not an input, not a folder, and writable."""
+    if path.is_dir():
+        raise InputError(f"{path}: {what} is a folder, expected a file name")
     if not _suffix_ok(path, suffixes):
         raise InputError(f"{path}: {what} must end in {' or '.join(suffixes)}")
     for inp in inputs:
         if inp is not None and _same_file(path, Path(inp)):
             raise InputError(f"{path}: {what} is the same file as the input {inp}; it would be replaced")
-    if path.is_dir():
-        raise InputError(f"{path}: {what} is a folder, expected a file name")
     if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
         raise InputError(f"{path}: {what} exists and cannot be replaced (read-only)")
     check_writable_location(path)
@@ -88,8 +88,9 @@ def check_output_dir(path: Path, what: str, inputs: Iterable[Path] = ()) -> None
         check_writable_location(path)
 
 
-def inspect_kspace_file(path: Path) -> dict[str, Any]:
-    """Shapes and dtypes of ``kspace``/``maps``/``mask`` from the metadata only; refuse what cannot be loaded.
+def inspect_kspace_file(path: Path, check_size: bool = True) -> dict[str, Any]:
+    """Shapes and dtypes of ``kspace``/``maps``/``mask`` from the metadata only; refuse what cannot be loaded
+    (with ``check_size``, also a declared size above :func:`max_input_bytes`).
 
     Returns ``{"kspace": (shape, dtype), "maps": ... or None, "mask": ... or None, "bytes": int}``.
     """
@@ -122,6 +123,9 @@ def inspect_kspace_file(path: Path) -> dict[str, Any]:
     if min(shape) < 1:
         raise InputError(f"{path}: 'kspace' is empty (shape {shape})")
     n = int(np.prod(shape, dtype=np.float64))
+    out["bytes"] = 8 * n
+    if not check_size:
+        return out
     limit = max_input_bytes()
     if 8 * n > limit:
         raise InputError(f"{path}: 'kspace' {shape} needs {8 * n / 2**30:.1f} GiB as complex64, above the limit of "
@@ -129,5 +133,4 @@ def inspect_kspace_file(path: Path) -> dict[str, Any]:
     if out["maps"] is not None and 8 * int(np.prod(out["maps"][0], dtype=np.float64)) > limit:
         raise InputError(f"{path}: 'maps' {out['maps'][0]} is above the limit of {limit / 2**30:.1f} GiB "
                          f"(set {MAX_INPUT_ENV} to raise it)")
-    out["bytes"] = 8 * n
     return out

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..physics import achieved_acceleration
     from .checks import inspect_kspace_file
 
-    layout = inspect_kspace_file(args.file)
+    layout = inspect_kspace_file(args.file, check_size=False)
     shape = layout["kspace"][0]
     spatial = shape[2:]
     with open_h5(args.file) as f:

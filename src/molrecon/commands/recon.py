@@ -80,30 +80,35 @@ def _mask_for_slice(mask, index: int, kspace_ndim: int):
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Every argument value, before a file is opened."""
+    """Every argument value, before a file is opened; the error names the input it was given for."""
     import math
 
     from ..errors import InputError
 
+    problem = _argument_problem(args, math)
+    if problem:
+        raise InputError(f"{args.input}: {problem}")
+
+
+def _argument_problem(args: argparse.Namespace, math) -> str | None:
     learned = args.method in LEARNED
     if learned and args.checkpoint is None and args.pretrained is None:
-        raise InputError(f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME")
+        return f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME"
     if args.checkpoint is not None and args.pretrained is not None:
-        raise InputError("give --checkpoint or --pretrained, not both")
+        return "give --checkpoint or --pretrained, not both"
     if not learned and (args.checkpoint is not None or args.pretrained is not None):
         given = "--checkpoint" if args.checkpoint is not None else "--pretrained"
-        raise InputError(f"{given} applies to the learned methods ({', '.join(LEARNED)}); {args.method} is classical")
+        return f"{given} applies to the learned methods ({', '.join(LEARNED)}); {args.method} is classical"
     if learned and (args.lam is not None or args.max_iter is not None):
         given = "--lam" if args.lam is not None else "--max-iter"
-        raise InputError(f"{given} applies to the classical methods; a learned model's λ and iterations are its "
-                         f"own")
+        return f"{given} applies to the classical methods; a learned model's λ and iterations are its own"
     if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
-        raise InputError(f"--lam must be a finite number >= 0, got {args.lam}")
+        return f"--lam must be a finite number >= 0, got {args.lam}"
     if args.max_iter is not None and args.max_iter < 1:
-        raise InputError(f"--max-iter must be >= 1, got {args.max_iter}")
+        return f"--max-iter must be >= 1, got {args.max_iter}"
     if args.calib_width < ESPIRIT_KERNEL:
-        raise InputError(f"--calib-width must be >= {ESPIRIT_KERNEL} (the ESPIRiT kernel width), got "
-                         f"{args.calib_width}")
+        return f"--calib-width must be >= {ESPIRIT_KERNEL} (the ESPIRiT kernel width), got {args.calib_width}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

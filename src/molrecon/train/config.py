@@ -301,4 +301,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     raw = _fix_numbers(raw)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at top level, got {type(raw).__name__}")
-    return validate_config(apply_overrides(raw, overrides), where=str(path))
+    try:
+        config = apply_overrides(raw, overrides)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return validate_config(config, where=str(path))
