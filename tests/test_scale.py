@@ -56,14 +56,14 @@ def _tiny(method: str):
 def _check_equivariant(model, y, physics, target, scales=SCALES) -> None:
     with torch.no_grad():
         ref = model(y, physics)
-        c1 = model.last_kspace_scale
+        c1 = model.last_info.extra["kspace_scale"]
         base = _db(ref, target)
         for s in scales:
             x = model(y * s, physics) / s
             assert abs(_db(x, target) - base) <= 0.1, s
             # the same image, not only the same score
             assert float((x - ref).abs().max() / ref.abs().max()) < 1e-3, s
-            assert torch.allclose(model.last_kspace_scale * s, c1, rtol=1e-4)
+            assert torch.allclose(model.last_info.extra["kspace_scale"] * s, c1, rtol=1e-4)
 
 
 @pytest.mark.parametrize("method", list(TINY))

@@ -69,8 +69,6 @@ def check_output_file(path: Path, suffixes: Sequence[str], what: str, inputs: It
     for inp in inputs:
         if inp is not None and _same_file(path, Path(inp)):
             raise InputError(f"{path}: {what} is the same file as the input {inp}; it would be replaced")
-    if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
-        raise InputError(f"{path}: {what} exists and cannot be replaced (read-only)")
     check_writable_location(path)
 
 

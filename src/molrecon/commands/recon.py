@@ -257,8 +257,8 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
                 scales.append(float(norm.factors(y, physics)[0]))
             else:
                 x = model(y, physics)
-                norm = model_normalization(model, physics)
-                scales.append(float(model.last_kspace_scale[0]))
+                norm = model_normalization(model, physics)  # the factor the model applied (deterministic)
+                scales.append(float(norm.factors(y, physics)[0]))
         out.append(x[0].detach().cpu().numpy())
     recon = np.stack(out).astype(np.complex64)
     if not np.isfinite(recon).all():

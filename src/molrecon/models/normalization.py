@@ -151,8 +151,8 @@ def _unscale(out: Any, c: torch.Tensor) -> Any:
 def scale_invariant(method: Callable) -> Callable:
     """Decorate a model's ``forward(y, physics, x0=None, ...)`` / ``solve``: normalise, reconstruct, scale back.
 
-    The factor ``c`` is recorded as ``model.last_kspace_scale`` (``[B]``) and, for ``solve``, in
-    ``info.extra["kspace_scale"]``; a start image ``x0`` is scaled with the data. Inputs that are not a
+    The factor ``c`` (``[B]``) is recorded in ``model.last_info.extra["kspace_scale"]`` (and in the ``info``
+    that ``solve`` returns); a start image ``x0`` is scaled with the data. Inputs that are not a
     k-space tensor of the physics are passed through untouched, so the model's own checks report them.
     """
     @functools.wraps(method)
@@ -173,7 +173,9 @@ def scale_invariant(method: Callable) -> Callable:
         if isinstance(kwargs.get("x0"), torch.Tensor):
             kwargs["x0"] = kwargs["x0"] * _bcast(c, kwargs["x0"].ndim)
         out = method(self, y * _bcast(c, y.ndim), physics, *args, **kwargs)
-        self.last_kspace_scale = c.detach()
+        info = getattr(self, "last_info", None)
+        if isinstance(getattr(info, "extra", None), dict):
+            info.extra["kspace_scale"] = c.detach()
         return _unscale(out, c)
     return wrapper
 
