@@ -27,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 
 from .errors import InputError
 from .names import CLASSICAL_METHODS
+from .normalization import default_normalization
 from .physics import MultiCoilMRI, check_finite
 from .solvers import SolverInfo, conjugate_gradient
 
@@ -43,9 +45,25 @@ from .solvers import SolverInfo, conjugate_gradient
 DEFAULT_LAM = {"sense": 3e-4, "cs-wavelet": 3e-4, "cs-tv": 2e-2}
 
 
-def _check(y: torch.Tensor, physics: MultiCoilMRI) -> None:
+def _check(y: torch.Tensor, physics: MultiCoilMRI, lam: float | None = None, max_iter: int | None = None) -> None:
     physics.check_kspace(y)
     check_finite(y, "k-space")
+    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)
+                            or lam < 0):
+        raise InputError(f"lam must be a finite number >= 0, got {lam}")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise InputError(f"max_iter must be an integer >= 1, got {max_iter}")
+
+
+def _data_scale(y: torch.Tensor, physics: MultiCoilMRI) -> torch.Tensor:
+    """``c`` per batch element that brings ``y`` to the built-in scale (``[B, 1, ...]`` like ``y``).
+
+    The classical solvers run on ``c y`` and return ``x / c``: their λ is thereby relative to the data (tuned
+    at the built-in scale, it means the same at any scale, e.g. fastMRI's ~1e-6), and float32 never under- or
+    overflows in the CG/FISTA norms at extreme scales (see :mod:`molrecon.normalization`).
+    """
+    c = default_normalization(physics.dims).factors(y, physics)
+    return c.reshape(-1, *([1] * (y.ndim - 1)))
 
 
 def zero_filled(y: torch.Tensor, physics: MultiCoilMRI) -> torch.Tensor:
@@ -57,12 +75,16 @@ def zero_filled(y: torch.Tensor, physics: MultiCoilMRI) -> torch.Tensor:
 def cg_sense(y: torch.Tensor, physics: MultiCoilMRI, lam: float = DEFAULT_LAM["sense"], max_iter: int = 50,
              tol: float = 1e-6, x0: torch.Tensor | None = None,
              return_info: bool = False) -> torch.Tensor | tuple[torch.Tensor, SolverInfo]:
-    """CG-SENSE: solve ``(A^H A + lam I) x = A^H y`` per batch element (stops per element at ``tol``)."""
-    _check(y, physics)
-    if lam < 0:
-        raise InputError(f"lam must be >= 0, got {lam}")
-    x, info = conjugate_gradient(lambda v: physics.normal(v) + lam * v, physics.A_adjoint(y), x0=x0,
-                                 max_iter=max_iter, tol=tol)
+    """CG-SENSE: solve ``(A^H A + lam I) x = A^H y`` per batch element (stops per element at ``tol``).
+
+    The problem is solved at the built-in scale and scaled back (:func:`_data_scale`); it is linear in ``y``,
+    so this changes nothing but the float32 range at extreme scales."""
+    _check(y, physics, lam, max_iter)
+    c = _data_scale(y, physics)
+    ci = c.reshape(c.shape[0], *([1] * (y.ndim - 2)))
+    x, info = conjugate_gradient(lambda v: physics.normal(v) + lam * v, physics.A_adjoint(y * c),
+                                 x0=None if x0 is None else x0 * ci, max_iter=max_iter, tol=tol)
+    x = x / ci
     return (x, info) if return_info else x
 
 
@@ -92,11 +114,12 @@ def _per_element(y: torch.Tensor, physics: MultiCoilMRI,
 
 def cs_wavelet(y: torch.Tensor, physics: MultiCoilMRI, lam: float = DEFAULT_LAM["cs-wavelet"],
                max_iter: int = 100, wave_name: str = "db4") -> torch.Tensor:
-    """L1-wavelet compressed sensing (sigpy ``L1WaveletRecon``; FISTA)."""
+    """L1-wavelet compressed sensing (sigpy ``L1WaveletRecon``; FISTA); ``lam`` is relative to the data (it is
+    the weight at the built-in scale, :func:`_data_scale`)."""
     import sigpy as sp
     import sigpy.mri.app
 
-    _check(y, physics)
+    _check(y, physics, lam, max_iter)
 
     def solve(yb: np.ndarray, maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if physics.dims in ("2d", "3d"):
@@ -108,16 +131,18 @@ def cs_wavelet(y: torch.Tensor, physics: MultiCoilMRI, lam: float = DEFAULT_LAM[
         proxg = sp.prox.UnitaryTransform(sp.prox.L1Reg(W.oshape, lam), W)
         return sp.app.LinearLeastSquares(A, yb, proxg=proxg, max_iter=max_iter, show_pbar=False).run()
 
-    return _per_element(y, physics, solve)
+    c = _data_scale(y, physics)
+    return _per_element(y * c, physics, solve) / c.reshape(c.shape[0], *([1] * (y.ndim - 2)))
 
 
 def cs_tv(y: torch.Tensor, physics: MultiCoilMRI, lam: float = DEFAULT_LAM["cs-tv"],
           max_iter: int = 300) -> torch.Tensor:
-    """Total-variation compressed sensing (sigpy ``TotalVariationRecon``; primal-dual hybrid gradient)."""
+    """Total-variation compressed sensing (sigpy ``TotalVariationRecon``; primal-dual hybrid gradient); ``lam``
+    is relative to the data (:func:`_data_scale`)."""
     import sigpy as sp
     import sigpy.mri.app
 
-    _check(y, physics)
+    _check(y, physics, lam, max_iter)
 
     def solve(yb: np.ndarray, maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if physics.dims in ("2d", "3d"):
@@ -129,7 +154,8 @@ def cs_tv(y: torch.Tensor, physics: MultiCoilMRI, lam: float = DEFAULT_LAM["cs-t
         proxg = sp.prox.L1Reg(G.oshape, lam)
         return sp.app.LinearLeastSquares(A, yb, proxg=proxg, G=G, max_iter=max_iter, show_pbar=False).run()
 
-    return _per_element(y, physics, solve)
+    c = _data_scale(y, physics)
+    return _per_element(y * c, physics, solve) / c.reshape(c.shape[0], *([1] * (y.ndim - 2)))
 
 
 def reconstruct(method: str, y: torch.Tensor, physics: MultiCoilMRI, **kwargs) -> torch.Tensor:

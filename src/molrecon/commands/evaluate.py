@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..evaluate.evaluation import (
         SUMMARY_COLUMNS,
         evaluate,
@@ -50,7 +51,15 @@ def run(args: argparse.Namespace) -> int:
         write_report,
     )
     from ..evaluate.report import markdown_table
+    from .checks import check_output_dir
 
+    check_output_dir(args.out, "--out")  # before hours of reconstruction, not after
+    for name, value in (("--max-volumes", args.max_volumes), ("--max-slices", args.max_slices),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{args.data}: {name} must be >= 1, got {value}")
+    if args.accel is not None and not args.accel >= 1:
+        raise InputError(f"{args.data}: --accel must be a number >= 1, got {args.accel}")
     methods = args.methods if args.methods is not None else DEFAULT_CLASSICAL
     runners = resolve_methods(methods, args.checkpoint, args.pretrained, device=args.device)
     dataset = load_dataset(args.data, kind=args.kind, split=args.split, acceleration=args.accel)

@@ -27,32 +27,48 @@ def _header_summary(header: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Describe the file from its metadata; only the mask (or, without one, the first coil of the first slice)
+    and the header are read, so a file of any size is described in a moment."""
     import numpy as np
 
-    from ..io import open_h5, read_kspace_file
+    from ..errors import InputError
+    from ..io import open_h5
     from ..physics import achieved_acceleration
+    from .checks import inspect_kspace_file
 
+    layout = inspect_kspace_file(args.file, check_size=False)
+    shape = layout["kspace"][0]
+    spatial = shape[2:]
     with open_h5(args.file) as f:
-        keys = {k: (f[k].shape, str(f[k].dtype)) for k in f.keys()}
-    data = read_kspace_file(args.file)
-    k = data["kspace"]
+        keys = {k: (getattr(f[k], "shape", None), str(getattr(f[k], "dtype", "group"))) for k in f.keys()}
+        try:
+            mask = np.asarray(f["mask"][()], dtype=np.float32) if layout["mask"] is not None else None
+            first = f["kspace"][0, 0] if mask is None else None
+            header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
+        except OSError as exc:
+            raise InputError(f"{args.file}: truncated or corrupted HDF5 file ({str(exc).splitlines()[0]})") from None
+        attrs = dict(f.attrs)
     print(f"file: {args.file}")
-    for name, (shape, dtype) in keys.items():
-        print(f"  {name}: {tuple(shape)} {dtype}")
-    print(f"slices: {k.shape[0]}, coils: {k.shape[1]}, spatial: {tuple(k.shape[2:])}")
-    if data["mask"] is not None:
+    for name, (kshape, dtype) in keys.items():
+        print(f"  {name}: {tuple(kshape) if kshape is not None else '(group)'} {dtype}")
+    print(f"slices: {shape[0]}, coils: {shape[1]}, spatial: {tuple(spatial)}")
+    if mask is not None:
         import torch
 
-        m = torch.from_numpy(data["mask"])
-        spatial = k.shape[2:]
-        grid = m.reshape(m.shape[-len(spatial):]) if m.ndim >= len(spatial) else m
-        print(f"mask: {tuple(data['mask'].shape)}, acceleration {achieved_acceleration(grid, spatial):.2f}x")
+        m = torch.from_numpy(mask)
+        try:
+            grid = m.reshape(m.shape[-len(spatial):]) if m.ndim >= len(spatial) else m
+            print(f"mask: {tuple(mask.shape)}, acceleration {achieved_acceleration(grid, spatial):.2f}x")
+        except (RuntimeError, ValueError, InputError):
+            print(f"mask: {tuple(mask.shape)} (does not fit the k-space {tuple(spatial)})")
     else:
-        sampled = (np.abs(k).sum(axis=(0, 1)) > 0)
-        print(f"mask: none (k-space non-zeros give {sampled.size / max(sampled.sum(), 1):.2f}x)")
-    print(f"maps: {'present' if data['maps'] is not None else 'absent (recon estimates them by ESPIRiT)'}")
-    if data["header"]:
-        print(f"ismrmrd_header: {_header_summary(data['header'])}")
-    for key, value in data["attrs"].items():
+        sampled = np.abs(first) > 0
+        print(f"mask: none (k-space non-zeros of slice 0, coil 0 give {sampled.size / max(sampled.sum(), 1):.2f}x)")
+    print(f"maps: {'present' if layout['maps'] is not None else 'absent (recon estimates them by ESPIRiT)'}")
+    if isinstance(header, bytes):
+        header = header.decode("utf-8", errors="replace")
+    if header:
+        print(f"ismrmrd_header: {_header_summary(str(header))}")
+    for key, value in attrs.items():
         print(f"  attr {key}: {value}")
     return 0

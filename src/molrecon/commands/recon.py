@@ -16,13 +16,19 @@ from ..names import CLASSICAL_METHODS as CLASSICAL
 from ..names import DIMS
 from ..names import LEARNED_METHODS as LEARNED
 
+#: what ``--out`` may be: fastMRI-style HDF5, or a BART complex image
+OUT_SUFFIXES = (".h5", ".hdf5", ".cfl")
+#: ESPIRiT's kernel width (``estimate_coil_maps``): the calibration region and the matrix must be at least this
+ESPIRIT_KERNEL = 6
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recon", help="reconstruct undersampled multicoil k-space (fastMRI/ISMRMRD HDF5, BART CFL)",
                        description="Reconstruct every slice (or volume) of a multicoil HDF5 file in the fastMRI "
                        "layout: 'kspace' [slices, coils, *spatial], optional 'maps' (else ESPIRiT) and 'mask' "
-                       "(else the non-zero k-space locations).")
-    p.add_argument("--method", required=True, choices=[*CLASSICAL, *LEARNED])
+                       "(else the non-zero k-space locations). Learned methods normalise the k-space to their "
+                       "training scale and scale back, so any units work; the scale used is recorded in the output.")
+    p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
     p.add_argument("--input", required=True, type=Path,
                    help="input k-space: fastMRI or ISMRMRD HDF5 (.h5/.mrd) or BART .cfl (see docs/formats.md), "
                    "or a folder of HDF5 files (split across ranks under torchrun)")
@@ -37,11 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="coil maps (BART .cfl, or HDF5 with a 'maps' dataset); else the file's, else ESPIRiT")
     p.add_argument("--no-prewhiten", action="store_true",
                    help="ISMRMRD input: do not prewhiten with the noise scans")
-    p.add_argument("--lam", type=float, default=None, help="regularisation weight (classical methods)")
-    p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="regularisation weight (classical methods), relative to the data: the weight at the "
+                   "built-in scale, whatever the units of the k-space")
+    p.add_argument("--max-iter", type=int, default=None, help="iterations (CG or CS), >= 1")
     p.add_argument("--dims", choices=DIMS, default=None,
                    help="spatial layout of 3 spatial axes (default: the file's 'dims' attribute, else 3d)")
-    p.add_argument("--calib-width", type=int, default=24, help="ESPIRiT calibration width when maps are absent")
+    p.add_argument("--calib-width", type=int, default=24,
+                   help=f"ESPIRiT calibration width when maps are absent (>= {ESPIRIT_KERNEL})")
     p.add_argument("--checkpoint", type=Path, default=None, help="training checkpoint (learned methods)")
     p.add_argument("--pretrained", default=None, help="shipped pretrained model name (learned methods)")
     p.set_defaults(func=run)
@@ -54,15 +63,54 @@ def _mask_for_slice(mask, index: int, kspace_ndim: int):
     return mask
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument value, before a file is opened; the error names the input it was given for."""
+    import math
+
     from ..errors import InputError
 
-    if args.method in LEARNED and args.checkpoint is None and args.pretrained is None:
-        raise InputError(f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME")
+    problem = _argument_problem(args, math)
+    if problem:
+        raise InputError(f"{args.input}: {problem}")
+
+
+def _argument_problem(args: argparse.Namespace, math) -> str | None:
+    learned = args.method in LEARNED
+    if learned and args.checkpoint is None and args.pretrained is None:
+        return f"--method {args.method} needs --checkpoint CKPT or --pretrained NAME"
+    if args.checkpoint is not None and args.pretrained is not None:
+        return "give --checkpoint or --pretrained, not both"
+    if not learned and (args.checkpoint is not None or args.pretrained is not None):
+        given = "--checkpoint" if args.checkpoint is not None else "--pretrained"
+        return f"{given} applies to the learned methods ({', '.join(LEARNED)}); {args.method} is classical"
+    if learned and (args.lam is not None or args.max_iter is not None):
+        given = "--lam" if args.lam is not None else "--max-iter"
+        return f"{given} applies to the classical methods; a learned model's λ and iterations are its own"
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
+        return f"--lam must be a finite number >= 0, got {args.lam}"
+    if args.input.is_dir() and (getattr(args, "dicom", None) is not None or getattr(args, "maps", None) is not None):
+        return "--dicom and --maps need a single input file, not a folder"
+    if args.max_iter is not None and args.max_iter < 1:
+        return f"--max-iter must be >= 1, got {args.max_iter}"
+    if args.calib_width < ESPIRIT_KERNEL:
+        return f"--calib-width must be >= {ESPIRIT_KERNEL} (the ESPIRiT kernel width), got {args.calib_width}"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..formats import detect_format
+    from .checks import NIFTI_SUFFIXES, check_output_dir, check_output_file, inspect_kspace_file
+
+    _check_args(args)
     if args.input.is_dir():
-        if args.dicom is not None or args.maps is not None:
-            raise InputError(f"{args.input}: --dicom and --maps need a single input file, not a folder")
         return _run_folder(args)
+    check_output_file(args.out, OUT_SUFFIXES, "--out", inputs=[args.input])
+    if args.nifti is not None:
+        check_output_file(args.nifti, NIFTI_SUFFIXES, "--nifti", inputs=[args.input, args.out])
+    if args.dicom is not None:
+        check_output_dir(args.dicom, "--dicom", inputs=[args.input])
+    if detect_format(args.input) == "fastmri":
+        inspect_kspace_file(args.input)
     _recon_file(args, args.input, args.out, args.nifti, _load_model(args))
     return 0
 
@@ -75,6 +123,10 @@ def _load_model(args: argparse.Namespace):
     return load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
 
 
+# what a failing file may raise besides MolreconError (sigpy, h5py, numpy); folder mode reports it and goes on
+_FILE_ERRORS = (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError, MemoryError)
+
+
 def _run_folder(args: argparse.Namespace) -> int:
     """Reconstruct every HDF5 file of ``args.input`` into the folder ``args.out``; split across torchrun ranks.
 
@@ -83,6 +135,7 @@ def _run_folder(args: argparse.Namespace) -> int:
     """
     from .. import distributed as D
     from ..errors import InputError, MolreconError
+    from .checks import check_output_dir
 
     files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5", ".mrd"))
     if not files:
@@ -91,12 +144,12 @@ def _run_folder(args: argparse.Namespace) -> int:
         raise InputError(f"{args.out}: --input is a folder, so --out must be a folder (it is a file)")
     if args.nifti is not None and args.nifti.exists() and not args.nifti.is_dir():
         raise InputError(f"{args.nifti}: --input is a folder, so --nifti must be a folder (it is a file)")
+    check_output_dir(args.out, "--out", inputs=[args.input])
+    if args.nifti is not None:
+        check_output_dir(args.nifti, "--nifti", inputs=[args.input])
     info = D.init_distributed("cpu")  # gloo: reconstruction runs on the CPU; the group only coordinates
     try:
         mine = D.shard(files, info.rank, info.world_size)
-        args.out.mkdir(parents=True, exist_ok=True)
-        if args.nifti is not None:
-            args.nifti.mkdir(parents=True, exist_ok=True)
         errors: list[str] = []
         model = None
         try:  # a failure on one rank must still reach the gathering below, or the others would wait forever
@@ -111,6 +164,9 @@ def _run_folder(args: argparse.Namespace) -> int:
             except MolreconError as exc:
                 msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                 errors.append(msg)
+            except _FILE_ERRORS as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                errors.append(f"{path}: cannot reconstruct ({type(exc).__name__}: {first})")
         if info.world_size > 1:
             gathered: list[list[str]] = [[] for _ in range(info.world_size)]
             import torch.distributed as dist
@@ -129,26 +185,56 @@ def _run_folder(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def _load_checked(args: argparse.Namespace, input_path: Path):
+    """``load_problem`` after the metadata checks; ESPIRiT failures become one line naming the file."""
+    from ..errors import InputError, MolreconError
+    from ..formats import detect_format, load_problem
+    from .checks import inspect_kspace_file
+
+    maps_path = getattr(args, "maps", None)
+    if detect_format(input_path) == "fastmri":
+        layout = inspect_kspace_file(input_path)
+        spatial = layout["kspace"][0][2:]
+        if layout["maps"] is None and maps_path is None and min(spatial) < ESPIRIT_KERNEL:
+            raise InputError(f"{input_path}: no 'maps' and the matrix {spatial} is too small to estimate them by "
+                             f"ESPIRiT (needs >= {ESPIRIT_KERNEL} along every axis); store 'maps' in the file")
+    try:
+        return load_problem(input_path, args.dims, args.calib_width, maps_path=maps_path,
+                            prewhiten=not getattr(args, "no_prewhiten", False))
+    except MolreconError:
+        raise
+    except (ValueError, RuntimeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{input_path}: cannot estimate coil maps by ESPIRiT ({first}); store 'maps' in the "
+                         f"file or change --calib-width") from None
+
+
 def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nifti_path: Path | None, model,
                 quiet: bool = False) -> None:
-    """Reconstruct one file (every slice/volume) and write ``out_path`` (and the NIfTI) atomically."""
+    """Reconstruct one file (every slice/volume), then write ``out_path``, the NIfTI and the DICOM series: every
+    output or none of them (a failure while writing one removes the temporaries of the others)."""
+    import contextlib
+
+    import h5py
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from .._version import __version__
+    from ..data.nifti import recon_nifti_bytes, voxel_size_of
     from ..errors import InputError
-    from ..formats import load_problem
-    from ..io import write_h5_atomic
+    from ..formats import write_cfl_image, write_dicom_series
+    from ..io import atomic_path
+    from ..normalization import default_normalization, model_normalization
     from ..physics import MultiCoilMRI
     from ..recon import DEFAULT_LAM, reconstruct
+    from .checks import NIFTI_SUFFIXES, check_output_file
 
+    check_output_file(out_path, OUT_SUFFIXES, "output", inputs=[input_path])
+    if nifti_path is not None:
+        check_output_file(nifti_path, NIFTI_SUFFIXES, "NIfTI output", inputs=[input_path, out_path])
     dicom = getattr(args, "dicom", None)
-    if dicom is not None and dicom.exists() and not dicom.is_dir():
-        raise InputError(f"{dicom}: --dicom needs a folder, and this is a file")
-    kspace, maps, mask, dims, problem = load_problem(input_path, args.dims, args.calib_width,
-                                                     maps_path=getattr(args, "maps", None),
-                                                     prewhiten=not getattr(args, "no_prewhiten", False))
+    kspace, maps, mask, dims, data = _load_checked(args, input_path)
     if dicom is not None and dims != "2d" and kspace.shape[0] > 1:
         raise InputError(f"{input_path}: --dicom writes one series; this file holds {kspace.shape[0]} {dims} "
                          "volumes")
@@ -157,38 +243,59 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
         kwargs["lam"] = DEFAULT_LAM[args.method] if args.lam is None else args.lam
     if args.max_iter is not None and args.method != "zero-filled":
         kwargs["max_iter"] = args.max_iter
-    out = []
+    out, scales = [], []
+    norm = None
     for s in tqdm(range(kspace.shape[0]), desc=f"{args.method}", unit="slice",
                   disable=kspace.shape[0] < 2 or quiet):
         physics = MultiCoilMRI(maps[s:s + 1] if maps.shape[0] > 1 else maps, _mask_for_slice(mask, s, kspace.ndim),
                                dims=dims)
         y = physics.mask * kspace[s:s + 1]
-        if model is None:
-            x = reconstruct(args.method, y, physics, **kwargs)
-        else:
-            with torch.no_grad():
+        with torch.no_grad():
+            if model is None:
+                x = reconstruct(args.method, y, physics, **kwargs)
+                norm = default_normalization(dims)  # what the classical solvers scale by (recon._data_scale)
+                scales.append(float(norm.factors(y, physics)[0]))
+            else:
                 x = model(y, physics)
+                norm = model_normalization(model, physics)  # the factor the model applied (deterministic)
+                scales.append(float(norm.factors(y, physics)[0]))
         out.append(x[0].detach().cpu().numpy())
     recon = np.stack(out).astype(np.complex64)
+    if not np.isfinite(recon).all():
+        raise InputError(f"{input_path}: the {args.method} reconstruction contains NaN or Inf values; nothing "
+                         f"was written")
     attrs = {"method": args.method, "source": str(input_path), "dims": dims, "molrecon_version": __version__}
     attrs.update({k: v for k, v in kwargs.items()})
-    if out_path.suffix.lower() in (".cfl", ".hdr"):
-        from ..formats import write_cfl_image
-
-        out_path = write_cfl_image(out_path, recon, dims)
-    else:
-        write_h5_atomic(out_path, {"reconstruction": np.abs(recon).astype(np.float32),
-                                   "reconstruction_complex": recon}, attrs)
+    if args.method != "zero-filled" and norm is not None:
+        # x = f(c y) / c per slice: c brings the k-space to the method's reference scale
+        attrs.update({"kspace_scale": np.asarray(scales, np.float64), "normalization_statistic": norm.statistic,
+                      "normalization_reference": float(norm.reference)})
+    payload = None
+    if nifti_path is not None:
+        voxel, source = voxel_size_of(data.attrs, data.header, dims)
+        payload = recon_nifti_bytes(np.abs(recon), nifti_path, dims, voxel,
+                                    description=f"molrecon {args.method}; voxels: {source}")
+    cfl_out = out_path.suffix.lower() == ".cfl"
+    with contextlib.ExitStack() as stack:  # leaving it renames the temporaries; an error removes them all
+        tmp = stack.enter_context(atomic_path(out_path)) if not cfl_out else None
+        tmp_nifti = stack.enter_context(atomic_path(nifti_path)) if payload is not None else None
+        if tmp is not None:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("reconstruction", data=np.abs(recon).astype(np.float32))
+                f.create_dataset("reconstruction_complex", data=recon)
+                for key, value in attrs.items():
+                    f.attrs[key] = value
+        if tmp_nifti is not None:
+            tmp_nifti.write_bytes(payload)
+        # the DICOM series and the CFL pair are swapped in by their own writers: last, once the rest is ready
+        if dicom is not None:
+            stack_mag = np.abs(recon) if dims == "2d" else np.abs(recon[0])
+            write_dicom_series(dicom, stack_mag, data.image_geometry(), description=f"{args.method} reconstruction",
+                               source=str(input_path), frames=dims == "2d+t")
+        if cfl_out:
+            out_path = write_cfl_image(out_path, recon, dims)
     print(f"wrote {out_path} ({recon.shape[0]} x {'x'.join(map(str, recon.shape[1:]))}, {args.method})")
     if nifti_path is not None:
-        from ..data import export_nifti
-
-        export_nifti(np.abs(recon), nifti_path)
         print(f"wrote {nifti_path}")
     if dicom is not None:
-        from ..formats import write_dicom_series
-
-        stack = np.abs(recon) if dims == "2d" else np.abs(recon[0])
-        write_dicom_series(dicom, stack, problem.image_geometry(), description=f"{args.method} reconstruction",
-                           source=str(input_path), frames=dims == "2d+t")
-        print(f"wrote {dicom} ({stack.shape[0]} DICOM images)")
+        print(f"wrote {dicom} (DICOM series)")

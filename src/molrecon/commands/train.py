@@ -29,13 +29,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import os
+    from pathlib import Path
 
     from ..train import Trainer, load_config
+    from .checks import check_output_dir
 
     overrides = list(args.overrides)
     if args.no_progress:
         overrides.append("train.progress=false")
     config = load_config(args.config, overrides)
+    out_dir = Path(config["out_dir"])
+    check_output_dir(out_dir, "out_dir")
+    last = out_dir / "last.pt"
+    if args.resume and last.is_file() and os.environ.get("RANK", "0") == "0":
+        from ..weights.checkpoint import load_checkpoint
+
+        state = load_checkpoint(last)
+        print(f"resuming from step {state.get('step')} (epoch {state.get('epoch')}) of {last}", flush=True)
     # under torchrun (WORLD_SIZE > 1) the trainer joins the process group and trains data-parallel
     trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite)
     try:

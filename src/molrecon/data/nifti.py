@@ -12,6 +12,12 @@ with the centre of the stack at the origin:
 
 (columns run right → left, so :math:`x` decreases; rows run anterior → posterior, so :math:`y` decreases).
 Give ``affine`` to override it (it then maps ``(w, h, s)`` voxel indices to world mm).
+
+Reconstructions of every layout are written by :func:`recon_nifti_bytes`: 2D slices ``[S, H, W]`` as one
+volume; a 3D volume ``[1, D, H, W]`` as a volume (``D`` along :math:`z`), several as a 4-D series; 2D+time
+``[S, T, H, W]`` as ``(W, H, S, T)``. Voxel sizes come from the file (:func:`voxel_size_of`): its
+``voxel_size_mm`` attribute, else the ISMRMRD header's field of view / matrix, else 1 mm (then said so in the
+NIfTI description).
 """
 
 from __future__ import annotations
@@ -37,6 +43,54 @@ def axial_affine(shape_shw: Sequence[int], voxel_size: Sequence[float]) -> np.nd
     return a
 
 
+def _prepare(image: Any, path: Path) -> np.ndarray:
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        raise InputError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    if np.iscomplexobj(arr):
+        arr = np.abs(arr)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: image to export contains NaN or Inf values")
+    return arr.astype(np.float32)
+
+
+def _voxels(voxel_size: Sequence[float]) -> tuple[float, float, float]:
+    vs = tuple(float(v) for v in voxel_size)
+    if len(vs) == 2:
+        vs = (1.0, *vs)
+    if len(vs) != 3 or not all(np.isfinite(vs)) or min(vs) <= 0:
+        raise InputError(f"voxel_size must be 2 or 3 positive numbers (mm), got {tuple(voxel_size)}")
+    return vs  # type: ignore[return-value]
+
+
+def nifti_bytes(arr: np.ndarray, path: str | os.PathLike, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), *,
+                affine: np.ndarray | None = None, frame_duration_s: float = 1.0,
+                description: str = "molrecon reconstruction") -> bytes:
+    """The NIfTI-1 file (gzipped when ``path`` ends in ``.gz``) of a magnitude volume ``[S, H, W]`` or series
+    ``[T, S, H, W]`` (4-D, ``(W, H, S, T)``), without writing it: callers validate everything before a write."""
+    import nibabel as nib
+
+    path = Path(path)
+    arr = _prepare(arr, path)
+    if arr.ndim not in (3, 4):
+        raise InputError(f"{path}: NIfTI export needs [S, H, W] or [T, S, H, W], got shape {arr.shape}")
+    vs = _voxels(voxel_size)
+    aff = axial_affine(arr.shape[-3:], vs) if affine is None else np.asarray(affine, float)
+    if aff.shape != (4, 4):
+        raise InputError(f"affine must be 4×4, got {aff.shape}")
+    data = np.transpose(arr, (2, 1, 0) if arr.ndim == 3 else (3, 2, 1, 0))  # (W, H, S[, T])
+    img = nib.Nifti1Image(np.ascontiguousarray(data), aff)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    img.header.set_zooms([vs[2], vs[1], vs[0]] + ([float(frame_duration_s)] if arr.ndim == 4 else []))
+    img.header["descrip"] = description[:79].encode("ascii", "replace")
+    payload = img.to_bytes()
+    return gzip.compress(payload, mtime=0) if path.name.endswith(".gz") else payload
+
+
 def export_nifti(image: Any, path: str | os.PathLike, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), *,
                  affine: np.ndarray | None = None, frames: bool = False, frame_duration_s: float = 1.0,
                  description: str = "molrecon reconstruction") -> Path:
@@ -46,48 +100,59 @@ def export_nifti(image: Any, path: str | os.PathLike, voxel_size: Sequence[float
     ``frames=True`` a 2D+time series ``[T, H, W]`` (written 4-D as ``(W, H, 1, T)``).
     ``voxel_size`` is in array order ``(slice, row, column)`` mm (a 2-tuple means ``(row, column)``).
     """
-    import nibabel as nib
-
     from ..io import atomic_write
 
     path = Path(path)
-    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
-        raise InputError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    arr = np.asarray(image)
-    if np.iscomplexobj(arr):
-        arr = np.abs(arr)
+    arr = _prepare(image, path)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise InputError(f"export_nifti needs [H, W], [S, H, W] or [T, H, W], got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise InputError(f"{path}: image to export contains NaN or Inf values")
-    voxel_size = tuple(float(v) for v in voxel_size)
-    if len(voxel_size) == 2:
-        voxel_size = (1.0, *voxel_size)
-    if len(voxel_size) != 3 or min(voxel_size) <= 0:
-        raise InputError(f"voxel_size must be 2 or 3 positive numbers (mm), got {voxel_size}")
-    arr = arr.astype(np.float32)
+        raise InputError(f"{path}: export_nifti needs [H, W], [S, H, W] or [T, H, W], got shape {arr.shape}")
     if frames:
-        data = np.transpose(arr, (2, 1, 0))[:, :, None, :]  # (W, H, 1, T)
-        aff = axial_affine((1, *arr.shape[1:]), voxel_size) if affine is None else np.asarray(affine, float)
-    else:
-        data = np.transpose(arr, (2, 1, 0))  # (W, H, S)
-        aff = axial_affine(arr.shape, voxel_size) if affine is None else np.asarray(affine, float)
-    if aff.shape != (4, 4):
-        raise InputError(f"affine must be 4×4, got {aff.shape}")
-    img = nib.Nifti1Image(np.ascontiguousarray(data), aff)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(aff, code=1)
-    img.set_sform(aff, code=1)
-    zooms = [voxel_size[2], voxel_size[1], voxel_size[0]] + ([frame_duration_s] if frames else [])
-    img.header.set_zooms(zooms)
-    img.header["descrip"] = description[:79].encode("ascii", "replace")
-    payload = img.to_bytes()
-    if path.name.endswith(".gz"):
-        payload = gzip.compress(payload, mtime=0)
+        arr = arr[:, None]  # [T, 1, H, W]
+    payload = nifti_bytes(arr, path, voxel_size, affine=affine, frame_duration_s=frame_duration_s,
+                          description=description)
     with atomic_write(path, "wb") as fh:
         fh.write(payload)
     return path
+
+
+def voxel_size_of(attrs: dict[str, Any], header: str | None, dims: str) -> tuple[tuple[float, float, float], str]:
+    """``((slice, row, column) mm, source)`` of a fastMRI-layout file: ``voxel_size_mm``, else the header.
+
+    For 3D, "slice" is the first spatial axis ``D``; for 2D and 2D+t it is the slice thickness. The header's
+    encoded space is ``(x = readout = rows, y = phase = columns, z)`` (fastMRI); ``source`` is
+    ``"voxel_size_mm"``, ``"ismrmrd_header"`` or ``"default 1 mm"``.
+    """
+    v = attrs.get("voxel_size_mm")
+    if v is not None:
+        vs = np.asarray(v, dtype=float).ravel()
+        if vs.size in (2, 3) and np.isfinite(vs).all() and (vs > 0).all():
+            return _voxels(vs.tolist()), "voxel_size_mm"
+    if header:
+        try:
+            from .header import parse_header
+
+            enc = parse_header(header)
+            (mx, my, mz), (fx, fy, fz) = enc.recon_matrix, enc.recon_fov_mm
+            vs = (fz / max(mz, 1), fx / mx, fy / my)
+            if all(np.isfinite(vs)) and min(vs) > 0:
+                return (float(vs[0]), float(vs[1]), float(vs[2])), "ismrmrd_header"
+        except (InputError, ZeroDivisionError, TypeError, ValueError):
+            pass
+    return (1.0, 1.0, 1.0), "default 1 mm"
+
+
+def recon_nifti_bytes(recon: np.ndarray, path: str | os.PathLike, dims: str,
+                      voxel_size: Sequence[float] = (1.0, 1.0, 1.0), description: str = "molrecon reconstruction",
+                      frame_duration_s: float = 1.0) -> bytes:
+    """The NIfTI of a ``molrecon recon`` output ``[S, *spatial]`` of any layout (see the module docstring)."""
+    arr = np.asarray(recon)
+    want = 3 if dims == "2d" else 4
+    if arr.ndim != want:
+        raise InputError(f"{path}: a {dims} reconstruction must have {want} axes [S, *spatial], got {arr.shape}")
+    if dims == "3d":
+        arr = arr[0] if arr.shape[0] == 1 else arr  # volumes beyond the first become the 4th axis
+    elif dims == "2d+t":
+        arr = np.transpose(arr, (1, 0, 2, 3))  # [T, S, H, W]
+    return nifti_bytes(arr, path, voxel_size, description=description, frame_duration_s=frame_duration_s)

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..names import DIMS
+from ..normalization import scale_invariant
 from ..solvers import SolverInfo, conjugate_gradient
 from .cnn import ConvDenoiser
 
@@ -80,7 +81,10 @@ class MoDL(nn.Module):
         return conjugate_gradient(lambda v: physics.normal(v) + lam * v, atb + lam * z, x0=x0,
                                   max_iter=self.cg_iter, tol=self.cg_tol)
 
+    @scale_invariant
     def forward(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+        """Reconstruct ``x``; the k-space is normalised to the training scale and the result scaled back
+        (:mod:`molrecon.normalization`), so the output is equivariant in the k-space scale."""
         physics.check_kspace(y, "MoDL input k-space")
         if not torch.isfinite(torch.view_as_real(y)).all():
             raise InputError("MoDL input k-space contains NaN or Inf values")

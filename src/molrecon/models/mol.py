@@ -50,6 +50,7 @@ from torch import nn
 
 from ..errors import ConvergenceError, InputError
 from ..names import CONSTRAINT_METHOD as CONSTRAINTS
+from ..normalization import scale_invariant
 from ..physics.mri import MultiCoilMRI, check_finite
 from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
@@ -426,10 +427,12 @@ class MOL(nn.Module):
         self.last_info = info
         return x_out, info
 
+    @scale_invariant
     def solve(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
               **overrides: Any) -> tuple[torch.Tensor, SolverInfo]:
         """Reconstruct without gradients; return ``(x, info)``. ``info.extra["error_bound"]`` is the per-sample
-        a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode).
+        a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode). The k-space is normalised to the
+        model's training scale and the result scaled back (:mod:`molrecon.normalization`).
 
         ``overrides`` (keys of :data:`SOLVE_OVERRIDES`; ``None`` keeps the model's value) change the solver for
         this call only; the model is not modified.
@@ -441,9 +444,11 @@ class MOL(nn.Module):
             weights = self._weights(tuple(physics.spatial_shape))
             return self._run(y, physics, x0, weights, s)
 
+    @scale_invariant
     def forward(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
                 **overrides: Any) -> torch.Tensor:
-        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation;
+        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation, equivariant in
+        the k-space scale (:mod:`molrecon.normalization`);
         ``overrides`` as in :meth:`solve` (the backward tolerance follows an overridden ``tol``)."""
         s = self._settings(overrides)
         self._check_inputs(y, physics, x0)

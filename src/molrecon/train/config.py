@@ -15,13 +15,14 @@ Only plain YAML types are accepted (no Python tags), so a config never runs code
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..names import LEARNED_METHODS
+from ..names import DIMS, DIMS_OF_KIND, LEARNED_METHODS
 
 #: Every key the trainer understands, with its default. Unknown keys in ``data``/``train`` are an error
 #: (a typo must not silently fall back to a default); ``model`` keys go to the model constructor.
@@ -112,6 +113,10 @@ def set_key(config: dict, dotted: str, value: Any) -> None:
     parts = [p for p in dotted.split(".") if p]
     if not parts:
         raise InputError(f"--set: empty key in {dotted!r}")
+    if len(parts) == 1 and isinstance(DEFAULTS.get(parts[0]), dict) and not isinstance(value, dict):
+        example = next(iter(DEFAULTS[parts[0]]))
+        raise InputError(f"--set {dotted}={value!r}: {parts[0]!r} is a section, not a value; set one of its keys, "
+                         f"e.g. --set {parts[0]}.{example}=...")
     node = config
     for p in parts[:-1]:
         if p not in node or node[p] is None:
@@ -191,9 +196,95 @@ def validate_config(config: dict, where: str = "config") -> dict:
     for key in ("limit_train", "limit_val"):
         if d[key] is not None and (not isinstance(d[key], int) or d[key] < 1):
             raise InputError(f"{where}: data.{key} must be a positive integer or null, got {d[key]!r}")
-    if not cfg["out_dir"]:
-        raise InputError(f"{where}: out_dir must be set")
+    if not cfg["out_dir"] or not isinstance(cfg["out_dir"], str):
+        raise InputError(f"{where}: out_dir must be set to a folder name, got {cfg['out_dir']!r}")
+    _check_types(cfg, where)
     return cfg
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _POS_INT(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def _NONNEG_INT(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _POS_NUM(v: Any) -> bool:
+    return _is_num(v) and v > 0
+
+
+def _NONNEG_NUM(v: Any) -> bool:
+    return _is_num(v) and v >= 0
+
+
+def _BOOL(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+# (section, key): (test, what it must be, whether null is accepted)
+_RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
+    ("data", "acceleration"): (lambda v: _is_num(v) and v >= 1, "a number >= 1", False),
+    ("data", "center_fraction"): (lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1) or null", True),
+    ("data", "num_workers"): (_NONNEG_INT, "an integer >= 0", False),
+    ("data", "num_coils"): (_POS_INT, "a positive integer", False),
+    ("data", "num_train"): (_POS_INT, "a positive integer", False),
+    ("data", "num_val"): (_NONNEG_INT, "an integer >= 0", False),
+    ("data", "shape"): (lambda v: isinstance(v, list) and len(v) == 2 and all(_POS_INT(n) for n in v),
+                        "a list of 2 positive integers", False),
+    ("data", "kind"): (lambda v: v in DIMS_OF_KIND, f"one of {', '.join(DIMS_OF_KIND)}", False),
+    ("data", "mask"): (lambda v: v in ("random", "equispaced", "poisson", "variable-density"),
+                       "one of random, equispaced, poisson, variable-density", False),
+    ("train", "grad_clip"): (_POS_NUM, "a positive number or null", True),
+    ("train", "weight_decay"): (_NONNEG_NUM, "a number >= 0", False),
+    ("train", "warmup_steps"): (_NONNEG_INT, "an integer >= 0", False),
+    ("train", "min_lr_ratio"): (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]", False),
+    ("train", "val_every"): (_NONNEG_INT, "an integer >= 0", False),
+    ("train", "log_every"): (_POS_INT, "a positive integer", False),
+    ("train", "normalize_loss"): (_BOOL, "true or false", False),
+    ("train", "deterministic"): (_BOOL, "true or false", False),
+    ("train", "tensorboard"): (_BOOL, "true or false", False),
+    ("train", "progress"): (_BOOL, "true or false", False),
+    ("train", "rollback_lr_factor"): (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", False),
+    ("train", "max_rollbacks"): (_NONNEG_INT, "an integer >= 0", False),
+    ("train", "lipschitz_limit"): (_POS_NUM, "a positive number", False),
+    ("train", "lipschitz_patience"): (_POS_INT, "a positive integer", False),
+    ("train", "residual_limit"): (_POS_NUM, "a positive number", False),
+    ("train", "nonconverged_patience"): (_POS_INT, "a positive integer or null", True),
+}
+#: model keys of every family that are counts / positive sizes (the others go to the constructor as given)
+_MODEL_INTS = ("channels", "layers", "K", "cg_iter", "max_iter", "kernel_size", "anderson_m", "dc_exact_iter",
+               "init_cg_iter", "lr_steps")
+_MODEL_NUMS = ("lam", "tol", "alpha", "cg_tol", "init_lam", "lipschitz_target", "lr_clip")
+
+
+def _check_types(cfg: dict, where: str) -> None:
+    """Types and ranges of every value the trainer uses, so a wrong one fails here, before out_dir exists."""
+    for (section, key), (ok, what, nullable) in _RULES.items():
+        v = cfg[section][key]
+        if v is None and nullable:
+            continue
+        if not ok(v):
+            raise InputError(f"{where}: {section}.{key} must be {what}, got {v!r}")
+    m = cfg["model"]
+    for key in _MODEL_INTS:
+        if key in m and not _POS_INT(m[key]):
+            raise InputError(f"{where}: model.{key} must be a positive integer, got {m[key]!r}")
+    for key in _MODEL_NUMS:
+        if key in m and m[key] is not None and not _POS_NUM(m[key]):
+            raise InputError(f"{where}: model.{key} must be a positive number, got {m[key]!r}")
+    if "dims" in m and m["dims"] is not None and m["dims"] not in DIMS:
+        raise InputError(f"{where}: model.dims must be one of {', '.join(DIMS)}, got {m['dims']!r}")
+    if not isinstance(cfg["device"], str):
+        raise InputError(f"{where}: device must be a string such as 'cpu' or 'cuda', got {cfg['device']!r}")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
@@ -207,9 +298,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not a valid YAML config ({str(exc).splitlines()[0]})") from None
-    if raw is None:
-        raw = {}
+    if raw is None or raw == {}:
+        # an empty file is a mistake (wrong file, truncated copy), not a request for a default run
+        raise InputError(f"{path}: the config is empty; give at least model.method and out_dir (see configs/)")
     raw = _fix_numbers(raw)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at top level, got {type(raw).__name__}")
-    return validate_config(apply_overrides(raw, overrides), where=str(path))
+    try:
+        config = apply_overrides(raw, overrides)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return validate_config(config, where=str(path))

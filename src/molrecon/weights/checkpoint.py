@@ -26,6 +26,7 @@ import os
 import pickle
 import random
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,45 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], check_finite
     return path
 
 
+# torch.save writes a zip archive (PK\x03\x04); the legacy format is a raw pickle (protocol 2+: \x80)
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, Any], where: str | Path) -> None:
+    """Refuse weights that do not fit ``model`` exactly or hold NaN/Inf; the error names the tensors."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing tensor(s) {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensor(s) {', '.join(unexpected[:4])}"
+                        f"{' ...' if len(unexpected) > 4 else ''}")
+    for k, v in state.items():
+        if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(expected[k].shape):
+            problems.append(f"tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(expected[k].shape)}")
+    if problems:
+        raise CheckpointError(f"{where}: weights do not fit the {getattr(model, 'method_name', 'model')} model: "
+                              f"{'; '.join(problems[:3])}")
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{where}: weights contain NaN/Inf in {', '.join(bad[:4])}"
+                              f"{' ...' if len(bad) > 4 else ''} (a diverged or corrupted model)")
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """A file that is not a torch archive at all is named as such (not as an unsafe pickle)."""
+    if not path.is_file():
+        return  # load_checkpoint names a missing file or a folder
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head and not any(head.startswith(m) for m in _TORCH_MAGIC):
+        raise CheckpointError(f"{path}: not a torch checkpoint (the file does not start like a torch.save "
+                              f"archive; wrong file or corrupted)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and check its layout.
 
@@ -119,6 +159,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: is a folder, expected a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty (truncated)")
+    _check_checkpoint_file(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -159,6 +200,9 @@ def model_from_state(state: dict[str, Any], path: str | os.PathLike) -> torch.nn
         model = build_model(dict(state["model_config"]))
     except Exception as exc:  # an unknown/incompatible config is a checkpoint problem for the user
         raise CheckpointError(f"{path}: cannot rebuild the model from its config ({exc})") from None
+    if not isinstance(state["model_state"], Mapping):
+        raise CheckpointError(f"{path}: 'model_state' is not a mapping of tensors")
+    check_state_dict(model, state["model_state"], path)
     try:
         model.load_state_dict(state["model_state"], strict=True)
     except RuntimeError as exc:

@@ -1,4 +1,9 @@
-"""Load a learned model for reconstruction from a training checkpoint or a shipped pretrained name."""
+"""Load a learned model for reconstruction from a training checkpoint or a shipped pretrained name.
+
+Every model family goes through one weights check (:func:`molrecon.weights.checkpoint.check_state_dict`): the
+tensors must be exactly the model's (names and shapes, each mismatch named) and finite, so a diverged or
+foreign file is refused with the tensor that is wrong instead of producing an all-NaN image.
+"""
 
 from __future__ import annotations
 

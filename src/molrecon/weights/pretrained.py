@@ -36,7 +36,8 @@ from ..errors import CheckpointError, InputError
 from ..io import atomic_path, machine_info, sha256_file, write_json_atomic
 from ..models.factory import build_model
 from ..names import DIMS_TAG
-from .checkpoint import load_checkpoint, model_from_state
+from ..normalization import Normalization, default_normalization
+from .checkpoint import check_state_dict, load_checkpoint, model_from_state
 
 #: Folder of the weights shipped inside the package.
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
@@ -49,6 +50,8 @@ FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<dims>" + "|".join(DIMS_TAG.values())
                       + r")-(?P<accel>\d+(?:\.\d+)?)x$")
 _DIMS_FROM_TAG = {tag: dims for dims, tag in DIMS_TAG.items()}
+# a name is a file stem inside the pretrained folder, never a path (``../x`` must not reach outside it)
+_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def parse_name(name: str) -> dict[str, Any]:
@@ -109,6 +112,9 @@ def available_names(root: str | os.PathLike | None = None) -> list[str]:
 def pretrained_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """The sidecar of one shipped model; unknown name → :class:`InputError` listing the available ones."""
     folder = _root(root)
+    if not isinstance(name, str) or not _SAFE_NAME_RE.match(name):
+        raise InputError(f"pretrained name {name!r} is not a model name (letters, digits, '-', '.', '_' only; no "
+                         f"path: see `molrecon models`)")
     json_path, weights = folder / f"{name}.json", folder / f"{name}.safetensors"
     if not (json_path.exists() and weights.exists()):
         names = available_names(root)
@@ -142,6 +148,7 @@ def load_pretrained(name: str, device: str | Any = "cpu", root: str | os.PathLik
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights}: cannot read safetensors weights ({exc})") from None
     model = build_model(dict(meta["model_config"]))
+    check_state_dict(model, state, weights)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -149,6 +156,8 @@ def load_pretrained(name: str, device: str | Any = "cpu", root: str | os.PathLik
         raise CheckpointError(f"{weights}: weights do not fit the model built from the sidecar config ({first})") \
             from None
     model.pretrained_meta = meta
+    if "normalization" in meta:  # sidecars from before the field use the default of their dims
+        model.normalization = Normalization.from_dict(meta["normalization"], where=str(weights.with_suffix(".json")))
     return model.to(device).eval()
 
 
@@ -162,6 +171,10 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
     from safetensors.torch import save_file
 
     parsed = parse_name(name)
+    norm = getattr(model, "normalization", None)
+    norm = Normalization.from_dict(norm) if isinstance(norm, dict) else norm
+    if norm is None:  # the scale the model was trained at: the default of its dims
+        norm = default_normalization(getattr(model, "dims", None) or parsed["dims"])
     folder = _root(root)
     folder.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or non-contiguous storage; cloned contiguous CPU tensors are always accepted.
@@ -182,6 +195,7 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
             "bytes": weights.stat().st_size,
             "num_parameters": int(sum(v.numel() for v in state.values())),
         },
+        "normalization": norm.to_dict(),
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "export_machine": machine_info(),
     }
