@@ -184,7 +184,7 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     wrong = save_checkpoint(tmp_path / "wrong.pt", {"model_config": {**model.config(), "channels": 6},
                                                     "model_state": model.state_dict()})
-    with pytest.raises(CheckpointError, match="do not match"):
+    with pytest.raises(CheckpointError, match="do not fit"):
         load_model_from_checkpoint(wrong)
 
 
