@@ -50,7 +50,7 @@ from torch import nn
 
 from ..errors import ConvergenceError, InputError
 from ..names import CONSTRAINT_METHOD as CONSTRAINTS
-from ..normalization import scale_invariant
+from ..normalization import model_normalization, scale_invariant
 from ..physics.mri import MultiCoilMRI, check_finite
 from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
@@ -259,6 +259,9 @@ class MOL(nn.Module):
         The data-consistency step is solved as in the solver (``cg_iter`` CG steps, the model's by default);
         the CNN weights and ``μ = αλ`` are frozen (detached). The map is kept apart from the solvers, as
         torchdeq keeps ``func``: any iteration (plain, Anderson, a study of the iteration itself) can run it.
+        Like :meth:`solve`, it works at the model's training scale: ``T(x) = T_{cy}(c x) / c`` with ``c`` the
+        normalisation factor of ``y`` (:mod:`molrecon.normalization`), so it is the map the solver iterates,
+        in the units of ``y``.
         """
         self._check_inputs(y, physics)
         self._ensure_denoiser(physics)
@@ -266,10 +269,13 @@ class MOL(nn.Module):
             weights = self._weights(tuple(physics.spatial_shape))
             w_d = [w.detach() for w in weights] if weights is not None else None
             mu = (self.alpha * self.lam).detach()
-            aty = physics.A_adjoint(y.detach())
+            c = model_normalization(self, physics).factors(y.detach(), physics)
+            c = c.reshape(-1, *([1] * (y.ndim - 1)))
+            aty = physics.A_adjoint(y.detach() * c)
+            c = c.reshape(c.shape[0], *([1] * (aty.ndim - 1)))
 
         def T(x: torch.Tensor) -> torch.Tensor:
-            return self._block(x, w_d, aty, physics, mu, exact=False, cg_iter=cg_iter)
+            return self._block(x * c, w_d, aty, physics, mu, exact=False, cg_iter=cg_iter) / c
 
         return T
 
