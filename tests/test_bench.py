@@ -157,3 +157,38 @@ def test_quality_pretrained_resolution_and_notes():
              "num_volumes": 2, "num_slices": 2} for a in (4.0, 8.0)]
     md = quality_markdown({"accelerations": [4.0, 8.0], "rows": rows, "data": "x", "notes": [note]})
     assert "| sense | 30.00 ± 1.00 | 0.9000 ± 0.0100 | 30.00 ± 1.00 |" in md and "skipped" in md
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_saved_bytes_mol_flat_in_max_iter_modl_linear_in_k():
+    """By the graph's saved tensors (exact, load-independent): MOL keeps one block whatever max_iter, MoDL one
+    CNN + CG graph per unrolled iteration."""
+    from molrecon.bench.memory import measure_step_memory
+
+    size = dict(shape=(32, 32), coils=2, channels=8, layers=3, in_process=True)
+    for method in ("mol-sn", "mol-lr"):
+        few, many = (measure_step_memory(method, k, model_kwargs={"tol": 1e-12, "solver": "plain"}, **size)
+                     for k in (5, 50))
+        assert many["forward_iterations"][0] > few["forward_iterations"][0] == 5  # more iterations really ran
+        assert few["saved_bytes"] > 0
+        assert abs(many["saved_bytes"] - few["saved_bytes"]) <= 0.05 * few["saved_bytes"]
+    modl = {k: measure_step_memory("modl", k, **size)["saved_bytes"] for k in (1, 2, 4)}
+    a, b, r2 = linear_fit(list(modl), list(modl.values()))
+    assert b > 0.5 * modl[1] and r2 > 0.999
+    assert modl[4] > 3 * few["saved_bytes"]
+
+
+def test_saved_tensor_meter_counts_storages_once_and_releases_freed_graphs():
+    from molrecon.bench.saved import SavedTensorMeter
+
+    w = torch.randn(256, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        h = w * 2.0                     # saves nothing of size (a scalar factor)
+        y = (h * h).sum()               # saves h twice: one storage
+        assert meter.live_bytes == 256 * 4
+        tmp = (w.exp() * w).sum()       # saves exp(w) (its output) and w
+        assert meter.live_bytes == 256 * 4 * 3
+        del tmp                         # that graph is freed: its tensors no longer count
+        assert meter.live_bytes == 256 * 4 and meter.peak_bytes == 256 * 4 * 3
+    y.backward()
+    assert meter.live_bytes == 0

@@ -20,8 +20,8 @@ def _plt():
 
 
 def plot_memory(rows: Sequence[dict], path: str | os.PathLike, summary: Sequence[dict] = ()) -> None:
-    """Peak MiB of one training step vs iterations, one panel per dims, one line per method; MoDL's fitted
-    line ``a + bK`` dashed (the extrapolation the budget figure is based on)."""
+    """Peak MiB of one training step vs iterations, one panel per dims, one line per method (dotted: the bytes
+    saved for backward, when measured); MoDL's fitted line ``a + bK`` dashed (the budget extrapolation)."""
     from ..evaluate.report import save_figure_atomic
 
     plt = _plt()
@@ -34,6 +34,10 @@ def plot_memory(rows: Sequence[dict], path: str | os.PathLike, summary: Sequence
             pts = sorted((r["iters"], r["peak_mib"]) for r in sub if r["method"] == method)
             color, marker = STYLE.get(method, ("k", "x"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=method)
+            saved = sorted((r["iters"], r["saved_mib"]) for r in sub if r["method"] == method and "saved_mib" in r)
+            if saved:
+                ax.plot([p[0] for p in saved], [p[1] for p in saved], marker=marker, color=color, ls=":",
+                        mfc="none", label=f"{method} saved")
         s = fits.get(dims, {})
         if "modl_slope_mib_per_iter" in s:
             kmax = max(r["iters"] for r in sub)
