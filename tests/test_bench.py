@@ -192,3 +192,27 @@ def test_saved_tensor_meter_counts_storages_once_and_releases_freed_graphs():
         assert meter.live_bytes == 256 * 4 and meter.peak_bytes == 256 * 4 * 3
     y.backward()
     assert meter.live_bytes == 0
+
+
+def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs():
+    """The MOL-LR penalty's CNN graphs are recomputed in backward: bitwise the same estimate and gradient,
+    and only the two input images are kept."""
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.models import MOL
+    from molrecon.models.constraints import adversarial_lipschitz
+
+    model = MOL(constraint="lr", dims="2d", channels=8, layers=4)
+    u = torch.randn(2, 24, 24, dtype=torch.complex64)
+    out = {}
+    for recompute in (False, True):
+        model.zero_grad()
+        w = model._weights((24, 24))
+        with SavedTensorMeter() as meter:
+            lip = adversarial_lipschitz(lambda v: model._h(v, w), u, steps=3, recompute=recompute,
+                                        generator=torch.Generator().manual_seed(1))
+        kept = meter.live_bytes
+        lip.sum().backward()
+        out[recompute] = (lip.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], kept)
+    assert torch.equal(out[False][0], out[True][0])
+    assert all(torch.equal(a, b) for a, b in zip(out[False][1], out[True][1]))
+    assert out[True][2] < 0.25 * out[False][2]

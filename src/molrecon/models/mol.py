@@ -409,8 +409,9 @@ class MOL(nn.Module):
         if not torch.isfinite(x_hat).all():
             raise InputError("MOL.extra_loss: x_hat contains NaN/Inf")
         weights = self._weights(tuple(x_hat.shape[1:]))
+        # recompute: the ratio's two CNN graphs would otherwise be held until backward, doubling what MOL keeps
         lip = adversarial_lipschitz(lambda v: self._h(v, weights), x_hat.detach(), steps=self.lr_steps,
-                                    noise=self.lr_noise, step_size=self.lr_step_size)
+                                    noise=self.lr_noise, step_size=self.lr_step_size, recompute=True)
         pen = lipschitz_barrier(lip, self.lr_threshold, self.lr_eps).mean()
         lmax = float(lip.detach().max())
         self._lip_estimate = lmax
