@@ -216,3 +216,35 @@ def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs(
     assert torch.equal(out[False][0], out[True][0])
     assert all(torch.equal(a, b) for a, b in zip(out[False][1], out[True][1]))
     assert out[True][2] < 0.25 * out[False][2]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_bench_train_smoke_rows_ratios_and_time_to_target(tmp_path):
+    from molrecon.cli import main
+
+    rc = main(["bench", "train", "--out", str(tmp_path), "--synthetic", "16", "2", "--steps", "3", "--val-every",
+               "1", "--limit-val", "1", "--channels", "4", "--layers", "3", "--methods", "modl-k1", "modl-k10",
+               "mol-lr", "--set", "max_iter=6"])
+    assert rc == 0
+    data = json.loads((tmp_path / "train.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert data["complete"] and set(rows) == {"modl-k1", "modl-k10", "mol-lr"}
+    assert rows["modl-k10"]["step_over_modl-k10"] == 1.0
+    assert rows["mol-lr"]["model"]["max_iter"] == 6 and "max_iter" not in rows["modl-k1"]["model"]
+    target = min(r["best_val_psnr"] for r in rows.values())
+    for r in rows.values():
+        assert len(r["step_times_s"]) == 3 and len(r["val_curve"]) == 3
+        assert r["step_time_median_s"] > 0 and r["target_psnr"] == target
+        # every method reached the default target (the best PSNR all of them reached), within its training time
+        assert 0 < r["time_to_target_s"] <= sum(r["step_times_s"]) + 1e-9
+    assert "| 2d | mol-lr |" in (tmp_path / "train.md").read_text()
+    assert (tmp_path / "train.png").stat().st_size > 1000
+
+
+def test_time_to_psnr_first_crossing():
+    from molrecon.bench.train import time_to_psnr
+
+    curve = [{"train_seconds": 1.0, "val_psnr": 20.0}, {"train_seconds": 2.0, "val_psnr": 25.0},
+             {"train_seconds": 3.0, "val_psnr": 24.0}]
+    assert time_to_psnr(curve, 24.5) == 2.0 and time_to_psnr(curve, 19.0) == 1.0
+    assert time_to_psnr(curve, 26.0) is None

@@ -1,0 +1,203 @@
+"""Training speed: time of one training step and time to reach a validation PSNR, method by method.
+
+Every method trains with the project's own :class:`~molrecon.train.trainer.Trainer` step (forward, loss with the
+model's penalty, backward, clipping, AdamW, the MOL-LR safeguard) on the same data, batch, CNN (``channels`` ×
+``layers``), seed and thread count; only the model section differs. Methods come from :data:`TRAIN_METHODS`
+(``"modl-k1"``, ``"modl-k5"``, ``"modl-k10"``, ``"deq"``, ``"mol-sn"``, ``"mol-lr"``); add one with
+:func:`register_train_method`.
+
+Per run: the median and mean of the steps' own ``step_time`` (the trainer's timer: from ``zero_grad`` to the
+optimiser and schedule step, no data loading, no validation; the first step is left out of the median as
+warm-up), the mean forward iterations, and a validation curve every ``val_every`` steps. The time to reach a
+PSNR is the summed step time up to the first validation at or above it — taken post hoc from the curves, for
+``target_psnr`` or, by default, for the best PSNR that *every* method reached (so every method has a time).
+
+Example
+-------
+>>> rows = run_train_bench(["modl-k10", "mol-lr"], ["2d"], steps=20)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+# name -> model section (without dims/channels/layers, which the run sets the same for every method)
+TRAIN_METHODS: dict[str, dict[str, Any]] = {
+    "modl-k1": {"method": "modl", "K": 1, "lam": 0.05, "cg_iter": 10},
+    "modl-k5": {"method": "modl", "K": 5, "lam": 0.05, "cg_iter": 10},
+    "modl-k10": {"method": "modl", "K": 10, "lam": 0.05, "cg_iter": 10},
+    "deq": {"method": "deq", "max_iter": 50, "tol": 1e-4, "cg_iter": 5},
+    "mol-sn": {"method": "mol-sn", "max_iter": 50, "tol": 1e-4, "cg_iter": 5},
+    "mol-lr": {"method": "mol-lr", "max_iter": 50, "tol": 1e-4, "cg_iter": 5, "lr_clip": 0.97},
+}
+#: The reference of the step-time ratios (the unrolled network MOL replaces).
+REFERENCE = "modl-k10"
+
+#: Data and CNN per dims: the built-in sets with the CNNs of the shipped configs (``configs/*_2d.yaml``,
+#: ``*_3d.yaml``, ``*_dynamic.yaml``).
+DEFAULT_SIZES: dict[str, dict[str, Any]] = {
+    "2d": {"data": {"source": "builtin", "kind": "2d", "mask": "random"}, "channels": 32, "layers": 5},
+    "3d": {"data": {"source": "builtin", "kind": "3d", "mask": "poisson"}, "channels": 16, "layers": 5},
+    "2d+t": {"data": {"source": "builtin", "kind": "dynamic", "mask": "random"}, "channels": 16, "layers": 5},
+}
+
+
+def register_train_method(name: str, model_section: dict[str, Any]) -> None:
+    """Make ``name`` available to :func:`run_train_bench` (``model_section`` as in a training config)."""
+    if "method" not in model_section:
+        raise InputError(f"train benchmark: the model section of {name!r} needs a 'method'")
+    TRAIN_METHODS[name] = dict(model_section)
+
+
+def _batches(trainer: Any):
+    """The trainer's own batch order, epoch after epoch (as ``Trainer.fit`` draws it)."""
+    epoch = 0
+    while True:
+        trainer.sampler.set_epoch(epoch)
+        trainer.loader_gen.manual_seed(trainer.tcfg["seed"] * 1_000_003 + epoch * 7919)
+        yield from trainer.loader
+        epoch += 1
+
+
+def train_run(name: str, dims: str, steps: int = 40, val_every: int = 10, channels: int | None = None,
+              layers: int | None = None, data: dict[str, Any] | None = None,
+              model_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
+              device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Train method ``name`` for ``steps`` steps at ``dims``; return its timings and validation curve."""
+    from ..train.trainer import Trainer
+
+    if name not in TRAIN_METHODS:
+        raise InputError(f"train benchmark: unknown method {name!r}; known: {sorted(TRAIN_METHODS)}")
+    if dims not in DEFAULT_SIZES:
+        raise InputError(f"train benchmark: dims must be among {list(DEFAULT_SIZES)}, got {dims!r}")
+    if steps < 2 or val_every < 1:
+        raise InputError(f"train benchmark: need steps >= 2 and val_every >= 1, got {steps}, {val_every}")
+    size = DEFAULT_SIZES[dims]
+    model = {**TRAIN_METHODS[name], "dims": dims, "channels": channels or size["channels"],
+             "layers": layers or size["layers"]}
+    if model["method"] != "modl":
+        model.update(model_overrides or {})
+    elif model_overrides:
+        model.update({k: v for k, v in model_overrides.items() if k in ("lam", "cg_iter", "cg_tol")})
+    with tempfile.TemporaryDirectory(prefix="molrecon-bench-train-") as tmp:
+        config = {"out_dir": tmp, "device": device, "model": model,
+                  "data": {**size["data"], "limit_val": 4, **(data or {})},
+                  "train": {"max_steps": steps, "seed": seed, "val_every": 0, "tensorboard": False,
+                            "progress": False, "lipschitz_patience": 10 ** 9, "residual_limit": math.inf,
+                            **(train_overrides or {})}}
+        trainer = Trainer(config, overwrite=True)
+        try:
+            trainer.setup()
+            step_times: list[float] = []
+            iters: list[float] = []
+            curve: list[dict[str, float]] = []
+            trained = 0.0
+            batches = _batches(trainer)
+            t_wall = time.perf_counter()
+            for k in range(1, steps + 1):
+                logs = trainer.train_step(next(batches))
+                trainer.step += 1
+                step_times.append(logs["step_time"])
+                trained += logs["step_time"]
+                if "fwd_iterations" in logs:
+                    iters.append(logs["fwd_iterations"])
+                if k % val_every == 0 or k == steps:
+                    val = trainer.validate()
+                    if val:
+                        curve.append({"step": k, "train_seconds": trained, "val_psnr": val["val_psnr"],
+                                      "val_ssim": val["val_ssim"]})
+            wall = time.perf_counter() - t_wall
+            n_train = len(trainer.train_set)
+        finally:
+            trainer.close()
+    timed = step_times[1:]
+    return {"method": name, "dims": dims, "model": model, "steps": steps, "train_slices": n_train,
+            "step_time_median_s": statistics.median(timed), "step_time_mean_s": statistics.fmean(timed),
+            "first_step_s": step_times[0], "fwd_iterations_mean": statistics.fmean(iters) if iters else None,
+            "val_curve": curve, "final_val_psnr": curve[-1]["val_psnr"] if curve else None,
+            "best_val_psnr": max((c["val_psnr"] for c in curve), default=None), "wall_seconds": wall,
+            "step_times_s": step_times}
+
+
+def time_to_psnr(curve: Sequence[dict[str, float]], target: float) -> float | None:
+    """Summed step time at the first validation with PSNR ≥ ``target`` (``None`` if never reached)."""
+    for c in curve:
+        if c["val_psnr"] >= target:
+            return float(c["train_seconds"])
+    return None
+
+
+def summarize_train(rows: list[dict[str, Any]], target_psnr: float | None = None) -> list[dict[str, Any]]:
+    """Add ``target_psnr``, ``time_to_target_s`` and ``step_over_<reference>`` to every row (in place)."""
+    for dims in dict.fromkeys(r["dims"] for r in rows):
+        sub = [r for r in rows if r["dims"] == dims]
+        bests = [r["best_val_psnr"] for r in sub if r["best_val_psnr"] is not None]
+        target = target_psnr if target_psnr is not None else (min(bests) if bests else None)
+        ref = next((r for r in sub if r["method"] == REFERENCE), None)
+        for r in sub:
+            r["target_psnr"] = target
+            r["target_rule"] = "given" if target_psnr is not None else "best PSNR every method reached"
+            r["time_to_target_s"] = None if target is None else time_to_psnr(r["val_curve"], target)
+            r[f"step_over_{REFERENCE}"] = (r["step_time_median_s"] / ref["step_time_median_s"]
+                                           if ref is not None else None)
+    return rows
+
+
+def run_train_bench(methods: Sequence[str] = tuple(TRAIN_METHODS), dims_list: Sequence[str] = ("2d",),
+                    steps: int = 40, val_every: int = 10, target_psnr: float | None = None,
+                    channels: dict[str, int] | None = None, layers: int | None = None,
+                    data: dict[str, dict[str, Any]] | None = None, model_overrides: dict[str, Any] | None = None,
+                    train_overrides: dict[str, Any] | None = None, threads: int = 1, device: str = "cpu",
+                    seed: int = 0, on_row: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
+    """:func:`train_run` for every ``dims × method`` in turn, same threads; then :func:`summarize_train`."""
+    for m in methods:
+        if m not in TRAIN_METHODS:
+            raise InputError(f"train benchmark: unknown method {m!r}; known: {sorted(TRAIN_METHODS)}")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows: list[dict] = []
+    try:
+        for dims in dims_list:
+            for m in methods:
+                rows.append(train_run(m, dims, steps, val_every, (channels or {}).get(dims), layers,
+                                      (data or {}).get(dims), model_overrides, train_overrides, device, seed))
+                if on_row is not None:
+                    on_row(rows[-1], rows)
+    finally:
+        torch.set_num_threads(threads_before)
+    return summarize_train(rows, target_psnr)
+
+
+def train_markdown(rows: Sequence[dict[str, Any]], settings: dict[str, Any] | None = None) -> str:
+    """``train.md``: step time, its ratio to MoDL K=10, forward iterations, time to the target PSNR."""
+    from ..evaluate.report import markdown_table
+
+    def f(v: Any, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    table = [{"dims": r["dims"], "method": r["method"],
+              "step (s, median)": f(r["step_time_median_s"], ".3f"),
+              f"÷ {REFERENCE}": f(r.get(f"step_over_{REFERENCE}"), ".2f"),
+              "fwd iters": f(r["fwd_iterations_mean"], ".1f"),
+              "best val PSNR": f(r["best_val_psnr"], ".2f"),
+              "target PSNR": f(r.get("target_psnr"), ".2f"),
+              "time to target (s)": ("not reached" if r.get("time_to_target_s") is None and
+                                     r.get("target_psnr") is not None else f(r.get("time_to_target_s"), ".1f"))}
+             for r in rows]
+    head = "Training speed: one step (forward + loss + backward + AdamW), and summed step time to a validation PSNR\n"
+    if settings:
+        head += "\n" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "\n"
+    return head + "\n" + markdown_table(table, list(table[0]) if table else [])
+
+
+__all__ = ["TRAIN_METHODS", "DEFAULT_SIZES", "register_train_method", "train_run", "run_train_bench",
+           "summarize_train", "time_to_psnr", "train_markdown"]
