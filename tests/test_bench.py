@@ -208,7 +208,7 @@ def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs(
         model.zero_grad()
         w = model._weights((24, 24))
         with SavedTensorMeter() as meter:
-            lip = adversarial_lipschitz(lambda v: model._h(v, w), u, steps=3, recompute=recompute,
+            lip = adversarial_lipschitz(lambda v, w=w: model._h(v, w), u, steps=3, recompute=recompute,
                                         generator=torch.Generator().manual_seed(1))
         kept = meter.live_bytes
         lip.sum().backward()

@@ -87,6 +87,9 @@ class MOL(nn.Module):
         1e-3, 10 ascent steps, 0.01, 1.0).
     lr_clip: MOL-LR safeguard used by the trainer after each optimiser step (:meth:`enforce_lipschitz`): when the
         step's Lipschitz estimate exceeds ``lr_clip``, the conv weights are scaled back; ``None`` disables it.
+    lr_warm_steps: amortised MOL-LR estimate (see :meth:`extra_loss`): ascent steps when the trainer warm-starts
+        the estimate from the slice's last adversarial point (``train.fixed_point_cache``); ``None``: always
+        ``lr_steps`` from a fresh start.
     """
 
     def __init__(self, denoiser: nn.Module | None = None, constraint: str = "sn", max_iter: int = 100,
@@ -97,7 +100,8 @@ class MOL(nn.Module):
                  backward_max_iter: int | None = None, backward_tol: float | None = None,
                  init_lam: float = 100.0, init_cg_iter: int = 50, lr_weight: float = 1e-6,
                  lr_threshold: float = 0.98, lr_eps: float = 1e-3, lr_steps: int = 10, lr_noise: float = 0.01,
-                 lr_step_size: float = 1.0, lr_clip: float | None = 0.97) -> None:
+                 lr_step_size: float = 1.0, lr_clip: float | None = 0.97,
+                 lr_warm_steps: int | None = None) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise InputError(f"MOL: constraint must be one of {tuple(CONSTRAINTS)}, got {constraint!r}")
@@ -125,6 +129,10 @@ class MOL(nn.Module):
         self.lr_weight, self.lr_threshold, self.lr_eps = float(lr_weight), float(lr_threshold), float(lr_eps)
         self.lr_steps, self.lr_noise, self.lr_step_size = int(lr_steps), float(lr_noise), float(lr_step_size)
         self.lr_clip = None if lr_clip is None else float(lr_clip)
+        if lr_warm_steps is not None and int(lr_warm_steps) < 1:
+            raise InputError(f"MOL: lr_warm_steps must be >= 1 or None, got {lr_warm_steps}")
+        self.lr_warm_steps = None if lr_warm_steps is None else int(lr_warm_steps)
+        self.last_lip_point: torch.Tensor | None = None
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
         self._custom_denoiser = denoiser is not None
         self.denoiser: nn.Module | None = denoiser
@@ -173,6 +181,8 @@ class MOL(nn.Module):
                "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter, "lr_weight": self.lr_weight,
                "lr_threshold": self.lr_threshold, "lr_eps": self.lr_eps, "lr_steps": self.lr_steps,
                "lr_noise": self.lr_noise, "lr_step_size": self.lr_step_size, "lr_clip": self.lr_clip}
+        if self.lr_warm_steps is not None:  # only when set: configs stored before it existed stay equal
+            cfg["lr_warm_steps"] = self.lr_warm_steps
         if isinstance(den, ConvDenoiser):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
         elif den is not None:
@@ -398,9 +408,15 @@ class MOL(nn.Module):
                                         m=self.anderson_m, on_info=record)
 
     # -- training penalty -----------------------------------------------------------------------------------
-    def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None,
+                   v0: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate around ``x_hat``
-        (detached); logs ``lipschitz`` (max over the batch) and ``lipschitz_penalty``. Zero for SN / DEQ."""
+        (detached); logs ``lipschitz`` (max over the batch) and ``lipschitz_penalty``. Zero for SN / DEQ.
+
+        Amortised estimate: with ``v0`` (the adversarial point this slice reached last time, kept by the
+        trainer's fixed-point cache) and ``lr_warm_steps`` set, the ascent continues from ``v0`` for
+        ``lr_warm_steps`` steps instead of ``lr_steps`` from a fresh noisy start. The point reached is left in
+        ``last_lip_point``."""
         zero = self.log_lam.new_zeros(())
         if self.constraint != "lr":
             return zero, {}
@@ -410,8 +426,11 @@ class MOL(nn.Module):
             raise InputError("MOL.extra_loss: x_hat contains NaN/Inf")
         weights = self._weights(tuple(x_hat.shape[1:]))
         # recompute: the ratio's two CNN graphs would otherwise be held until backward, doubling what MOL keeps
-        lip = adversarial_lipschitz(lambda v: self._h(v, weights), x_hat.detach(), steps=self.lr_steps,
-                                    noise=self.lr_noise, step_size=self.lr_step_size, recompute=True)
+        warm = v0 is not None and self.lr_warm_steps is not None and v0.shape == x_hat.shape
+        lip, self.last_lip_point = adversarial_lipschitz(
+            lambda v: self._h(v, weights), x_hat.detach(), steps=self.lr_warm_steps if warm else self.lr_steps,
+            noise=self.lr_noise, step_size=self.lr_step_size, recompute=True, v0=v0 if warm else None,
+            return_point=True)
         pen = lipschitz_barrier(lip, self.lr_threshold, self.lr_eps).mean()
         lmax = float(lip.detach().max())
         self._lip_estimate = lmax

@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "residual_limit": 1.0,        # MOL: final relative residual above this = diverging forward
         "nonconverged_patience": None,  # stop after this many consecutive steps with no slice converged
         "amp": False,
+        "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point (train/fixed_point_cache)
     },
 }
 
@@ -175,6 +176,8 @@ def validate_config(config: dict, where: str = "config") -> dict:
         raise InputError(f"{where}: train.loss must be 'mse_magnitude', got {t['loss']!r}")
     if t["amp"]:
         raise InputError(f"{where}: train.amp=true is not supported (fixed-point solvers need float32)")
+    if not isinstance(t["fixed_point_cache"], bool):
+        raise InputError(f"{where}: train.fixed_point_cache must be true or false, got {t['fixed_point_cache']!r}")
     if not isinstance(t["checkpoint_every"], int) or t["checkpoint_every"] < 1:
         raise InputError(f"{where}: train.checkpoint_every must be a positive integer")
     if not isinstance(t["seed"], int):
