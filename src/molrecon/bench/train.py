@@ -3,8 +3,14 @@
 Every method trains with the project's own :class:`~molrecon.train.trainer.Trainer` step (forward, loss with the
 model's penalty, backward, clipping, AdamW, the MOL-LR safeguard) on the same data, batch, CNN (``channels`` ×
 ``layers``), seed and thread count; only the model section differs. Methods come from :data:`TRAIN_METHODS`
-(``"modl-k1"``, ``"modl-k5"``, ``"modl-k10"``, ``"deq"``, ``"mol-sn"``, ``"mol-lr"``); add one with
-:func:`register_train_method`.
+(``"modl-k1"``, ``"modl-k5"``, ``"modl-k10"``, ``"deq"``, ``"mol-sn"``, ``"mol-lr"``, and the ``*-cached``
+variants with the training-speed levers on); add one with :func:`register_train_method` (a ``"_train"`` key holds
+train-section settings of that method).
+
+Interleaved. The methods of one dims train *side by side*: their trainers are built first and then take one
+step each in turn, so that a load that changes over time (a shared machine) falls on every method alike and the
+step-time ratios stay meaningful. Each trainer's random state (torch, numpy, python) is swapped in for its own
+step, so every run is the run it would be alone.
 
 Per run: the median and mean of the steps' own ``step_time`` (the trainer's timer: from ``zero_grad`` to the
 optimiser and schedule step, no data loading, no validation; the first step is left out of the median as
@@ -14,15 +20,15 @@ PSNR is the summed step time up to the first validation at or above it — taken
 
 Example
 -------
->>> rows = run_train_bench(["modl-k10", "mol-lr"], ["2d"], steps=20)   # doctest: +SKIP
+>>> rows = run_train_bench(["modl-k10", "mol-lr", "mol-lr-cached"], ["2d"], steps=20)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +44,12 @@ TRAIN_METHODS: dict[str, dict[str, Any]] = {
     "deq": {"method": "deq", "max_iter": 50, "tol": 1e-4, "cg_iter": 5},
     "mol-sn": {"method": "mol-sn", "max_iter": 50, "tol": 1e-4, "cg_iter": 5},
     "mol-lr": {"method": "mol-lr", "max_iter": 50, "tol": 1e-4, "cg_iter": 5, "lr_clip": 0.97},
+    # the training-speed levers, none of which changes the fixed point: per-slice warm starts (and, for MOL-LR,
+    # the amortised Lipschitz estimate continuing each slice's last adversarial point for 2 ascent steps)
+    "mol-sn-cached": {"method": "mol-sn", "max_iter": 50, "tol": 1e-4, "cg_iter": 5,
+                      "_train": {"fixed_point_cache": True}},
+    "mol-lr-cached": {"method": "mol-lr", "max_iter": 50, "tol": 1e-4, "cg_iter": 5, "lr_clip": 0.97,
+                      "lr_warm_steps": 2, "_train": {"fixed_point_cache": True}},
 }
 #: The reference of the step-time ratios (the unrolled network MOL replaces).
 REFERENCE = "modl-k10"
@@ -52,7 +64,8 @@ DEFAULT_SIZES: dict[str, dict[str, Any]] = {
 
 
 def register_train_method(name: str, model_section: dict[str, Any]) -> None:
-    """Make ``name`` available to :func:`run_train_bench` (``model_section`` as in a training config)."""
+    """Make ``name`` available to :func:`run_train_bench` (``model_section`` as in a training config, plus an
+    optional ``"_train"`` mapping of train-section settings)."""
     if "method" not in model_section:
         raise InputError(f"train benchmark: the model section of {name!r} needs a 'method'")
     TRAIN_METHODS[name] = dict(model_section)
@@ -68,64 +81,105 @@ def _batches(trainer: Any):
         epoch += 1
 
 
-def train_run(name: str, dims: str, steps: int = 40, val_every: int = 10, channels: int | None = None,
-              layers: int | None = None, data: dict[str, Any] | None = None,
-              model_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
-              device: str = "cpu", seed: int = 0) -> dict[str, Any]:
-    """Train method ``name`` for ``steps`` steps at ``dims``; return its timings and validation curve."""
-    from ..train.trainer import Trainer
-
+def _model_section(name: str, dims: str, channels: int | None, layers: int | None,
+                   model_overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     if name not in TRAIN_METHODS:
         raise InputError(f"train benchmark: unknown method {name!r}; known: {sorted(TRAIN_METHODS)}")
-    if dims not in DEFAULT_SIZES:
-        raise InputError(f"train benchmark: dims must be among {list(DEFAULT_SIZES)}, got {dims!r}")
-    if steps < 2 or val_every < 1:
-        raise InputError(f"train benchmark: need steps >= 2 and val_every >= 1, got {steps}, {val_every}")
     size = DEFAULT_SIZES[dims]
-    model = {**TRAIN_METHODS[name], "dims": dims, "channels": channels or size["channels"],
-             "layers": layers or size["layers"]}
+    entry = dict(TRAIN_METHODS[name])
+    train = dict(entry.pop("_train", {}))
+    model = {**entry, "dims": dims, "channels": channels or size["channels"], "layers": layers or size["layers"]}
     if model["method"] != "modl":
         model.update(model_overrides or {})
     elif model_overrides:
         model.update({k: v for k, v in model_overrides.items() if k in ("lam", "cg_iter", "cg_tol")})
-    with tempfile.TemporaryDirectory(prefix="molrecon-bench-train-") as tmp:
-        config = {"out_dir": tmp, "device": device, "model": model,
-                  "data": {**size["data"], "limit_val": 4, **(data or {})},
-                  "train": {"max_steps": steps, "seed": seed, "val_every": 0, "tensorboard": False,
-                            "progress": False, "lipschitz_patience": 10 ** 9, "residual_limit": math.inf,
-                            **(train_overrides or {})}}
-        trainer = Trainer(config, overwrite=True)
+    return model, train
+
+
+class _Run:
+    """One method's trainer, its batch stream and its own random state."""
+
+    def __init__(self, name: str, dims: str, config: dict[str, Any]) -> None:
+        from ..train.checkpoint import capture_rng_state
+        from ..train.trainer import Trainer
+
+        self.name, self.dims, self.model_section = name, dims, config["model"]
+        self.trainer = Trainer(config, overwrite=True)
+        self.trainer.setup()
+        self.rng = capture_rng_state()
+        self.batches = _batches(self.trainer)
+        self.step_times: list[float] = []
+        self.iters: list[float] = []
+        self.curve: list[dict[str, float]] = []
+        self.trained = 0.0
+
+    def _swapped(self, fn: Callable[[], Any]) -> Any:
+        from ..train.checkpoint import capture_rng_state, restore_rng_state
+
+        outer = capture_rng_state()
+        restore_rng_state(self.rng)
         try:
-            trainer.setup()
-            step_times: list[float] = []
-            iters: list[float] = []
-            curve: list[dict[str, float]] = []
-            trained = 0.0
-            batches = _batches(trainer)
-            t_wall = time.perf_counter()
-            for k in range(1, steps + 1):
-                logs = trainer.train_step(next(batches))
-                trainer.step += 1
-                step_times.append(logs["step_time"])
-                trained += logs["step_time"]
-                if "fwd_iterations" in logs:
-                    iters.append(logs["fwd_iterations"])
-                if k % val_every == 0 or k == steps:
-                    val = trainer.validate()
-                    if val:
-                        curve.append({"step": k, "train_seconds": trained, "val_psnr": val["val_psnr"],
-                                      "val_ssim": val["val_ssim"]})
-            wall = time.perf_counter() - t_wall
-            n_train = len(trainer.train_set)
+            return fn()
         finally:
-            trainer.close()
-    timed = step_times[1:]
-    return {"method": name, "dims": dims, "model": model, "steps": steps, "train_slices": n_train,
-            "step_time_median_s": statistics.median(timed), "step_time_mean_s": statistics.fmean(timed),
-            "first_step_s": step_times[0], "fwd_iterations_mean": statistics.fmean(iters) if iters else None,
-            "val_curve": curve, "final_val_psnr": curve[-1]["val_psnr"] if curve else None,
-            "best_val_psnr": max((c["val_psnr"] for c in curve), default=None), "wall_seconds": wall,
-            "step_times_s": step_times}
+            self.rng = capture_rng_state()
+            restore_rng_state(outer)
+
+    def step(self) -> None:
+        logs = self._swapped(lambda: self.trainer.train_step(next(self.batches)))
+        self.trainer.step += 1
+        self.step_times.append(logs["step_time"])
+        self.trained += logs["step_time"]
+        if "fwd_iterations" in logs:
+            self.iters.append(logs["fwd_iterations"])
+
+    def validate(self) -> None:
+        val = self._swapped(self.trainer.validate)
+        if val:
+            self.curve.append({"step": self.trainer.step, "train_seconds": self.trained,
+                               "val_psnr": val["val_psnr"], "val_ssim": val["val_ssim"]})
+
+    def row(self) -> dict[str, Any]:
+        timed = self.step_times[1:] or self.step_times
+        cache = self.trainer.fp_cache
+        return {"method": self.name, "dims": self.dims, "model": self.model_section,
+                "train_settings": {k: self.trainer.tcfg[k] for k in ("fixed_point_cache", "lr", "seed")},
+                "steps": len(self.step_times), "train_slices": len(self.trainer.train_set),
+                "step_time_median_s": statistics.median(timed), "step_time_mean_s": statistics.fmean(timed),
+                "first_step_s": self.step_times[0],
+                "fwd_iterations_mean": statistics.fmean(self.iters) if self.iters else None,
+                "val_curve": self.curve, "final_val_psnr": self.curve[-1]["val_psnr"] if self.curve else None,
+                "best_val_psnr": max((c["val_psnr"] for c in self.curve), default=None),
+                "cache_hits": None if cache is None else cache.hits, "step_times_s": self.step_times}
+
+
+def train_side_by_side(names: Sequence[str], dims: str, steps: int = 40, val_every: int = 10,
+                       channels: int | None = None, layers: int | None = None, data: dict[str, Any] | None = None,
+                       model_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
+                       device: str = "cpu", seed: int = 0) -> list[dict[str, Any]]:
+    """Train methods ``names`` at ``dims`` interleaved, ``steps`` steps each; their timings and val curves."""
+    if dims not in DEFAULT_SIZES:
+        raise InputError(f"train benchmark: dims must be among {list(DEFAULT_SIZES)}, got {dims!r}")
+    if steps < 2 or val_every < 1:
+        raise InputError(f"train benchmark: need steps >= 2 and val_every >= 1, got {steps}, {val_every}")
+    sections = [_model_section(n, dims, channels, layers, model_overrides) for n in names]
+    with contextlib.ExitStack() as stack:
+        runs = []
+        for name, (model, train) in zip(names, sections):
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="molrecon-bench-train-"))
+            config = {"out_dir": tmp, "device": device, "model": model,
+                      "data": {**DEFAULT_SIZES[dims]["data"], "limit_val": 4, **(data or {})},
+                      "train": {"max_steps": steps, "seed": seed, "val_every": 0, "tensorboard": False,
+                                "progress": False, "lipschitz_patience": 10 ** 9, "residual_limit": math.inf,
+                                **(train_overrides or {}), **train}}
+            runs.append(_Run(name, dims, config))
+            stack.callback(runs[-1].trainer.close)
+        for k in range(1, steps + 1):
+            for run in runs:
+                run.step()
+            if k % val_every == 0 or k == steps:
+                for run in runs:
+                    run.validate()
+        return [run.row() for run in runs]
 
 
 def time_to_psnr(curve: Sequence[dict[str, float]], target: float) -> float | None:
@@ -152,13 +206,14 @@ def summarize_train(rows: list[dict[str, Any]], target_psnr: float | None = None
     return rows
 
 
-def run_train_bench(methods: Sequence[str] = tuple(TRAIN_METHODS), dims_list: Sequence[str] = ("2d",),
-                    steps: int = 40, val_every: int = 10, target_psnr: float | None = None,
-                    channels: dict[str, int] | None = None, layers: int | None = None,
-                    data: dict[str, dict[str, Any]] | None = None, model_overrides: dict[str, Any] | None = None,
-                    train_overrides: dict[str, Any] | None = None, threads: int = 1, device: str = "cpu",
-                    seed: int = 0, on_row: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
-    """:func:`train_run` for every ``dims × method`` in turn, same threads; then :func:`summarize_train`."""
+def run_train_bench(methods: Sequence[str] = ("modl-k1", "modl-k5", "modl-k10", "deq", "mol-sn", "mol-lr"),
+                    dims_list: Sequence[str] = ("2d",), steps: int = 40, val_every: int = 10,
+                    target_psnr: float | None = None, channels: dict[str, int] | None = None,
+                    layers: int | None = None, data: dict[str, dict[str, Any]] | None = None,
+                    model_overrides: dict[str, Any] | None = None, train_overrides: dict[str, Any] | None = None,
+                    threads: int = 1, device: str = "cpu", seed: int = 0,
+                    on_row: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
+    """:func:`train_side_by_side` for every dims in turn, same threads; then :func:`summarize_train`."""
     for m in methods:
         if m not in TRAIN_METHODS:
             raise InputError(f"train benchmark: unknown method {m!r}; known: {sorted(TRAIN_METHODS)}")
@@ -167,11 +222,11 @@ def run_train_bench(methods: Sequence[str] = tuple(TRAIN_METHODS), dims_list: Se
     rows: list[dict] = []
     try:
         for dims in dims_list:
-            for m in methods:
-                rows.append(train_run(m, dims, steps, val_every, (channels or {}).get(dims), layers,
-                                      (data or {}).get(dims), model_overrides, train_overrides, device, seed))
+            for row in train_side_by_side(methods, dims, steps, val_every, (channels or {}).get(dims), layers,
+                                          (data or {}).get(dims), model_overrides, train_overrides, device, seed):
+                rows.append(row)
                 if on_row is not None:
-                    on_row(rows[-1], rows)
+                    on_row(row, rows)
     finally:
         torch.set_num_threads(threads_before)
     return summarize_train(rows, target_psnr)
@@ -199,5 +254,5 @@ def train_markdown(rows: Sequence[dict[str, Any]], settings: dict[str, Any] | No
     return head + "\n" + markdown_table(table, list(table[0]) if table else [])
 
 
-__all__ = ["TRAIN_METHODS", "DEFAULT_SIZES", "register_train_method", "train_run", "run_train_bench",
+__all__ = ["TRAIN_METHODS", "DEFAULT_SIZES", "register_train_method", "train_side_by_side", "run_train_bench",
            "summarize_train", "time_to_psnr", "train_markdown"]

@@ -93,7 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "train.png.")
     t.add_argument("--out", type=Path, default=Path("bench-out"))
     t.add_argument("--methods", nargs="+", default=["modl-k1", "modl-k5", "modl-k10", "deq", "mol-sn", "mol-lr"],
-                   choices=["modl-k1", "modl-k5", "modl-k10", "deq", "mol-sn", "mol-lr"])
+                   choices=["modl-k1", "modl-k5", "modl-k10", "deq", "mol-sn", "mol-lr", "mol-sn-cached",
+                            "mol-lr-cached"],
+                   help="methods, trained side by side (interleaved steps); *-cached: with the per-slice "
+                   "fixed-point cache (and for MOL-LR the amortised Lipschitz estimate)")
     t.add_argument("--dims", nargs="+", default=["2d"], choices=["2d", "3d", "2d+t"])
     t.add_argument("--steps", type=int, default=40, help="training steps per method (default 40)")
     t.add_argument("--val-every", type=int, default=10, help="validate every N steps (default 10)")
@@ -308,7 +311,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "train_set": train_overrides}
 
     def on_row(row: dict, rows: list[dict]) -> None:
-        print(f"  {row['dims']:5s} {row['method']:9s} step {row['step_time_median_s']:.3f} s (median), "
+        print(f"  {row['dims']:5s} {row['method']:13s} step {row['step_time_median_s']:.3f} s (median), "
               f"best val PSNR {row['best_val_psnr'] or float('nan'):.2f}", flush=True)
         write_json_atomic(out / "train.json", {"rows": rows, "settings": settings, "complete": False,
                                                "machine": machine_info()})

@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "residual_limit": 1.0,        # MOL: final relative residual above this = diverging forward
         "nonconverged_patience": None,  # stop after this many consecutive steps with no slice converged
         "amp": False,
-        "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point (train/fixed_point_cache)
+        "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point
     },
 }
 
