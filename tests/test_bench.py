@@ -224,11 +224,12 @@ def test_bench_train_smoke_rows_ratios_and_time_to_target(tmp_path):
 
     rc = main(["bench", "train", "--out", str(tmp_path), "--synthetic", "16", "2", "--steps", "3", "--val-every",
                "1", "--limit-val", "1", "--channels", "4", "--layers", "3", "--methods", "modl-k1", "modl-k10",
-               "mol-lr", "--set", "max_iter=6"])
+               "mol-lr", "mol-lr@cg_iter=2", "--set", "max_iter=6"])
     assert rc == 0
     data = json.loads((tmp_path / "train.json").read_text())
     rows = {r["method"]: r for r in data["rows"]}
-    assert data["complete"] and set(rows) == {"modl-k1", "modl-k10", "mol-lr"}
+    assert data["complete"] and set(rows) == {"modl-k1", "modl-k10", "mol-lr", "mol-lr@cg_iter=2"}
+    assert rows["mol-lr@cg_iter=2"]["model"]["cg_iter"] == 2 and rows["mol-lr"]["model"]["cg_iter"] == 5
     assert rows["modl-k10"]["step_over_modl-k10"] == 1.0
     assert rows["mol-lr"]["model"]["max_iter"] == 6 and "max_iter" not in rows["modl-k1"]["model"]
     target = min(r["best_val_psnr"] for r in rows.values())
@@ -239,6 +240,16 @@ def test_bench_train_smoke_rows_ratios_and_time_to_target(tmp_path):
         assert 0 < r["time_to_target_s"] <= sum(r["step_times_s"]) + 1e-9
     assert "| 2d | mol-lr |" in (tmp_path / "train.md").read_text()
     assert (tmp_path / "train.png").stat().st_size > 1000
+
+
+def test_bench_train_rejects_unknown_methods_before_training():
+    from molrecon.bench.train import parse_method, run_train_bench
+
+    assert parse_method("mol-lr@cg_iter=15,tol=1e-5") == ("mol-lr", {"cg_iter": 15, "tol": 1e-5})
+    with pytest.raises(InputError, match="unknown method"):
+        run_train_bench(["modl-k10", "mol-xx"], ["2d"])
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        parse_method("mol-lr@cg_iter")
 
 
 def test_time_to_psnr_first_crossing():
@@ -261,7 +272,8 @@ def test_bench_train_side_by_side_runs_are_the_runs_alone():
     kw = dict(steps=3, val_every=3, channels=4, layers=3, data=data, model_overrides={"max_iter": 8})
     alone = train_side_by_side(["mol-lr"], "2d", **kw)
     beside = train_side_by_side(["modl-k1", "mol-lr", "mol-lr-cached"], "2d", **kw)
-    assert [c["val_psnr"] for c in alone[0]["val_curve"]] == [c["val_psnr"] for c in beside[1]["val_curve"]]
+    psnrs = [[c["val_psnr"] for c in r["val_curve"]] for r in (alone[0], beside[1])]
+    assert psnrs[0] == psnrs[1]
     cached = beside[2]
     assert cached["train_settings"]["fixed_point_cache"] is True and cached["cache_hits"] == 2  # step 3: its x and its Lipschitz point
     assert cached["model"]["lr_warm_steps"] == 2 and beside[1]["cache_hits"] is None

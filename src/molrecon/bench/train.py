@@ -4,7 +4,7 @@ Every method trains with the project's own :class:`~molrecon.train.trainer.Train
 model's penalty, backward, clipping, AdamW, the MOL-LR safeguard) on the same data, batch, CNN (``channels`` ×
 ``layers``), seed and thread count; only the model section differs. Methods come from :data:`TRAIN_METHODS`
 (``"modl-k1"``, ``"modl-k5"``, ``"modl-k10"``, ``"deq"``, ``"mol-sn"``, ``"mol-lr"``, and the ``*-cached``
-variants with the training-speed levers on); add one with :func:`register_train_method` (a ``"_train"`` key holds
+variants with the training-speed levers on; ``"mol-lr@cg_iter=15"`` gives a method settings of its own); add one with :func:`register_train_method` (a ``"_train"`` key holds
 train-section settings of that method).
 
 Interleaved. The methods of one dims train *side by side*: their trainers are built first and then take one
@@ -81,12 +81,28 @@ def _batches(trainer: Any):
         epoch += 1
 
 
+def parse_method(name: str) -> tuple[str, dict[str, Any]]:
+    """``"mol-lr@cg_iter=15,max_iter=30"`` → ``("mol-lr", {"cg_iter": 15, "max_iter": 30})``: a registered
+    method with model settings of its own (so that several settings train side by side)."""
+    from ..train.config import parse_scalar
+
+    base, _, rest = name.partition("@")
+    if base not in TRAIN_METHODS:
+        raise InputError(f"train benchmark: unknown method {base!r}; known: {sorted(TRAIN_METHODS)}")
+    own: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise InputError(f"train benchmark: {name!r}: expected KEY=VALUE after '@', got {item!r}")
+        k, v = item.split("=", 1)
+        own[k.strip()] = parse_scalar(v)
+    return base, own
+
+
 def _model_section(name: str, dims: str, channels: int | None, layers: int | None,
                    model_overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    if name not in TRAIN_METHODS:
-        raise InputError(f"train benchmark: unknown method {name!r}; known: {sorted(TRAIN_METHODS)}")
+    base, own = parse_method(name)
     size = DEFAULT_SIZES[dims]
-    entry = dict(TRAIN_METHODS[name])
+    entry = {**TRAIN_METHODS[base], **own}
     train = dict(entry.pop("_train", {}))
     model = {**entry, "dims": dims, "channels": channels or size["channels"], "layers": layers or size["layers"]}
     if model["method"] != "modl":
@@ -215,8 +231,7 @@ def run_train_bench(methods: Sequence[str] = ("modl-k1", "modl-k5", "modl-k10", 
                     on_row: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
     """:func:`train_side_by_side` for every dims in turn, same threads; then :func:`summarize_train`."""
     for m in methods:
-        if m not in TRAIN_METHODS:
-            raise InputError(f"train benchmark: unknown method {m!r}; known: {sorted(TRAIN_METHODS)}")
+        parse_method(m)  # a clear error before anything trains
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows: list[dict] = []
@@ -254,5 +269,6 @@ def train_markdown(rows: Sequence[dict[str, Any]], settings: dict[str, Any] | No
     return head + "\n" + markdown_table(table, list(table[0]) if table else [])
 
 
-__all__ = ["TRAIN_METHODS", "DEFAULT_SIZES", "register_train_method", "train_side_by_side", "run_train_bench",
+__all__ = ["TRAIN_METHODS", "DEFAULT_SIZES", "parse_method", "register_train_method", "train_side_by_side",
+           "run_train_bench",
            "summarize_train", "time_to_psnr", "train_markdown"]

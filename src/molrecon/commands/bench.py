@@ -93,10 +93,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "train.png.")
     t.add_argument("--out", type=Path, default=Path("bench-out"))
     t.add_argument("--methods", nargs="+", default=["modl-k1", "modl-k5", "modl-k10", "deq", "mol-sn", "mol-lr"],
-                   choices=["modl-k1", "modl-k5", "modl-k10", "deq", "mol-sn", "mol-lr", "mol-sn-cached",
-                            "mol-lr-cached"],
-                   help="methods, trained side by side (interleaved steps); *-cached: with the per-slice "
-                   "fixed-point cache (and for MOL-LR the amortised Lipschitz estimate)")
+                   metavar="METHOD",
+                   help="methods, trained side by side (interleaved steps): modl-k1 modl-k5 modl-k10 deq mol-sn "
+                   "mol-lr mol-sn-cached mol-lr-cached (*-cached: the per-slice fixed-point cache and, for "
+                   "MOL-LR, the amortised Lipschitz estimate); METHOD@KEY=VALUE,... gives one its own model "
+                   "settings, e.g. mol-lr@cg_iter=15")
     t.add_argument("--dims", nargs="+", default=["2d"], choices=["2d", "3d", "2d+t"])
     t.add_argument("--steps", type=int, default=40, help="training steps per method (default 40)")
     t.add_argument("--val-every", type=int, default=10, help="validate every N steps (default 10)")
