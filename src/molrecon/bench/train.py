@@ -4,8 +4,8 @@ Every method trains with the project's own :class:`~molrecon.train.trainer.Train
 model's penalty, backward, clipping, AdamW, the MOL-LR safeguard) on the same data, batch, CNN (``channels`` ×
 ``layers``), seed and thread count; only the model section differs. Methods come from :data:`TRAIN_METHODS`
 (``"modl-k1"``, ``"modl-k5"``, ``"modl-k10"``, ``"deq"``, ``"mol-sn"``, ``"mol-lr"``, and the ``*-cached``
-variants with the training-speed levers on; ``"mol-lr@cg_iter=15"`` gives a method settings of its own); add one with :func:`register_train_method` (a ``"_train"`` key holds
-train-section settings of that method).
+variants with the training-speed levers on; ``"mol-lr@cg_iter=15"`` gives a method settings of its own); add
+one with :func:`register_train_method` (a ``"_train"`` key holds train-section settings of that method).
 
 Interleaved. The methods of one dims train *side by side*: their trainers are built first and then take one
 step each in turn, so that a load that changes over time (a shared machine) falls on every method alike and the
