@@ -275,5 +275,6 @@ def test_bench_train_side_by_side_runs_are_the_runs_alone():
     psnrs = [[c["val_psnr"] for c in r["val_curve"]] for r in (alone[0], beside[1])]
     assert psnrs[0] == psnrs[1]
     cached = beside[2]
-    assert cached["train_settings"]["fixed_point_cache"] is True and cached["cache_hits"] == 2  # step 3: its x and its Lipschitz point
+    # step 3 revisits a slice: its x and its Lipschitz point are found
+    assert cached["train_settings"]["fixed_point_cache"] is True and cached["cache_hits"] == 2
     assert cached["model"]["lr_warm_steps"] == 2 and beside[1]["cache_hits"] is None
