@@ -278,3 +278,24 @@ def test_bench_train_side_by_side_runs_are_the_runs_alone():
     # step 3 revisits a slice: its x and its Lipschitz point are found
     assert cached["train_settings"]["fixed_point_cache"] is True and cached["cache_hits"] == 2
     assert cached["model"]["lr_warm_steps"] == 2 and beside[1]["cache_hits"] is None
+
+
+def test_spectral_norm_sigma_keeps_no_image_sized_tensor_and_same_gradient():
+    """MOL-SN's σ = ‖K u‖ is recomputed in backward: only the weight is saved, the gradient is bitwise that of
+    the direct graph."""
+    import torch.nn.functional as F
+
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.models.cnn import conv_power_iteration
+
+    w = torch.randn(8, 4, 3, 3, requires_grad=True)
+    u0 = torch.randn(1, 4, 32, 32)
+    with SavedTensorMeter() as meter:
+        sigma, u = conv_power_iteration(w, u0 / u0.norm(), 2)
+    assert meter.live_bytes == w.numel() * 4
+    sigma.backward()
+    grad = w.grad.clone()
+    w.grad = None
+    direct = F.conv2d(u, w, padding=(1, 1)).norm()
+    direct.backward()
+    assert torch.equal(sigma.detach(), direct.detach()) and torch.equal(grad, w.grad)
