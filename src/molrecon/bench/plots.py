@@ -130,25 +130,24 @@ def plot_train(rows: Sequence[dict], path: str | os.PathLike) -> None:
     fig, axes = plt.subplots(1, 1 + len(dims_list), figsize=(4.6 * (1 + len(dims_list)), 3.8), squeeze=False)
     ax = axes[0][0]
     width = 0.8 / max(1, len(methods))
+    # one colour per method of the run (variants such as mol-lr@cg_iter=15 or *-cached are methods of their own)
+    colors = {m: plt.cm.tab10(j % 10) for j, m in enumerate(methods)}
     for j, method in enumerate(methods):
-        base = method.split("-k")[0]
-        color = STYLE.get(base, ("k", "x"))[0]
-        alpha = 1.0 if base != "modl" else 0.35 + 0.065 * int(method.rsplit("k", 1)[-1] or 1)
         vals = [next((r["step_time_median_s"] for r in rows if r["dims"] == d and r["method"] == method), 0.0)
                 for d in dims_list]
-        ax.bar([i + j * width for i in range(len(dims_list))], vals, width, color=color, alpha=min(1.0, alpha),
-               label=method)
+        ax.bar([i + j * width for i in range(len(dims_list))], vals, width, color=colors[method], label=method)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(dims_list))], dims_list)
     ax.set_ylabel("training step (s, median)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     for ax, dims in zip(axes[0][1:], dims_list):
         for r in (r for r in rows if r["dims"] == dims):
-            base = r["method"].split("-k")[0]
-            color, marker = STYLE.get(base, ("k", "x"))
+            base = r["method"].split("@")[0].removesuffix("-cached")
+            marker = STYLE.get("modl" if base.startswith("modl") else base, ("k", "x"))[1]
             pts = [(c["train_seconds"], c["val_psnr"]) for c in r["val_curve"]]
-            ls = "-" if base != "modl" else {"modl-k1": ":", "modl-k5": "-."}.get(r["method"], "--")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, ls=ls, label=r["method"])
+            ls = "--" if base.startswith("modl") else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colors[r["method"]], ls=ls,
+                    label=r["method"])
         target = next((r.get("target_psnr") for r in rows if r["dims"] == dims), None)
         if target is not None:
             ax.axhline(target, color="gray", lw=0.8, ls=":")
