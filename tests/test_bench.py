@@ -160,3 +160,145 @@ def test_quality_pretrained_resolution_and_notes():
              "num_volumes": 2, "num_slices": 2} for a in (4.0, 8.0)]
     md = quality_markdown({"accelerations": [4.0, 8.0], "rows": rows, "data": "x", "notes": [note]})
     assert "| sense | 30.00 ± 1.00 | 0.9000 ± 0.0100 | 30.00 ± 1.00 |" in md and "skipped" in md
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_saved_bytes_mol_flat_in_max_iter_modl_linear_in_k():
+    """By the graph's saved tensors (exact, load-independent): MOL keeps one block whatever max_iter, MoDL one
+    CNN + CG graph per unrolled iteration."""
+    from molrecon.bench.memory import measure_step_memory
+
+    size = dict(shape=(32, 32), coils=2, channels=8, layers=3, in_process=True)
+    for method in ("mol-sn", "mol-lr"):
+        few, many = (measure_step_memory(method, k, model_kwargs={"tol": 1e-12, "solver": "plain"}, **size)
+                     for k in (5, 50))
+        assert many["forward_iterations"][0] > few["forward_iterations"][0] == 5  # more iterations really ran
+        assert few["saved_bytes"] > 0
+        assert abs(many["saved_bytes"] - few["saved_bytes"]) <= 0.05 * few["saved_bytes"]
+    modl = {k: measure_step_memory("modl", k, **size)["saved_bytes"] for k in (1, 2, 4)}
+    a, b, r2 = linear_fit(list(modl), list(modl.values()))
+    assert b > 0.5 * modl[1] and r2 > 0.999
+    assert modl[4] > 3 * few["saved_bytes"]
+
+
+def test_saved_tensor_meter_counts_storages_once_and_releases_freed_graphs():
+    from molrecon.bench.saved import SavedTensorMeter
+
+    w = torch.randn(256, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        h = w * 2.0                     # saves nothing of size (a scalar factor)
+        y = (h * h).sum()               # saves h twice: one storage
+        assert meter.live_bytes == 256 * 4
+        tmp = (w.exp() * w).sum()       # saves exp(w) (its output) and w
+        assert meter.live_bytes == 256 * 4 * 3
+        del tmp                         # that graph is freed: its tensors no longer count
+        assert meter.live_bytes == 256 * 4 and meter.peak_bytes == 256 * 4 * 3
+    y.backward()
+    assert meter.live_bytes == 0
+
+
+def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs():
+    """The MOL-LR penalty's CNN graphs are recomputed in backward: bitwise the same estimate and gradient,
+    and only the two input images are kept."""
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.models import MOL
+    from molrecon.models.constraints import adversarial_lipschitz
+
+    model = MOL(constraint="lr", dims="2d", channels=8, layers=4)
+    u = torch.randn(2, 24, 24, dtype=torch.complex64)
+    out = {}
+    for recompute in (False, True):
+        model.zero_grad()
+        w = model._weights((24, 24))
+        with SavedTensorMeter() as meter:
+            lip = adversarial_lipschitz(lambda v, w=w: model._h(v, w), u, steps=3, recompute=recompute,
+                                        generator=torch.Generator().manual_seed(1))
+        kept = meter.live_bytes
+        lip.sum().backward()
+        out[recompute] = (lip.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], kept)
+    assert torch.equal(out[False][0], out[True][0])
+    assert all(torch.equal(a, b) for a, b in zip(out[False][1], out[True][1]))
+    assert out[True][2] < 0.25 * out[False][2]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_bench_train_smoke_rows_ratios_and_time_to_target(tmp_path):
+    from molrecon.cli import main
+
+    rc = main(["bench", "train", "--out", str(tmp_path), "--synthetic", "16", "2", "--steps", "3", "--val-every",
+               "1", "--limit-val", "1", "--channels", "4", "--layers", "3", "--methods", "modl-k1", "modl-k10",
+               "mol-lr", "mol-lr@cg_iter=2", "--set", "max_iter=6"])
+    assert rc == 0
+    data = json.loads((tmp_path / "train.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert data["complete"] and set(rows) == {"modl-k1", "modl-k10", "mol-lr", "mol-lr@cg_iter=2"}
+    assert rows["mol-lr@cg_iter=2"]["model"]["cg_iter"] == 2 and rows["mol-lr"]["model"]["cg_iter"] == 5
+    assert rows["modl-k10"]["step_over_modl-k10"] == 1.0
+    assert rows["mol-lr"]["model"]["max_iter"] == 6 and "max_iter" not in rows["modl-k1"]["model"]
+    target = min(r["best_val_psnr"] for r in rows.values())
+    for r in rows.values():
+        assert len(r["step_times_s"]) == 3 and len(r["val_curve"]) == 3
+        assert r["step_time_median_s"] > 0 and r["target_psnr"] == target
+        # every method reached the default target (the best PSNR all of them reached), within its training time
+        assert 0 < r["time_to_target_s"] <= sum(r["step_times_s"]) + 1e-9
+    assert "| 2d | mol-lr |" in (tmp_path / "train.md").read_text()
+    assert (tmp_path / "train.png").stat().st_size > 1000
+
+
+def test_bench_train_rejects_unknown_methods_before_training():
+    from molrecon.bench.train import parse_method, run_train_bench
+
+    assert parse_method("mol-lr@cg_iter=15,tol=1e-5") == ("mol-lr", {"cg_iter": 15, "tol": 1e-5})
+    with pytest.raises(InputError, match="unknown method"):
+        run_train_bench(["modl-k10", "mol-xx"], ["2d"])
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        parse_method("mol-lr@cg_iter")
+
+
+def test_time_to_psnr_first_crossing():
+    from molrecon.bench.train import time_to_psnr
+
+    curve = [{"train_seconds": 1.0, "val_psnr": 20.0}, {"train_seconds": 2.0, "val_psnr": 25.0},
+             {"train_seconds": 3.0, "val_psnr": 24.0}]
+    assert time_to_psnr(curve, 24.5) == 2.0 and time_to_psnr(curve, 19.0) == 1.0
+    assert time_to_psnr(curve, 26.0) is None
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_bench_train_side_by_side_runs_are_the_runs_alone():
+    """Interleaving swaps each trainer's random state in for its step: MOL-LR (random penalty start) trained
+    beside MoDL learns exactly what it learns alone; the cached variant warm-starts revisited slices."""
+    from molrecon.bench.train import train_side_by_side
+
+    data = {"source": "synthetic", "shape": [12, 12], "num_coils": 2, "num_train": 2, "num_val": 1,
+            "limit_val": 1}
+    kw = dict(steps=3, val_every=3, channels=4, layers=3, data=data, model_overrides={"max_iter": 8})
+    alone = train_side_by_side(["mol-lr"], "2d", **kw)
+    beside = train_side_by_side(["modl-k1", "mol-lr", "mol-lr-cached"], "2d", **kw)
+    psnrs = [[c["val_psnr"] for c in r["val_curve"]] for r in (alone[0], beside[1])]
+    assert psnrs[0] == psnrs[1]
+    cached = beside[2]
+    # step 3 revisits a slice: its x and its Lipschitz point are found
+    assert cached["train_settings"]["fixed_point_cache"] is True and cached["cache_hits"] == 2
+    assert cached["model"]["lr_warm_steps"] == 2 and beside[1]["cache_hits"] is None
+
+
+def test_spectral_norm_sigma_keeps_no_image_sized_tensor_and_same_gradient():
+    """MOL-SN's σ = ‖K u‖ is recomputed in backward: only the weight is saved, the gradient is bitwise that of
+    the direct graph."""
+    import torch.nn.functional as F
+
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.models.cnn import conv_power_iteration
+
+    w = torch.randn(8, 4, 3, 3, requires_grad=True)
+    u0 = torch.randn(1, 4, 32, 32)
+    with SavedTensorMeter() as meter:
+        sigma, u = conv_power_iteration(w, u0 / u0.norm(), 2)
+    assert meter.live_bytes == w.numel() * 4
+    sigma.backward()
+    grad = w.grad.clone()
+    w.grad = None
+    direct = F.conv2d(u, w, padding=(1, 1)).norm()
+    direct.backward()
+    assert torch.equal(sigma.detach(), direct.detach()) and torch.equal(grad, w.grad)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import InputError, MolreconError
 from ..names import DIMS, FIXED_POINT_METHODS, LEARNED_METHODS
+from .saved import SavedTensorMeter
 
 # name -> builder(spec) -> (model, forward(y, physics) -> x)
 STEP_BUILDERS: dict[str, Callable] = {}
@@ -143,13 +144,18 @@ def _child(spec: dict) -> dict:
     # the running peak after each phase tells which phase sets the step's peak (diagnostics for the report)
     phases: dict[str, int] = {}
     t0 = time.perf_counter()
-    x = forward(y, physics)
-    phases["forward"] = high_water()
-    loss = (x.abs() - target.abs()).pow(2).mean()
-    extra = getattr(model, "extra_loss", None)
-    if callable(extra):
-        loss = loss + extra(x, target)[0]
+    # the graph's saved tensors are counted exactly (load- and allocator-independent), beside the peaks
+    with SavedTensorMeter() as meter:
+        x = forward(y, physics)
+        phases["forward"] = high_water()
+        saved_forward = meter.live_bytes
+        loss = (x.abs() - target.abs()).pow(2).mean()
+        extra = getattr(model, "extra_loss", None)
+        if callable(extra):
+            loss = loss + extra(x, target)[0]
     phases["loss"] = high_water()
+    saved = {"saved_bytes": meter.live_bytes, "saved_forward_bytes": saved_forward,
+             "saved_peak_bytes": meter.peak_bytes, "saved_by_producer_bytes": meter.breakdown()}
     opt.zero_grad()
     loss.backward()
     phases["backward"] = high_water()
@@ -163,7 +169,7 @@ def _child(spec: dict) -> dict:
     return {"method": spec["method"], "max_iter": spec["max_iter"], "shape": list(shape), "dims": spec["dims"],
             "device": dev.type, "peak_bytes": int(peak), "baseline_bytes": int(base),
             "forward_iterations": iters, "backward_iterations": back_iters, "step_seconds": seconds,
-            "loss": float(loss.detach()), "phase_peaks_bytes": phases,
+            "loss": float(loss.detach()), "phase_peaks_bytes": phases, **saved,
             "measure": "cuda.max_memory_allocated" if dev.type == "cuda"
             else ("VmHWM after reset - VmRSS" if hwm_ok else "ru_maxrss delta")}
 
@@ -172,8 +178,12 @@ def measure_step_memory(method: str = "mol-sn", max_iter: int = 10, shape: Seque
                         dims: str | None = None, coils: int = 4, channels: int = 64, layers: int = 5,
                         batch: int = 1, acceleration: float = 4.0, device: str = "cpu", seed: int = 0,
                         threads: int = 1, model_kwargs: dict | None = None, timeout: float = 600.0,
-                        repeats: int = 1, **extra) -> dict:
+                        repeats: int = 1, in_process: bool = False, **extra) -> dict:
     """Peak memory in bytes of one training step of ``method`` in a fresh Python process.
+
+    ``in_process=True`` runs the step in this interpreter instead: the peak then includes whatever this process
+    already holds and means little, but ``saved_bytes`` (the graph's saved tensors) is exact either way — the
+    fast path for tests of the graph's size.
 
     ``extra`` keys are passed through in the spec (for builders registered by other methods, e.g. MoDL's
     number of unrolled iterations). Returns the child's result dict (``peak_bytes`` etc.); with ``repeats > 1``
@@ -182,7 +192,7 @@ def measure_step_memory(method: str = "mol-sn", max_iter: int = 10, shape: Seque
     """
     if repeats > 1:
         runs = [measure_step_memory(method, max_iter, shape, dims, coils, channels, layers, batch, acceleration,
-                                    device, seed, threads, model_kwargs, timeout, 1, **extra)
+                                    device, seed, threads, model_kwargs, timeout, 1, in_process, **extra)
                 for _ in range(repeats)]
         peaks = sorted(r["peak_bytes"] for r in runs)
         out = dict(runs[0])
@@ -196,6 +206,14 @@ def measure_step_memory(method: str = "mol-sn", max_iter: int = 10, shape: Seque
             "model_kwargs": model_kwargs or {}, **extra}
     if method not in STEP_BUILDERS and method not in LAZY_BUILDERS:
         _resolve(method)  # raises the clear error
+    if in_process:
+        import torch
+
+        threads_before = torch.get_num_threads()
+        try:
+            return _child(spec)
+        finally:
+            torch.set_num_threads(threads_before)
     proc = subprocess.run([sys.executable, "-m", "molrecon.bench.memory", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -281,7 +299,11 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                        "backward_iterations": r.get("backward_iterations"),
                        "step_seconds": r.get("step_seconds"),
                        "phase_peaks_mib": {p: v / MIB for p, v in (r.get("phase_peaks_bytes") or {}).items()},
-                       "measure": r.get("measure")}
+                       "measure": r.get("measure"),
+                       "saved_mib": r["saved_bytes"] / MIB,
+                       "saved_forward_mib": r["saved_forward_bytes"] / MIB,
+                       "saved_peak_mib": r["saved_peak_bytes"] / MIB,
+                       "saved_by_producer_mib": {k: v / MIB for k, v in r["saved_by_producer_bytes"].items()}}
                 if "peaks" in r:
                     row["peaks_mib"] = [p / MIB for p in r["peaks"]]
                 rows.append(row)
@@ -329,6 +351,13 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
             s["modl_k_exceeding_budget"] = (max(1, math.ceil((budget_mib - a) / b)) if b > 0 else None)
         k1 = next((r["peak_mib"] for r in modl if r["iters"] == 1), None)
         s["modl_k1_mib"] = k1
+        has_saved = all("saved_mib" in r for r in sub)
+        if has_saved and len({r["iters"] for r in modl}) >= 2:
+            a, b, r2 = linear_fit([r["iters"] for r in modl], [r["saved_mib"] for r in modl])
+            s.update(modl_saved_intercept_mib=a, modl_saved_slope_mib_per_iter=b, modl_saved_fit_r2=r2)
+        top = modl[-1] if modl else None
+        if top is not None:
+            s["modl_top_k"] = top["iters"]
         for method in FIXED_POINT_METHODS:
             mol = sorted((r for r in sub if r["method"] == method), key=lambda r: r["iters"])
             if not mol:
@@ -340,6 +369,15 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
                 s[f"{method}_iters_compared"] = [mol[0]["iters"], mol[-1]["iters"]]
             if k1:
                 s[f"{method}_over_modl_k1"] = max(peaks) / k1
+            if top is not None:
+                s[f"modl_top_over_{method}_peak"] = top["peak_mib"] / max(peaks)
+            if has_saved:
+                saved = [r["saved_mib"] for r in mol]
+                s[f"{method}_saved_max_mib"] = max(saved)
+                if len(mol) >= 2:
+                    s[f"{method}_saved_last_over_first"] = saved[-1] / saved[0]
+                if top is not None:
+                    s[f"modl_top_over_{method}_saved"] = top["saved_mib"] / max(saved)
         out.append(s)
     return out
 
@@ -361,7 +399,16 @@ def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
             table_rows.append(row)
     lines = ["Peak memory (MiB) of one training step vs iterations (MoDL: unrolled K; MOL: forward max_iter)\n",
              markdown_table(table_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
-    srows = []
+    if rows and all("saved_mib" in r for r in rows):
+        saved_rows = []
+        for row in table_rows:
+            sub = {r["iters"]: r for r in rows if r["dims"] == row["dims"] and r["method"] == row["method"]}
+            saved_rows.append({**{k: row[k] for k in ("dims", "shape × coils", "method")},
+                               **{str(k): f"{sub[k]['saved_mib']:.1f}" if k in sub else "" for k in iters}})
+        lines += ["\nSaved for backward (MiB, exact: storages autograd keeps after forward + loss, deduplicated)\n",
+                  markdown_table(saved_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
+    srows: list[dict] = []
+    ratios: list[dict] = []
     for s in summary:
         k_b = s.get("modl_k_exceeding_budget")
         srows.append({
@@ -377,7 +424,22 @@ def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
             "MOL-SN last/first": f"{s['mol-sn_last_over_first']:.3f}" if "mol-sn_last_over_first" in s else "",
             "MOL-SN / MoDL K=1": f"{s['mol-sn_over_modl_k1']:.2f}" if "mol-sn_over_modl_k1" in s else "",
         })
+        top = s.get("modl_top_k")
+        for method in FIXED_POINT_METHODS:
+            if top is None or f"modl_top_over_{method}_peak" not in s:
+                continue
+            ratios.append({"dims": s["dims"], "ratio": f"MoDL K={top} / {method}",
+                           "peak": f"{s[f'modl_top_over_{method}_peak']:.1f}×",
+                           "saved": (f"{s[f'modl_top_over_{method}_saved']:.1f}×"
+                                     if f"modl_top_over_{method}_saved" in s else ""),
+                           f"{method} saved last/first": (f"{s[f'{method}_saved_last_over_first']:.3f}"
+                                                          if f"{method}_saved_last_over_first" in s else "")})
     if srows:
         lines += ["\nSummary (acceptance: MOL last/first ≤ 1.15, MOL / MoDL K=1 ≤ ~1.5; MoDL linear in K)\n",
                   markdown_table(srows, list(srows[0]))]
+    if ratios:
+        cols = list(dict.fromkeys(k for r in ratios for k in r))
+        lines += ["\nMoDL (largest K) over MOL (largest max_iter), by peak and by saved bytes; MOL flatness by saved "
+                  "bytes (acceptance: ≥ 10× at 2D 256² × 12 coils × 64 channels; last/first within 5 %)\n",
+                  markdown_table([{c: r.get(c, "") for c in cols} for r in ratios], cols)]
     return "\n".join(lines)

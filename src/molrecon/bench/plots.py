@@ -23,8 +23,8 @@ def _plt():
 
 
 def plot_memory(rows: Sequence[dict], path: str | os.PathLike, summary: Sequence[dict] = ()) -> None:
-    """Peak MiB of one training step vs iterations, one panel per dims, one line per method; MoDL's fitted
-    line ``a + bK`` dashed (the extrapolation the budget figure is based on)."""
+    """Peak MiB of one training step vs iterations, one panel per dims, one line per method (dotted: the bytes
+    saved for backward, when measured); MoDL's fitted line ``a + bK`` dashed (the budget extrapolation)."""
 
     plt = _plt()
     dims_list = list(dict.fromkeys(r["dims"] for r in rows))
@@ -36,6 +36,10 @@ def plot_memory(rows: Sequence[dict], path: str | os.PathLike, summary: Sequence
             pts = sorted((r["iters"], r["peak_mib"]) for r in sub if r["method"] == method)
             color, marker = STYLE.get(method, ("k", "x"))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=method)
+            saved = sorted((r["iters"], r["saved_mib"]) for r in sub if r["method"] == method and "saved_mib" in r)
+            if saved:
+                ax.plot([p[0] for p in saved], [p[1] for p in saved], marker=marker, color=color, ls=":",
+                        mfc="none", label=f"{method} saved")
         s = fits.get(dims, {})
         if "modl_slope_mib_per_iter" in s:
             kmax = max(r["iters"] for r in sub)
@@ -111,5 +115,45 @@ def plot_quality(rows: Sequence[dict], path: str | os.PathLike) -> None:
             ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+
+
+def plot_train(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Left: median training-step time per method, grouped by dims. Then one panel per dims: validation PSNR
+    against summed training-step time (the curves the time-to-PSNR figures are read from)."""
+
+    plt = _plt()
+    dims_list = list(dict.fromkeys(r["dims"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 1 + len(dims_list), figsize=(4.6 * (1 + len(dims_list)), 3.8), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / max(1, len(methods))
+    # one colour per method of the run (variants such as mol-lr@cg_iter=15 or *-cached are methods of their own)
+    colors = {m: plt.cm.tab10(j % 10) for j, m in enumerate(methods)}
+    for j, method in enumerate(methods):
+        vals = [next((r["step_time_median_s"] for r in rows if r["dims"] == d and r["method"] == method), 0.0)
+                for d in dims_list]
+        ax.bar([i + j * width for i in range(len(dims_list))], vals, width, color=colors[method], label=method)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(dims_list))], dims_list)
+    ax.set_ylabel("training step (s, median)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    for ax, dims in zip(axes[0][1:], dims_list):
+        for r in (r for r in rows if r["dims"] == dims):
+            base = r["method"].split("@")[0].removesuffix("-cached")
+            marker = STYLE.get("modl" if base.startswith("modl") else base, ("k", "x"))[1]
+            pts = [(c["train_seconds"], c["val_psnr"]) for c in r["val_curve"]]
+            ls = "--" if base.startswith("modl") else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colors[r["method"]], ls=ls,
+                    label=r["method"])
+        target = next((r.get("target_psnr") for r in rows if r["dims"] == dims), None)
+        if target is not None:
+            ax.axhline(target, color="gray", lw=0.8, ls=":")
+        ax.set_title(f"{dims}: validation PSNR vs training time")
+        ax.set_xlabel("summed step time (s)")
+        ax.set_ylabel("val PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure_atomic(fig, path)

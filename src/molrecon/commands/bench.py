@@ -1,4 +1,4 @@
-"""``molrecon bench memory|speed|quality``: the benchmarks of ``benchmarks/README.md`` (JSON + markdown + PNG).
+"""``molrecon bench memory|speed|train|quality``: the benchmarks of ``benchmarks/README.md`` (JSON + markdown + PNG).
 
 Examples
 --------
@@ -6,6 +6,7 @@ Examples
     molrecon bench memory --dims 2d --methods modl mol-lr --modl-iters 1 2 --mol-iters 5 10 --shape-2d 64 64
     molrecon bench speed --out benchmarks/speed                         # pretrained mol-lr-2d-4x if shipped
     molrecon bench speed --checkpoint runs/mol_lr_2d/last.pt --out /tmp/speed
+    molrecon bench train --out benchmarks/train --dims 2d 3d 2d+t      # step time, time to a val PSNR
     molrecon bench quality --out benchmarks/quality --accels 4 8
 """
 
@@ -15,9 +16,10 @@ import argparse
 from pathlib import Path
 
 from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
-from ..bench.plots import plot_memory, plot_quality, plot_speed
+from ..bench.plots import plot_memory, plot_quality, plot_speed, plot_train
 from ..bench.quality import quality_markdown, run_quality_bench
 from ..bench.speed import bench_classical, bench_model, load_examples, random_modl, random_mol, speed_markdown
+from ..bench.train import DEFAULT_TRAIN_METHODS, run_train_bench, train_markdown
 from ..data.builtin import normalize_kind
 from ..errors import InputError
 from ..evaluate.report import markdown_table
@@ -96,6 +98,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=run_speed)
+
+    t = bsub.add_parser("train", help="training-step time and time to a validation PSNR per method",
+                        description="Trains each method with the project's trainer step on the same data, batch, "
+                        "CNN, seed and threads for --steps steps, validating every --val-every steps; reports the "
+                        "median step time, its ratio to MoDL K=10 and the summed step time to reach the target "
+                        "PSNR (default: the best PSNR every method reached). Writes OUT/train.json, train.md, "
+                        "train.png.")
+    t.add_argument("--out", type=Path, default=Path("bench-out"))
+    t.add_argument("--methods", nargs="+", default=list(DEFAULT_TRAIN_METHODS),
+                   metavar="METHOD",
+                   help="methods, trained side by side (interleaved steps): modl-k1 modl-k5 modl-k10 deq mol-sn "
+                   "mol-lr mol-sn-cached mol-lr-cached (*-cached: the per-slice fixed-point cache and, for "
+                   "MOL-LR, the amortised Lipschitz estimate); METHOD@KEY=VALUE,... gives one its own model "
+                   "settings, e.g. mol-lr@cg_iter=15")
+    t.add_argument("--dims", nargs="+", default=["2d"], choices=DIMS)
+    t.add_argument("--steps", type=int, default=40, help="training steps per method (default 40)")
+    t.add_argument("--val-every", type=int, default=10, help="validate every N steps (default 10)")
+    t.add_argument("--target-psnr", type=float, default=None, help="validation PSNR to time (dB)")
+    t.add_argument("--channels", type=int, default=None, help="CNN channels for every dims (default: the "
+                   "shipped configs': 32 in 2D, 16 in 3D and 2D+t)")
+    t.add_argument("--layers", type=int, default=None)
+    t.add_argument("--limit-train", type=int, default=None, help="use only the first N training slices")
+    t.add_argument("--limit-val", type=int, default=4, help="validation slices (default 4)")
+    t.add_argument("--synthetic", nargs=2, type=int, default=None, metavar=("N", "COILS"),
+                   help="2D only: a synthetic N×N data set with COILS coils instead of the built-in one "
+                   "(code-path checks; not for quality)")
+    t.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model setting for every method that has it (e.g. cg_iter=15 for MOL/DEQ)")
+    t.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="train-section setting for every run (e.g. lr=1e-3)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int, default=1)
+    t.set_defaults(func=run_train)
 
     q = bsub.add_parser("quality", help="PSNR/SSIM of all methods at several accelerations",
                         description="PSNR/SSIM/NMSE of the classical methods and the pretrained models on the "
@@ -228,6 +263,60 @@ def run_speed(args: argparse.Namespace) -> int:
     print()
     print(md)
     print(f"wrote {out / 'speed.json'}, {out / 'speed.md'}, {out / 'speed.png'}")
+    return 0
+
+
+def _settings(items: list[str], what: str) -> dict:
+    from ..errors import InputError
+    from ..train.config import parse_scalar
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"bench train: {what} expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_scalar(v)
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+
+    if args.steps < 2 or args.val_every < 1:
+        raise InputError(f"bench train: need --steps >= 2 and --val-every >= 1, got {args.steps}, {args.val_every}")
+    data: dict[str, dict] = {d: {"limit_train": args.limit_train, "limit_val": args.limit_val} for d in args.dims}
+    if args.synthetic is not None:
+        if args.dims != ["2d"]:
+            raise InputError("bench train: --synthetic is 2D only (use --dims 2d)")
+        n, coils = args.synthetic
+        data["2d"].update(source="synthetic", shape=[n, n], num_coils=coils, num_train=max(4, args.limit_train or 8),
+                          num_val=args.limit_val)
+    model_overrides = _settings(args.model_set, "--set")
+    train_overrides = _settings(args.train_set, "--train-set")
+    channels = {d: args.channels for d in args.dims} if args.channels else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"threads": args.threads, "device": args.device, "steps": args.steps, "val_every": args.val_every,
+                "batch": 1, "data": "synthetic" if args.synthetic else "built-in", "model_set": model_overrides,
+                "train_set": train_overrides}
+
+    def on_row(row: dict, rows: list[dict]) -> None:
+        print(f"  {row['dims']:5s} {row['method']:13s} step {row['step_time_median_s']:.3f} s (median), "
+              f"best val PSNR {row['best_val_psnr'] or float('nan'):.2f}", flush=True)
+        write_json_atomic(out / "train.json", {"rows": rows, "settings": settings, "complete": False,
+                                               "machine": machine_info()})
+
+    rows = run_train_bench(args.methods, args.dims, steps=args.steps, val_every=args.val_every,
+                           target_psnr=args.target_psnr, channels=channels, layers=args.layers, data=data,
+                           model_overrides=model_overrides, train_overrides=train_overrides, threads=args.threads,
+                           device=args.device, on_row=on_row)
+    md = train_markdown(rows, settings)
+    write_json_atomic(out / "train.json", {"rows": rows, "settings": settings, "complete": True,
+                                           "machine": machine_info()})
+    write_text_atomic(out / "train.md", md)
+    plot_train(rows, out / "train.png")
+    print()
+    print(md)
+    print(f"wrote {out / 'train.json'}, {out / 'train.md'}, {out / 'train.png'}")
     return 0
 
 

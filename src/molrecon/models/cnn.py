@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from ..names import DIMS
@@ -70,7 +71,8 @@ def conv_power_iteration(weight: torch.Tensor, u: torch.Tensor, n_iter: int = 1)
             v = conv(u, w, padding=pad)
             u = convt(v, w, padding=pad)
             u = u / u.norm().clamp_min(1e-12)
-    sigma = conv(u, weight, padding=pad).norm()
+    # recomputed in backward: an image-sized conv output per layer would otherwise be held for the whole step
+    sigma = checkpoint(lambda w: conv(u, w, padding=pad).norm(), weight, use_reentrant=False)
     return sigma, u
 
 

@@ -47,21 +47,31 @@ def lipschitz_barrier(lip: torch.Tensor, threshold: float = 0.98, eps: float = 1
 
 def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor, steps: int = 10,
                           noise: float = 0.01, step_size: float = 1.0,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+                          generator: torch.Generator | None = None, recompute: bool = False,
+                          v0: torch.Tensor | None = None, return_point: bool = False):
     r"""The authors' adversarial local Lipschitz estimate of ``h`` around ``u`` (one value per batch element).
 
     Returns :math:`\|h(u) - h(v^\star)\| / \|u - v^\star\|` ``[B]`` with gradients flowing into the parameters
     of ``h`` only (``u`` and the adversarial point :math:`v^\star` are constants), ready for a penalty.
+
+    ``recompute``: the two CNN graphs of the returned ratio are not kept for backward but recomputed there
+    (activation checkpointing): the same value and gradient, one CNN forward more per evaluation, and the
+    penalty no longer holds two CNN graphs until the step's backward. ``v0``: start the ascent from this point
+    (e.g. the previous step's :math:`v^\star` of the same slice) instead of the noisy copy of ``u``.
+    ``return_point``: also return :math:`v^\star` (detached), to warm-start the next estimate.
     """
     u = u.detach()
-    real = u.real.new_empty(u.shape)
-    if generator is not None:
-        xi = torch.complex(torch.rand(u.shape, generator=generator, dtype=real.dtype).to(u.device),
-                           torch.rand(u.shape, generator=generator, dtype=real.dtype).to(u.device))
-    else:
-        xi = torch.complex(torch.rand_like(real), torch.rand_like(real))
-    v = u + noise * xi
     u_norm = batch_norms(u).clamp_min(1e-12).reshape(-1, *([1] * (u.ndim - 1)))
+    if v0 is not None:
+        v = v0.detach().to(u.dtype)
+    else:
+        real = u.real.new_empty(u.shape)
+        if generator is not None:
+            xi = torch.complex(torch.rand(u.shape, generator=generator, dtype=real.dtype).to(u.device),
+                               torch.rand(u.shape, generator=generator, dtype=real.dtype).to(u.device))
+        else:
+            xi = torch.complex(torch.rand_like(real), torch.rand_like(real))
+        v = u + noise * xi
     with torch.enable_grad():
         hu = h(u).detach()
         for _ in range(steps):
@@ -72,7 +82,14 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
             # the authors rescale v onto the sphere of radius ||u|| after each ascent step
             v = v / batch_norms(v).clamp_min(1e-12).reshape_as(u_norm) * u_norm
     v = v.detach()
-    return batch_norms(h(u) - h(v)) / batch_norms(u - v).clamp_min(1e-12)
+    if recompute:
+        from torch.utils.checkpoint import checkpoint
+
+        diff = checkpoint(lambda a, b: h(a) - h(b), u, v, use_reentrant=False)
+    else:
+        diff = h(u) - h(v)
+    lip = batch_norms(diff) / batch_norms(u - v).clamp_min(1e-12)
+    return (lip, v) if return_point else lip
 
 
 def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_iter: int = 20,

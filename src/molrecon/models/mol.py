@@ -106,6 +106,9 @@ class MOL(nn.Module):
         residual's last layer at initialisation (0: ``H = s·I``). state_channels: SLL state width.
     lr_clip: MOL-LR safeguard used by the trainer after each optimiser step (:meth:`enforce_lipschitz`): when the
         step's Lipschitz estimate exceeds ``lr_clip``, the conv weights are scaled back; ``None`` disables it.
+    lr_warm_steps: amortised MOL-LR estimate (see :meth:`extra_loss`): ascent steps when the trainer warm-starts
+        the estimate from the slice's last adversarial point (``train.fixed_point_cache``); ``None``: always
+        ``lr_steps`` from a fresh start.
     """
 
     def __init__(self, denoiser: nn.Module | None = None, constraint: str = "sn", max_iter: int = 100,
@@ -117,7 +120,8 @@ class MOL(nn.Module):
                  init_lam: float = 100.0, init_cg_iter: int = 50, lr_weight: float = 1e-6,
                  lr_threshold: float = 0.98, lr_eps: float = 1e-3, lr_steps: int = 10, lr_noise: float = 0.01,
                  lr_step_size: float = 1.0, lr_clip: float | None = 0.97, architecture: str = "plain",
-                 residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0) -> None:
+                 residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0,
+                 lr_warm_steps: int | None = None) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise InputError(f"MOL: constraint must be one of {tuple(CONSTRAINTS)}, got {constraint!r}")
@@ -150,6 +154,10 @@ class MOL(nn.Module):
         self.lr_clip = None if lr_clip is None else float(lr_clip)
         self.architecture, self.residual_scale = architecture, float(residual_scale)
         self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
+        if lr_warm_steps is not None and int(lr_warm_steps) < 1:
+            raise InputError(f"MOL: lr_warm_steps must be >= 1 or None, got {lr_warm_steps}")
+        self.lr_warm_steps = None if lr_warm_steps is None else int(lr_warm_steps)
+        self.last_lip_point: torch.Tensor | None = None
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
         self._custom_denoiser = denoiser is not None
         self.denoiser: nn.Module | None = denoiser
@@ -200,6 +208,8 @@ class MOL(nn.Module):
                "lr_noise": self.lr_noise, "lr_step_size": self.lr_step_size, "lr_clip": self.lr_clip,
                "architecture": self.architecture, "residual_scale": self.residual_scale,
                "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain}
+        if self.lr_warm_steps is not None:  # only when set: configs stored before it existed stay equal
+            cfg["lr_warm_steps"] = self.lr_warm_steps
         if isinstance(den, _WEIGHTED_PRIORS):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
         elif den is not None:
@@ -509,9 +519,15 @@ class MOL(nn.Module):
             self.train(was_training)
 
     # -- training penalty -----------------------------------------------------------------------------------
-    def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None,
+                   v0: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate around ``x_hat``
-        (detached); logs ``lipschitz`` (max over the batch) and ``lipschitz_penalty``. Zero for SN / DEQ."""
+        (detached); logs ``lipschitz`` (max over the batch) and ``lipschitz_penalty``. Zero for SN / DEQ.
+
+        Amortised estimate: with ``v0`` (the adversarial point this slice reached last time, kept by the
+        trainer's fixed-point cache) and ``lr_warm_steps`` set, the ascent continues from ``v0`` for
+        ``lr_warm_steps`` steps instead of ``lr_steps`` from a fresh noisy start. The point reached is left in
+        ``last_lip_point``."""
         zero = self.log_lam.new_zeros(())
         if self.constraint != "lr":
             return zero, {}
@@ -520,8 +536,12 @@ class MOL(nn.Module):
         if not torch.isfinite(x_hat).all():
             raise InputError("MOL.extra_loss: x_hat contains NaN/Inf")
         weights = self._weights(tuple(x_hat.shape[1:]))
-        lip = adversarial_lipschitz(lambda v: self._h(v, weights), x_hat.detach(), steps=self.lr_steps,
-                                    noise=self.lr_noise, step_size=self.lr_step_size)
+        # recompute: the ratio's two CNN graphs would otherwise be held until backward, doubling what MOL keeps
+        warm = v0 is not None and self.lr_warm_steps is not None and v0.shape == x_hat.shape
+        lip, self.last_lip_point = adversarial_lipschitz(
+            lambda v: self._h(v, weights), x_hat.detach(), steps=self.lr_warm_steps if warm else self.lr_steps,
+            noise=self.lr_noise, step_size=self.lr_step_size, recompute=True, v0=v0 if warm else None,
+            return_point=True)
         pen = lipschitz_barrier(lip, self.lr_threshold, self.lr_eps).mean()
         lmax = float(lip.detach().max())
         self._lip_estimate = lmax

@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "amp": False,
         "pretrain_steps": 0,          # MOL: denoiser pre-training of H under its constraint (train/pretrain.py)
         "pretrain_lr": 1e-3,
+        "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point
     },
 }
 
@@ -183,6 +184,8 @@ def validate_config(config: dict, where: str = "config") -> dict:
         raise InputError(f"{where}: train.loss must be 'mse_magnitude', got {t['loss']!r}")
     if t["amp"]:
         raise InputError(f"{where}: train.amp=true is not supported (fixed-point solvers need float32)")
+    if not isinstance(t["fixed_point_cache"], bool):
+        raise InputError(f"{where}: train.fixed_point_cache must be true or false, got {t['fixed_point_cache']!r}")
     if not isinstance(t["checkpoint_every"], int) or t["checkpoint_every"] < 1:
         raise InputError(f"{where}: train.checkpoint_every must be a positive integer")
     if not isinstance(t["seed"], int):
@@ -257,7 +260,8 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
     ("train", "max_rollbacks"): (_NONNEG_INT, "an integer >= 0", False),
     ("train", "lipschitz_limit"): (_POS_NUM, "a positive number", False),
     ("train", "lipschitz_patience"): (_POS_INT, "a positive integer", False),
-    ("train", "residual_limit"): (_POS_NUM, "a positive number", False),
+    ("train", "residual_limit"): (lambda v: v == math.inf or _POS_NUM(v), "a positive number (.inf: no limit)",
+                                  False),
     ("train", "nonconverged_patience"): (_POS_INT, "a positive integer or null", True),
 }
 #: model keys of every family that are counts / positive sizes (the others go to the constructor as given)

@@ -24,14 +24,16 @@ def mse_magnitude(pred: torch.Tensor, target: torch.Tensor, max_value: torch.Ten
 
 
 def training_loss(model: torch.nn.Module, pred: torch.Tensor, target: torch.Tensor,
-                  max_value: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """``mse_magnitude + model.extra_loss``; returns the loss and a dict of plain numbers for the logs."""
+                  max_value: torch.Tensor | None = None,
+                  extra_kwargs: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """``mse_magnitude + model.extra_loss``; returns the loss and a dict of plain numbers for the logs.
+    ``extra_kwargs`` go to ``model.extra_loss`` (e.g. a warm start of the MOL-LR Lipschitz estimate)."""
     mse = mse_magnitude(pred, target, max_value)
     logs: dict[str, float] = {"mse": float(mse.detach())}
     loss = mse
     extra_fn = getattr(model, "extra_loss", None)
     if extra_fn is not None:
-        extra, extra_logs = extra_fn(pred, target)
+        extra, extra_logs = extra_fn(pred, target, **(extra_kwargs or {}))
         if isinstance(extra, torch.Tensor):
             loss = loss + extra
             logs["extra_loss"] = float(extra.detach())

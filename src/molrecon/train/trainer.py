@@ -74,6 +74,7 @@ from ..names import DIMS_OF_KIND, KIND_ALIASES
 from ..physics import mask_for
 from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import validate_config
+from .fixed_point_cache import FixedPointCache, IndexedDataset
 from .health import HealthMonitor
 from .losses import training_loss
 from .pretrain import pretrain_prior
@@ -354,7 +355,11 @@ class Trainer:
         self.sampler = self._build_sampler(self.train_set)
         self.global_batch = self.dcfg["batch_size"] * self.world_size
         self.loader_gen = torch.Generator()
-        self.loader = DataLoader(self.train_set, batch_size=self.dcfg["batch_size"], sampler=self.sampler,
+        # only models whose forward takes a start image (MOL, DEQ) use the per-slice fixed-point cache
+        self.fp_cache = FixedPointCache() if self.tcfg["fixed_point_cache"] and hasattr(self.model, "initial_image") \
+            else None
+        loader_set = IndexedDataset(self.train_set) if self.fp_cache is not None else self.train_set
+        self.loader = DataLoader(loader_set, batch_size=self.dcfg["batch_size"], sampler=self.sampler,
                                  collate_fn=_collate, num_workers=self.dcfg["num_workers"],
                                  generator=self.loader_gen, drop_last=False)
         # = ceil(ceil(N / W) / b): the global batch is b·W slices
@@ -393,6 +398,7 @@ class Trainer:
             "epoch_samples": self.epoch_samples, "world_size": self.world_size,
             "global_batch": self.global_batch,
             "rollbacks": self.rollbacks, "best_psnr": float(self.best_psnr),
+            **({"fixed_point_cache": self.fp_cache.state_dict()} if self.fp_cache is not None else {}),
             "metrics": {**{k: float(v) for k, v in self.last_logs.items()},
                         **{k: float(v) for k, v in self.last_val.items()}, **(metrics or {})},
         }
@@ -419,6 +425,11 @@ class Trainer:
             self.epoch_samples = self.epoch_step * int(state["config"]["data"]["batch_size"])
         # the same position in steps of the current global batch (differs only when the world size changed)
         self.epoch_step = math.ceil(self.epoch_samples / self.global_batch)
+        if self.fp_cache is not None:
+            # a checkpoint written without the cache resumes with an empty one (cold starts, same fixed points)
+            self.fp_cache = FixedPointCache()
+            if "fixed_point_cache" in state:
+                self.fp_cache.load_state_dict(state["fixed_point_cache"])
         self.rollbacks = int(state.get("rollbacks", 0))
         self.best_psnr = float(state.get("best_psnr", -math.inf))
         m = state.get("metrics", {})
@@ -441,9 +452,21 @@ class Trainer:
         physics = _physics(batch)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        x_hat = self.train_model(batch["kspace"], physics)
+        cache, warm = self.fp_cache, {}
+        if cache is not None:
+            x0 = cache.get(batch["index"], "x", physics.spatial_shape, self.device,
+                           default=lambda: self.model.initial_image(batch["kspace"], physics))
+            warm = {} if x0 is None else {"x0": x0}
+        x_hat = self.train_model(batch["kspace"], physics, **warm)
+        extra_kwargs = None
+        if cache is not None:
+            cache.put(batch["index"], "x", x_hat)
+            if getattr(self.model, "lr_warm_steps", None):
+                extra_kwargs = {"v0": cache.get(batch["index"], "lip_v", physics.spatial_shape, self.device)}
         loss, logs = training_loss(self.model, x_hat, batch["target"],
-                                   batch["max_value"] if self.tcfg["normalize_loss"] else None)
+                                   batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
+        if extra_kwargs is not None and getattr(self.model, "last_lip_point", None) is not None:
+            cache.put(batch["index"], "lip_v", self.model.last_lip_point)
         for k, v in info_logs(self.model).items():
             logs.setdefault(k, v)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
         # agreed by all ranks before backward (DDP's all-reduce would deadlock if one rank stopped here alone)
