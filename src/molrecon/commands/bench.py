@@ -257,12 +257,7 @@ def run_speed(args: argparse.Namespace) -> int:
         md += "\nClassical methods\n\n" + markdown_table(
             [{"method": c["label"], f"time/{unit} (s)": f"{c['time_per_item_s']:.3f}"} for c in classical],
             ["method", f"time/{unit} (s)"])
-    write_json_atomic(out / "speed.json", results)
-    write_text_atomic(out / "speed.md", md)
-    plot_speed(results, out / "speed.png")
-    print()
-    print(md)
-    print(f"wrote {out / 'speed.json'}, {out / 'speed.md'}, {out / 'speed.png'}")
+    _write_report(out, "speed", results, md, lambda path: plot_speed(results, path))
     return 0
 
 
@@ -310,13 +305,8 @@ def run_train(args: argparse.Namespace) -> int:
                            model_overrides=model_overrides, train_overrides=train_overrides, threads=args.threads,
                            device=args.device, on_row=on_row)
     md = train_markdown(rows, settings)
-    write_json_atomic(out / "train.json", {"rows": rows, "settings": settings, "complete": True,
-                                           "machine": machine_info()})
-    write_text_atomic(out / "train.md", md)
-    plot_train(rows, out / "train.png")
-    print()
-    print(md)
-    print(f"wrote {out / 'train.json'}, {out / 'train.md'}, {out / 'train.png'}")
+    _write_report(out, "train", {"rows": rows, "settings": settings, "complete": True, "machine": machine_info()},
+                  md, lambda path: plot_train(rows, path))
     return 0
 
 
@@ -333,10 +323,15 @@ def run_quality(args: argparse.Namespace) -> int:
     results["psnr_definition"] = PSNR_OBJECT_SUPPORT
     results["machine"] = machine_info()
     md = quality_markdown(results)
-    write_json_atomic(out / "quality.json", results)
-    write_text_atomic(out / "quality.md", md)
-    plot_quality(results["rows"], out / "quality.png")
+    _write_report(out, "quality", results, md, lambda path: plot_quality(results["rows"], path))
+    return 0
+
+
+def _write_report(out: Path, stem: str, payload: dict, md: str, plot) -> None:
+    """``OUT/<stem>.json``, ``.md`` and ``.png`` (each written atomically), then the table on the terminal."""
+    write_json_atomic(out / f"{stem}.json", payload)
+    write_text_atomic(out / f"{stem}.md", md)
+    plot(out / f"{stem}.png")
     print()
     print(md)
-    print(f"wrote {out / 'quality.json'}, {out / 'quality.md'}, {out / 'quality.png'}")
-    return 0
+    print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}, {out / (stem + '.png')}")

@@ -152,14 +152,19 @@ def molrecon_to_bart(arr: np.ndarray, dims: str, coils: bool = True) -> np.ndarr
 
 
 
-def read_cfl_problem(path: str | os.PathLike, dims: str | None = None) -> RawProblem:
-    """A BART k-space pair as a problem; the mask is the non-zero pattern (what ``bart pics`` uses too)."""
-    base = _base(path)
+def _read_as_molrecon(base: Path) -> tuple[np.ndarray, str]:
+    """A CFL pair in molrecon's order and its layout; every error names the file."""
     try:
-        kspace, found = bart_to_molrecon(read_cfl(base))
+        return bart_to_molrecon(read_cfl(base))
     except InputError as exc:
         msg = str(exc)
         raise InputError(msg if msg.startswith(str(base)) else f"{base}.cfl: {msg}") from None
+
+
+def read_cfl_problem(path: str | os.PathLike, dims: str | None = None) -> RawProblem:
+    """A BART k-space pair as a problem; the mask is the non-zero pattern (what ``bart pics`` uses too)."""
+    base = _base(path)
+    kspace, found = _read_as_molrecon(base)
     if dims is not None and dims != found:
         raise InputError(f"{base}.cfl: BART's dimensions give a {found} layout (PHS2 > 1 is 3D, TIME > 1 is "
                          f"2D+time), not --dims {dims}")
@@ -175,11 +180,7 @@ def read_cfl_problem(path: str | os.PathLike, dims: str | None = None) -> RawPro
 def read_cfl_maps(path: str | os.PathLike, problem: RawProblem) -> np.ndarray:
     """BART sensitivities (e.g. from ``bart ecalib -m1``) in molrecon's shape for ``problem``'s k-space."""
     base = _base(path)
-    try:
-        maps, found = bart_to_molrecon(read_cfl(base))
-    except InputError as exc:
-        msg = str(exc)
-        raise InputError(msg if msg.startswith(str(base)) else f"{base}.cfl: {msg}") from None
+    maps, found = _read_as_molrecon(base)
     if problem.dims == "2d+t" and found == "2d":  # static maps over the frames, as molrecon stores them
         maps = np.repeat(maps[:, :, None], problem.kspace.shape[2], axis=2)
     k = problem.kspace.shape
