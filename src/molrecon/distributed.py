@@ -33,12 +33,14 @@ Semantics
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .errors import InputError
 
@@ -156,8 +158,6 @@ def init_distributed(device: str | torch.device = "cpu", timeout_s: float | None
     backend = backend_for(dev)
     kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://"}
     if timeout_s is not None:
-        import datetime
-
         kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
     if backend == "nccl":
         kwargs["device_id"] = dev  # eager NCCL init on the right GPU
@@ -278,8 +278,6 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, **kwargs: Any) -> tor
     """
     if get_world_size() == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     if device.type == "cuda":
         return DDP(model, device_ids=[device.index], output_device=device.index, **kwargs)
     return DDP(model, **kwargs)

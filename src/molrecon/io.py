@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import h5py
 import numpy as np
 import torch
 
@@ -139,8 +140,6 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
 
 def write_h5_atomic(path: str | os.PathLike, datasets: dict[str, Any], attrs: dict[str, Any] | None = None) -> None:
     """Write an HDF5 file with the given datasets (arrays, bytes or str) and root attributes, atomically."""
-    import h5py
-
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in datasets.items():
             if isinstance(value, (bytes, str)):
@@ -153,8 +152,6 @@ def write_h5_atomic(path: str | os.PathLike, datasets: dict[str, Any], attrs: di
 
 def open_h5(path: str | os.PathLike):
     """Open an HDF5 file for reading, turning a missing, truncated or non-HDF5 file into one clear error."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")

@@ -25,12 +25,18 @@ Example
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
+import math
+import resource
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from ..errors import InputError, MolreconError
+from ..evaluate.report import markdown_table
 from ..names import DIMS, FIXED_POINT_METHODS, LEARNED_METHODS
 from .saved import SavedTensorMeter
 
@@ -69,8 +75,6 @@ def _resolve(name: str) -> Callable:
     if name in STEP_BUILDERS:
         return STEP_BUILDERS[name]
     if name in LAZY_BUILDERS:
-        import importlib
-
         mod, fn = LAZY_BUILDERS[name].split(":")
         try:
             return getattr(importlib.import_module(mod), fn)
@@ -101,9 +105,6 @@ def _reset_hwm() -> bool:
 
 def _child(spec: dict) -> dict:
     """Run in the fresh process: build data + model, measure one training step."""
-    import gc
-    import resource
-
     import torch
 
     from ..physics import MultiCoilMRI, mask_for, simulate_coil_maps
@@ -130,7 +131,6 @@ def _child(spec: dict) -> dict:
     else:
         hwm_ok = _reset_hwm()
         base = _status_kib("VmRSS") * 1024 if hwm_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    import time
 
     def high_water() -> int:
         """Peak so far in bytes above ``base`` (a running maximum, so successive reads locate the phase)."""
@@ -337,8 +337,6 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
     smallest max_iter's peak (acceptance: 50 vs 5 within 15 %) and of its largest peak to MoDL's at K=1
     (acceptance: ≤ ~1.5).
     """
-    import math
-
     out = []
     budget_mib = budget_gib * 1024.0
     for dims in dict.fromkeys(r["dims"] for r in rows):
@@ -384,8 +382,6 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
 
 def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
     """The markdown tables of ``memory.md``: peak MiB per (dims, method, iterations), and the summary."""
-    from ..evaluate.report import markdown_table
-
     iters = sorted({r["iters"] for r in rows})
     table_rows = []
     for dims in dict.fromkeys(r["dims"] for r in rows):

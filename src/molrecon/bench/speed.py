@@ -38,10 +38,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
+from .. import recon
+from ..data.builtin import builtin_dataset, normalize_kind
+from ..data.slice_dataset import collate, physics_from_batch
 from ..errors import InputError
+from ..evaluate.report import markdown_table
 from ..models import build_model
+from ..models import modl as modl_mod
+from ..models import mol as mol_mod
 from ..names import DIMS_OF_KIND, FIXED_POINT_METHODS
+from ..physics import mask_for
 from ..tensor_utils import batch_norms
 
 CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
@@ -121,9 +129,6 @@ def _sync_fn(device: torch.device) -> Callable[[], None]:
 def profile_inference(model: Any, y: torch.Tensor, physics: Any) -> dict[str, Any]:
     """Time one reconstruction with the component timers; returns ``{"total_s", "seconds": {cat: s},
     "shares": {cat: fraction}, "calls": {cat: n}, "cnn_share"}`` (shares sum to 1)."""
-    from ..models import modl as modl_mod
-    from ..models import mol as mol_mod
-
     sync = _sync_fn(y.device)
     timer = ExclusiveTimer(sync)
     with contextlib.ExitStack() as stack:
@@ -167,8 +172,6 @@ def profile_inference(model: Any, y: torch.Tensor, physics: Any) -> dict[str, An
 
 def torch_profile(model: Any, y: torch.Tensor, physics: Any, top: int = 12) -> list[dict[str, Any]]:
     """The ``top`` operators by self time (CPU, plus CUDA when on GPU) of one reconstruction."""
-    from torch.profiler import ProfilerActivity, profile
-
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if y.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         infer(model, y, physics)
@@ -270,10 +273,6 @@ def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
                   device: str = "cpu") -> list[tuple[torch.Tensor, Any]]:
     """``count`` test items of the built-in ``kind`` set (built if absent) as ``(y, physics)`` on ``device``;
     ``y`` is the masked k-space (the file's k-space is fully sampled)."""
-    from ..data.builtin import builtin_dataset, normalize_kind
-    from ..data.slice_dataset import collate, physics_from_batch
-    from ..physics import mask_for
-
     kind = normalize_kind(kind)
     ds = builtin_dataset(kind, "test", mask_func=mask_for(DIMS_OF_KIND[kind], acceleration))
     if count < 1:
@@ -320,8 +319,6 @@ def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, A
 
 def bench_classical(method: str, examples: Sequence[tuple[torch.Tensor, Any]], repeats: int = 1) -> dict[str, Any]:
     """Time per item of a classical method (default parameters of :mod:`molrecon.recon`)."""
-    from .. import recon
-
     kw = {"lam": recon.DEFAULT_LAM[method]} if method in recon.DEFAULT_LAM else {}
     times = [time_inference(lambda y=y, p=p: recon.reconstruct(method, y, p, **kw), repeats=repeats,
                             warmup=0, device=y.device)["median_s"] for y, p in examples]
@@ -331,8 +328,6 @@ def bench_classical(method: str, examples: Sequence[tuple[torch.Tensor, Any]], r
 
 def speed_markdown(results: dict[str, Any]) -> str:
     """Tables of ``speed.md``: time per item and CNN share; iterations plain vs Anderson; top operators."""
-    from ..evaluate.report import markdown_table
-
     unit = "slice" if results.get("dims") == "2d" else "volume"
     rows = []
     for m in results["models"]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
 from ..bench.plots import plot_memory, plot_quality, plot_speed, plot_train
 from ..bench.quality import quality_markdown, run_quality_bench
@@ -26,6 +28,7 @@ from ..evaluate.report import markdown_table
 from ..io import machine_info, write_json_atomic, write_text_atomic
 from ..metrics import PSNR_OBJECT_SUPPORT
 from ..names import CLASSICAL_METHODS, DIMS, DIMS_OF_KIND, DIMS_TAG, FIXED_POINT_METHODS, LEARNED_METHODS
+from ..train.config import parse_scalar
 from ..weights.loading import load_learned_model
 from ..weights.pretrained import available_names
 
@@ -204,8 +207,6 @@ def run_memory(args: argparse.Namespace) -> int:
 
 
 def run_speed(args: argparse.Namespace) -> int:
-    import torch
-
     if any(n < 1 for n in args.cg_iters):
         raise InputError(f"bench speed: --cg-iters must be positive integers, got {args.cg_iters}")
     torch.set_num_threads(args.threads)
@@ -262,9 +263,6 @@ def run_speed(args: argparse.Namespace) -> int:
 
 
 def _settings(items: list[str], what: str) -> dict:
-    from ..errors import InputError
-    from ..train.config import parse_scalar
-
     out = {}
     for item in items:
         if "=" not in item:
@@ -311,8 +309,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

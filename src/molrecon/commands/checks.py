@@ -14,7 +14,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
+
 from ..errors import InputError
+from ..io import open_h5
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -92,11 +96,6 @@ def inspect_kspace_file(path: Path, check_size: bool = True) -> dict[str, Any]:
 
     Returns ``{"kspace": (shape, dtype), "maps": ... or None, "mask": ... or None, "bytes": int}``.
     """
-    import h5py
-    import numpy as np
-
-    from ..io import open_h5
-
     out: dict[str, Any] = {}
     with open_h5(path) as f:
         if "kspace" not in f:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
+from ..formats import WRITERS, output_format, read_maps, read_problem
 from ..names import DIMS
 
 
@@ -29,9 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..formats import WRITERS, output_format, read_maps, read_problem
-
     fmt = output_format(args.output, args.to)
     if args.output.resolve() == args.input.resolve():
         raise InputError(f"{args.output}: output would overwrite the input")

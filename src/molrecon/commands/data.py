@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from ..data import build_builtin, default_root, load_manifest, verify_builtin
@@ -33,8 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     if args.data_command is None:
         raise InputError("molrecon data needs an action: build or verify (see molrecon data --help)")
     root = args.out if args.out is not None else default_root()

@@ -9,6 +9,7 @@ the table and writes ``OUT/metrics.json`` (means over the test slices), ``OUT/re
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,6 @@ def run_demo(out: str | os.PathLike, dataset: Any = None, data_root: str | os.Pa
     ``dataset`` replaces the built-in test split (tests use a tiny one); ``pretrained_root`` replaces the
     package's shipped-weights folder.
     """
-    import json
-
     if dataset is None:
         print("preparing the built-in data (built on first use)...", flush=True)
         ensure_builtin("2d", data_root)

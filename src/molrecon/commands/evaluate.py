@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
+from ..evaluate.evaluation import SUMMARY_COLUMNS, evaluate, load_dataset, resolve_methods, summary_rows, write_report
+from ..evaluate.report import markdown_table
 from ..names import DIMS_OF_KIND
+from .checks import check_output_dir
 
 DEFAULT_CLASSICAL = ["zero-filled", "sense", "cs-wavelet"]
 
@@ -41,18 +45,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..evaluate.evaluation import (
-        SUMMARY_COLUMNS,
-        evaluate,
-        load_dataset,
-        resolve_methods,
-        summary_rows,
-        write_report,
-    )
-    from ..evaluate.report import markdown_table
-    from .checks import check_output_dir
-
     check_output_dir(args.out, "--out")  # before hours of reconstruction, not after
     for name, value in (("--max-volumes", args.max_volumes), ("--max-slices", args.max_slices),
                         ("--batch-size", args.batch_size)):

@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import ismrmrd.xsd
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io import open_h5
+from ..physics import achieved_acceleration
+from .checks import inspect_kspace_file
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a multicoil HDF5 file")
@@ -14,8 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _header_summary(header: str) -> str:
     try:
-        import ismrmrd.xsd
-
         hdr = ismrmrd.xsd.CreateFromDocument(header)
         enc = hdr.encoding[0]
         e, r = enc.encodedSpace, enc.reconSpace
@@ -29,13 +36,6 @@ def _header_summary(header: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Describe the file from its metadata; only the mask (or, without one, the first coil of the first slice)
     and the header are read, so a file of any size is described in a moment."""
-    import numpy as np
-
-    from ..errors import InputError
-    from ..io import open_h5
-    from ..physics import achieved_acceleration
-    from .checks import inspect_kspace_file
-
     layout = inspect_kspace_file(args.file, check_size=False)
     shape = layout["kspace"][0]
     spatial = shape[2:]
@@ -53,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name}: {tuple(kshape) if kshape is not None else '(group)'} {dtype}")
     print(f"slices: {shape[0]}, coils: {shape[1]}, spatial: {tuple(spatial)}")
     if mask is not None:
-        import torch
-
         m = torch.from_numpy(mask)
         try:
             grid = m.reshape(m.shape[-len(spatial):]) if m.ndim >= len(spatial) else m

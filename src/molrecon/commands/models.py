@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from ..evaluate.report import markdown_table
 from ..weights.pretrained import _root, list_pretrained
@@ -43,8 +44,6 @@ def rows_for(models: list[dict]) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     models = list_pretrained()
     if args.json:
         print(json.dumps(models, indent=2))

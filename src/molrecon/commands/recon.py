@@ -9,12 +9,30 @@ so the result does not depend on the number of processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .. import distributed as D
+from .._version import __version__
+from ..data.nifti import recon_nifti_bytes, voxel_size_of
+from ..errors import InputError, MolreconError
+from ..formats import detect_format, load_problem, write_cfl_image, write_dicom_series
+from ..io import atomic_path
 from ..names import CLASSICAL_METHODS as CLASSICAL
 from ..names import DIMS
 from ..names import LEARNED_METHODS as LEARNED
+from ..normalization import default_normalization, model_normalization
+from ..physics import MultiCoilMRI
+from ..weights.loading import load_learned_model
+from .checks import NIFTI_SUFFIXES, check_output_dir, check_output_file, inspect_kspace_file
 
 #: what ``--out`` may be: fastMRI-style HDF5, or a BART complex image
 OUT_SUFFIXES = (".h5", ".hdf5", ".cfl")
@@ -65,10 +83,6 @@ def _mask_for_slice(mask, index: int, kspace_ndim: int):
 
 def _check_args(args: argparse.Namespace) -> None:
     """Every argument value, before a file is opened; the error names the input it was given for."""
-    import math
-
-    from ..errors import InputError
-
     problem = _argument_problem(args, math)
     if problem:
         raise InputError(f"{args.input}: {problem}")
@@ -98,9 +112,6 @@ def _argument_problem(args: argparse.Namespace, math) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..formats import detect_format
-    from .checks import NIFTI_SUFFIXES, check_output_dir, check_output_file, inspect_kspace_file
-
     _check_args(args)
     if args.input.is_dir():
         return _run_folder(args)
@@ -118,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace):
     if args.method not in LEARNED:
         return None
-    from ..weights.loading import load_learned_model
-
     return load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
 
 
@@ -133,10 +142,6 @@ def _run_folder(args: argparse.Namespace) -> int:
     A file that fails is reported (``error: FILE: ...``) and the others still run; the exit code is then 2.
     The final gathering of the per-rank errors doubles as the barrier that every rank waits at.
     """
-    from .. import distributed as D
-    from ..errors import InputError, MolreconError
-    from .checks import check_output_dir
-
     files = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5", ".mrd"))
     if not files:
         raise InputError(f"{args.input}: no .h5/.hdf5/.mrd files in this folder")
@@ -169,8 +174,6 @@ def _run_folder(args: argparse.Namespace) -> int:
                 errors.append(f"{path}: cannot reconstruct ({type(exc).__name__}: {first})")
         if info.world_size > 1:
             gathered: list[list[str]] = [[] for _ in range(info.world_size)]
-            import torch.distributed as dist
-
             dist.all_gather_object(gathered, errors)  # also the final barrier
             errors = [e for part in gathered for e in part]
     finally:
@@ -187,10 +190,6 @@ def _run_folder(args: argparse.Namespace) -> int:
 
 def _load_checked(args: argparse.Namespace, input_path: Path):
     """``load_problem`` after the metadata checks; ESPIRiT failures become one line naming the file."""
-    from ..errors import InputError, MolreconError
-    from ..formats import detect_format, load_problem
-    from .checks import inspect_kspace_file
-
     maps_path = getattr(args, "maps", None)
     if detect_format(input_path) == "fastmri":
         layout = inspect_kspace_file(input_path)
@@ -213,22 +212,7 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
                 quiet: bool = False) -> None:
     """Reconstruct one file (every slice/volume), then write ``out_path``, the NIfTI and the DICOM series: every
     output or none of them (a failure while writing one removes the temporaries of the others)."""
-    import contextlib
-
-    import h5py
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    from .._version import __version__
-    from ..data.nifti import recon_nifti_bytes, voxel_size_of
-    from ..errors import InputError
-    from ..formats import write_cfl_image, write_dicom_series
-    from ..io import atomic_path
-    from ..normalization import default_normalization, model_normalization
-    from ..physics import MultiCoilMRI
-    from ..recon import DEFAULT_LAM, reconstruct
-    from .checks import NIFTI_SUFFIXES, check_output_file
+    from ..recon import DEFAULT_LAM, reconstruct  # looked up per call: tests patch molrecon.recon.reconstruct
 
     check_output_file(out_path, OUT_SUFFIXES, "output", inputs=[input_path])
     if nifti_path is not None:

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from ..errors import InputError
 from ..evaluate.report import markdown_table
 from ..evaluate.robustness import (
@@ -76,8 +78,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     if args.threads:
         torch.set_num_threads(int(args.threads))
     if args.slices < 1:

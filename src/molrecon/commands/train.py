@@ -7,6 +7,13 @@ Data-parallel on several processes/machines: ``torchrun --nproc_per_node=N -m mo
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+
+from ..train import Trainer, load_config
+from ..weights.checkpoint import load_checkpoint
+from .checks import check_output_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,13 +35,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import os
-    from pathlib import Path
-
-    from ..train import Trainer, load_config
-    from .checks import check_output_dir
-
     overrides = list(args.overrides)
     if args.no_progress:
         overrides.append("train.progress=false")
@@ -43,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out_dir, "out_dir")
     last = out_dir / "last.pt"
     if args.resume and last.is_file() and os.environ.get("RANK", "0") == "0":
-        from ..weights.checkpoint import load_checkpoint
-
         state = load_checkpoint(last)
         print(f"resuming from step {state.get('step')} (epoch {state.get('epoch')}) of {last}", flush=True)
     # under torchrun (WORLD_SIZE > 1) the trainer joins the process group and trains data-parallel

@@ -52,6 +52,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -181,8 +182,6 @@ def simulate_file(mag: np.ndarray, dims: str, coils: int, snr_db: float, rng: np
 
 def _write_file(path: Path, sim: dict[str, Any], mask: np.ndarray, header: str, attrs: dict[str, Any]) -> str:
     """Write one fastMRI-layout file atomically (no HDF5 timestamps); return its sha256."""
-    import h5py
-
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             f.create_dataset("kspace", data=sim["kspace"], track_times=False)

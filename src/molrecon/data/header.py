@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import ismrmrd.xsd as x
+
 from ..errors import InputError
 
 
@@ -35,8 +37,6 @@ def make_header(matrix: tuple[int, int, int], fov_mm: tuple[float, float, float]
                 description: str = "molrecon simulated") -> str:
     """A valid ISMRMRD XML header for Cartesian data of encoded size ``matrix`` ``(x=readout, y, z)``
     (recon space = encoded space: the simulation has no readout oversampling)."""
-    import ismrmrd.xsd as x
-
     size = x.matrixSizeType(x=int(matrix[0]), y=int(matrix[1]), z=int(matrix[2]))
     fov = x.fieldOfViewMm(x=float(fov_mm[0]), y=float(fov_mm[1]), z=float(fov_mm[2]))
     limits = x.encodingLimitsType(
@@ -59,8 +59,6 @@ def make_header(matrix: tuple[int, int, int], fov_mm: tuple[float, float, float]
 
 def parse_header(xml: str | bytes, path: str | Path = "<header>") -> EncodingInfo:
     """Parse an ISMRMRD XML header; a malformed one raises :class:`InputError` naming ``path``."""
-    import ismrmrd.xsd as x
-
     if isinstance(xml, bytes):
         xml = xml.decode("utf-8", errors="replace")
     try:

@@ -28,9 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_write
+from .header import parse_header
 
 
 def axial_affine(shape_shw: Sequence[int], voxel_size: Sequence[float]) -> np.ndarray:
@@ -70,8 +73,6 @@ def nifti_bytes(arr: np.ndarray, path: str | os.PathLike, voxel_size: Sequence[f
                 description: str = "molrecon reconstruction") -> bytes:
     """The NIfTI-1 file (gzipped when ``path`` ends in ``.gz``) of a magnitude volume ``[S, H, W]`` or series
     ``[T, S, H, W]`` (4-D, ``(W, H, S, T)``), without writing it: callers validate everything before a write."""
-    import nibabel as nib
-
     path = Path(path)
     arr = _prepare(arr, path)
     if arr.ndim not in (3, 4):
@@ -100,8 +101,6 @@ def export_nifti(image: Any, path: str | os.PathLike, voxel_size: Sequence[float
     ``frames=True`` a 2D+time series ``[T, H, W]`` (written 4-D as ``(W, H, 1, T)``).
     ``voxel_size`` is in array order ``(slice, row, column)`` mm (a 2-tuple means ``(row, column)``).
     """
-    from ..io import atomic_write
-
     path = Path(path)
     arr = _prepare(image, path)
     if arr.ndim == 2:
@@ -131,8 +130,6 @@ def voxel_size_of(attrs: dict[str, Any], header: str | None, dims: str) -> tuple
             return _voxels(vs.tolist()), "voxel_size_mm"
     if header:
         try:
-            from .header import parse_header
-
             enc = parse_header(header)
             (mx, my, mz), (fx, fy, fz) = enc.recon_matrix, enc.recon_fov_mm
             vs = (fz / max(mz, 1), fx / mx, fy / my)

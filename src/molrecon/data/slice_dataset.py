@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -206,8 +207,6 @@ class SliceDataset(Dataset):
         scale = 1.0
         max_value = meta["target_max"]
         if maps is None:
-            import h5py
-
             side = self._ensure_sidecar(path)
             with h5py.File(side, "r") as g:
                 maps = g["maps"][s]
@@ -260,8 +259,6 @@ class SliceDataset(Dataset):
 
 # ------------------------------------------------------------------------------------------ sidecar helpers
 def _sidecar_valid(side: Path, source: Path, shape: tuple[int, ...]) -> bool:
-    import h5py
-
     if not side.exists():
         return False
     try:
@@ -275,8 +272,6 @@ def _sidecar_valid(side: Path, source: Path, shape: tuple[int, ...]) -> bool:
 def _write_sidecar(side: Path, source: Path, meta: dict[str, Any], calib_width: int) -> None:
     """Estimate ESPIRiT maps slice by slice from the fully sampled k-space and cache them with the volume's
     ``target_max = max |Σ_c conj(S_c) F^{-1} y_c|``, atomically."""
-    import h5py
-
     side.parent.mkdir(parents=True, exist_ok=True)
     dims = meta["dims"]
     fft_dims = (-3, -2, -1) if dims == "3d" else (-2, -1)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import recon
 from ..data.builtin import builtin_dataset
@@ -86,8 +87,6 @@ def model_runner(model: Any, name: str | None = None, source: str = "model") -> 
     Iterations come from ``model.last_info`` (a :class:`~molrecon.solvers.SolverInfo`) when the model sets it,
     as MOL and the DEQ do; unrolled MoDL runs a fixed number of steps and reports none.
     """
-    import torch
-
     method = getattr(model, "method_name", None) or "model"
     model.eval()
     # MoDL has no last_info attribute; a stale one from an earlier call must not be attributed to this call.
@@ -236,8 +235,6 @@ def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4,
     Returns ``{"methods": {name: summary}, "volumes": [...per-volume, per-method scores...],
     "slices": [...], "example": {...images of one slice for the figure...}, "settings": {...}}``.
     """
-    import torch
-
     if average_over not in ("volumes", "slices"):
         raise InputError(f"average_over must be 'volumes' or 'slices', got {average_over!r}")
     per_volume: list[dict[str, Any]] = []

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_write
 from .problem import RawProblem, compact_mask
 
 READ, PHS1, PHS2, COIL, TIME, SLICE = 0, 1, 2, 3, 10, 13
@@ -81,8 +82,6 @@ def write_cfl(path: str | os.PathLike, array: np.ndarray, command: str = "molrec
 
     The ``.cfl`` is written first, so a reader never sees a header that announces data not yet there.
     """
-    from ..io import atomic_write
-
     base = _base(path)
     arr = np.asarray(array)
     if arr.ndim > BART_DIMS:

@@ -12,9 +12,13 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import numpy as np
+import torch
 
 from ..errors import InputError
+from ..io import open_h5
+from ..physics import check_maps_normalised, estimate_coil_maps
 from .cfl import read_cfl_maps, read_cfl_problem, write_cfl_problem
 from .fastmri import read_fastmri, write_fastmri
 from .ismrmrd_raw import read_ismrmrd
@@ -39,8 +43,6 @@ WRITERS: dict[str, Callable[[Path, RawProblem], Path]] = {
 
 
 def _hdf5_kind(path: Path) -> str:
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             if "kspace" in f:
@@ -100,8 +102,6 @@ def read_maps(path: str | os.PathLike, problem: RawProblem) -> np.ndarray:
     path = Path(path)
     if detect_format(path) == "cfl":
         return read_cfl_maps(path, problem)
-    from ..io import open_h5
-
     with open_h5(path) as f:
         if "maps" not in f:
             raise InputError(f"{path}: no 'maps' dataset (found: {', '.join(sorted(f.keys())) or 'none'})")
@@ -122,10 +122,6 @@ def load_problem(path: str | os.PathLike, dims: str | None = None, calib_width: 
     Maps come from ``maps_path``, else the file, else ESPIRiT on the file's calibration k-space (with the
     file's flagged calibration width when it has one, else ``calib_width``).
     """
-    import torch
-
-    from ..physics import check_maps_normalised, estimate_coil_maps
-
     problem = read_problem(path, dims, prewhiten=prewhiten)
     if maps_path is not None:
         problem.maps = read_maps(maps_path, problem)

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from ..errors import InputError
 from .problem import Geometry
@@ -25,16 +27,11 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 def _uid(*parts: str) -> str:
-    from pydicom.uid import generate_uid
-
     return generate_uid(entropy_srcs=list(parts))
 
 
 def _slice(image: np.ndarray, k: int, geo: Geometry, uids: dict[str, str], scale: float, frames: bool,
            description: str, digest: str):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
-
     sop = _uid(digest, "sop", str(k))
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE

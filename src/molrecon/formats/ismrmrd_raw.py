@@ -24,9 +24,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import h5py
+import ismrmrd
+import ismrmrd.xsd
 import numpy as np
+import torch
 
 from ..errors import InputError
+from ..physics.fft import fft_centered, ifft_centered
 from .prewhiten import apply_whitening, noise_covariance, whitening_matrix
 from .problem import Geometry, RawProblem, compact_mask
 
@@ -37,9 +42,6 @@ _SKIP_FLAGS = ("ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHASECORR_DATA", "ACQ_IS_DUMMYS
 
 def _open(path: Path):
     """The ``ismrmrd.Dataset`` of ``path`` (its first group holding an ``xml`` header), or one clear error."""
-    import h5py
-    import ismrmrd
-
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
@@ -57,8 +59,6 @@ def _open(path: Path):
 
 
 def _read_all(path: Path):
-    import ismrmrd.xsd
-
     dset = _open(path)
     try:
         xml = dset.read_xml_header()
@@ -92,8 +92,6 @@ def _limit(limits, name: str):
 
 
 def _flag(acq, name: str) -> bool:
-    import ismrmrd
-
     return bool(acq.is_flag_set(getattr(ismrmrd, name)))
 
 
@@ -237,10 +235,6 @@ def read_ismrmrd(path: str | os.PathLike, dims: str | None = None, prewhiten: bo
 
 def _remove_oversampling(kspace: np.ndarray, calib: np.ndarray, mask: np.ndarray, enc, dims: str):
     """Crop the readout to the recon FOV in image space when the encoded FOV x is larger (oversampling)."""
-    import torch
-
-    from ..physics.fft import fft_centered, ifft_centered
-
     ef, rf = float(enc.encodedSpace.fieldOfView_mm.x), float(enc.reconSpace.fieldOfView_mm.x)
     nx = kspace.shape[2] if dims != "2d+t" else kspace.shape[3]
     keep = int(round(nx * rf / ef)) if ef > 0 and rf > 0 else nx

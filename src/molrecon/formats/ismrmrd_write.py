@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import ismrmrd
+import ismrmrd.xsd as x
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_path
 from .problem import RawProblem
 
 
@@ -31,8 +34,6 @@ def _centre_run(line_mask: np.ndarray) -> tuple[int, int]:
 
 def build_header(problem: RawProblem, fov_mm: tuple[float, float, float], n_frames: int) -> str:
     """An ISMRMRD XML header for ``problem``'s k-space (encoded = recon space: no oversampling)."""
-    import ismrmrd.xsd as x
-
     sp = problem.kspace.shape[2:]
     nx, ny, nz = (sp[1], sp[2], 1) if problem.dims == "2d+t" else (*sp, 1)[:3]
     S, C = problem.kspace.shape[:2]
@@ -59,10 +60,6 @@ def write_ismrmrd(path: str | os.PathLike, problem: RawProblem, noise: np.ndarra
 
     ``noise`` ``[C, n]``: noise samples written as one noise scan per 128 samples before the data.
     """
-    import ismrmrd
-
-    from ..io import atomic_path
-
     path = Path(path)
     k, dims = problem.kspace, problem.dims
     S, C = k.shape[:2]

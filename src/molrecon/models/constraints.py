@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ..tensor_utils import batch_norms
 
@@ -83,8 +84,6 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
             v = v / batch_norms(v).clamp_min(1e-12).reshape_as(u_norm) * u_norm
     v = v.detach()
     if recompute:
-        from torch.utils.checkpoint import checkpoint
-
         diff = checkpoint(lambda a, b: h(a) - h(b), u, v, use_reentrant=False)
     else:
         diff = h(u) - h(v)

@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import InputError
 from ..names import DIMS, DIMS_OF_KIND, LEARNED_METHODS
 
@@ -101,8 +103,6 @@ def _fix_numbers(value: Any) -> Any:
 
 def parse_scalar(text: str) -> Any:
     """A command-line value as a YAML scalar (``1e-3`` → float, ``true`` → bool, ``null`` → None, ``[1,2]``)."""
-    import yaml
-
     try:
         return _fix_numbers(yaml.safe_load(text)) if text.strip() != "" else ""
     except yaml.YAMLError:
@@ -293,8 +293,6 @@ def _check_types(cfg: dict, where: str) -> None:
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
     """Read a YAML config with ``yaml.safe_load``, apply ``--set`` overrides, fill defaults and validate."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")

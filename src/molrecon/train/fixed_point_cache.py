@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from ..errors import CheckpointError
@@ -41,8 +42,6 @@ class IndexedDataset(Dataset):
 
 
 def _world() -> int:
-    import torch.distributed as dist
-
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -84,8 +83,6 @@ class FixedPointCache:
         """Store ``values[i]`` for slice ``keys[i]``; under distributed training, every rank's batch."""
         pairs: list[tuple[list[int], torch.Tensor]] = [([int(k) for k in keys], values.detach().cpu())]
         if _world() > 1:
-            import torch.distributed as dist
-
             gathered: list[Any] = [None] * _world()
             dist.all_gather_object(gathered, pairs[0])
             pairs = gathered

@@ -51,7 +51,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from tqdm.auto import tqdm
 
 from .. import data as mdata
 from ..data import collate, physics_from_batch
@@ -620,8 +622,6 @@ class Trainer:
         self._start()
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            import yaml
-
             with atomic_write(self.out_dir / "config.yaml", "w") as fh:
                 yaml.safe_dump(self.config, fh, sort_keys=False)
             self.train_log = _CSVLog(self.out_dir / "train_log.csv", TRAIN_COLUMNS, self.resumed_from)
@@ -635,8 +635,6 @@ class Trainer:
                 self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=purge)
         if self.resumed_from is None and self.tcfg["pretrain_steps"]:
             self._pretrain()
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.model_config["method"],
                    disable=not (self.tcfg["progress"] and self.is_main), dynamic_ncols=True)
         val_every = self.tcfg["val_every"]

@@ -32,6 +32,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from ..errors import CheckpointError, InputError
 from ..io import atomic_path, machine_info, sha256_file, write_json_atomic
 from ..models.factory import build_model
@@ -135,9 +138,6 @@ def load_pretrained(name: str, device: str | Any = "cpu", root: str | os.PathLik
     (``strict=True``). With ``verify`` the weights' SHA-256 must equal the one recorded at export. The model
     is returned in ``eval()`` mode with the sidecar attached as ``model.pretrained_meta``.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     meta = pretrained_info(name, root)
     weights = Path(meta["path"])
     expected = meta["weights"].get("sha256")
@@ -168,8 +168,6 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
     ``model_config`` must rebuild ``model`` through :func:`molrecon.models.build_model`. Both files are written
     atomically; the JSON is written last, so a listed model always has complete weights.
     """
-    from safetensors.torch import save_file
-
     parsed = parse_name(name)
     norm = getattr(model, "normalization", None)
     norm = Normalization.from_dict(norm) if isinstance(norm, dict) else norm
