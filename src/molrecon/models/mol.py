@@ -58,8 +58,8 @@ from ..solvers.implicit import attach_implicit_backward, dc_solve
 from ..solvers.info import SolverInfo
 from ..tensor_utils import batch_norms
 from .cnn import DIMS, ConvDenoiser
-from .constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
-from .priors import ResidualDenoiser, SLLDenoiser, build_prior, check_architecture
+from .constraints import Constraint, adversarial_lipschitz, jacobian_spectral_norm, make_constraint
+from .priors import SLLDenoiser, build_prior, check_architecture
 
 #: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
 _WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
@@ -86,45 +86,49 @@ class MOL(nn.Module):
     ----------
     denoiser: the CNN ``H`` (complex → complex); ``None`` builds the paper's :class:`ConvDenoiser` for ``dims``
         (now if ``dims`` is given, else at the first call from ``physics.dims``).
-    constraint: ``"sn"`` (MOL-SN, certified), ``"lr"`` (MOL-LR, Lipschitz penalty), ``"none"`` (plain DEQ).
+    constraint: how ``Lip(H) < 1`` is imposed: a :class:`~molrecon.models.constraints.Constraint`, or its
+        registered name — ``"sn"`` (MOL-SN, certified), ``"lr"`` (MOL-LR, Lipschitz penalty), ``"none"`` (DEQ)
+        — built from ``constraint_options``, the strategy's own fields: ``lipschitz_target`` (SN);
+        ``lr_weight``, ``lr_threshold``, ``lr_eps``, ``lr_steps``, ``lr_noise``, ``lr_step_size`` (MOL-LR
+        penalty; authors: 1e-6, 0.98, 1e-3, 10 ascent steps, 0.01, 1.0), ``lr_clip`` (the rescaling safeguard,
+        :meth:`enforce_lipschitz`; ``None`` disables it), ``lr_warm_steps`` (amortised estimate from the slice's
+        last adversarial point, ``train.fixed_point_cache``). Keys of the other strategies are ignored (stored
+        configs carry all of them).
     max_iter, tol: forward fixed-point iterations and relative-change tolerance.
     alpha: step of the block (default 1: the smallest contraction factor; any ``0 < α < 2/(1+L)`` contracts).
     lam: data-consistency weight λ (learnable when ``learn_lam``; stored as ``log_lam``).
     solver: ``"anderson"`` or ``"plain"`` (forward and adjoint).
     dims, channels, layers, kernel_size: the CNN built when ``denoiser`` is ``None``.
-    lipschitz_target: ``L`` of MOL-SN. cg_iter: CG iterations of the DC step per forward iteration.
+    cg_iter: CG iterations of the DC step per forward iteration.
     strict: raise :class:`ConvergenceError` instead of warning when the forward does not converge.
     cg_tol, dc_exact_iter: tolerance/cap of the exact DC solves (output step, recorded step, backward).
     anderson_m: Anderson memory. min_iter: minimum forward iterations.
     backward_max_iter, backward_tol: adjoint solve (defaults: ``max_iter``, ``tol/10``).
     init_lam, init_cg_iter: CG-SENSE start (the authors': λ = 100, 50 iterations).
-    lr_weight, lr_threshold, lr_eps, lr_steps, lr_noise, lr_step_size: MOL-LR penalty (authors: 1e-6, 0.98,
-        1e-3, 10 ascent steps, 0.01, 1.0).
     architecture: the parametrisation of ``H`` (:mod:`molrecon.models.priors`): ``"plain"`` (the paper's CNN;
         spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ) or ``"sll"``
         (certified SDP-based Lipschitz layers, MOL-SN). residual_scale: ``s``; residual_init_gain: scale of the
         residual's last layer at initialisation (0: ``H = s·I``). state_channels: SLL state width.
-    lr_clip: MOL-LR safeguard used by the trainer after each optimiser step (:meth:`enforce_lipschitz`): when the
-        step's Lipschitz estimate exceeds ``lr_clip``, the conv weights are scaled back; ``None`` disables it.
-    lr_warm_steps: amortised MOL-LR estimate (see :meth:`extra_loss`): ascent steps when the trainer warm-starts
-        the estimate from the slice's last adversarial point (``train.fixed_point_cache``); ``None``: always
-        ``lr_steps`` from a fresh start.
     """
 
-    def __init__(self, denoiser: nn.Module | None = None, constraint: str = "sn", max_iter: int = 100,
+    def __init__(self, denoiser: nn.Module | None = None, constraint: str | Constraint = "sn", max_iter: int = 100,
                  tol: float = 1e-4, alpha: float = 1.0, lam: float = 100.0, solver: str = "anderson",
-                 dims: str | None = None, channels: int = 64, layers: int = 5, lipschitz_target: float = 0.95,
+                 dims: str | None = None, channels: int = 64, layers: int = 5,
                  cg_iter: int = 5, strict: bool = False, learn_lam: bool = True, kernel_size: int = 3,
                  cg_tol: float = 1e-6, dc_exact_iter: int = 100, anderson_m: int = 5, min_iter: int = 2,
                  backward_max_iter: int | None = None, backward_tol: float | None = None,
-                 init_lam: float = 100.0, init_cg_iter: int = 50, lr_weight: float = 1e-6,
-                 lr_threshold: float = 0.98, lr_eps: float = 1e-3, lr_steps: int = 10, lr_noise: float = 0.01,
-                 lr_step_size: float = 1.0, lr_clip: float | None = 0.97, architecture: str = "plain",
+                 init_lam: float = 100.0, init_cg_iter: int = 50, architecture: str = "plain",
                  residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0,
-                 lr_warm_steps: int | None = None) -> None:
+                 **constraint_options: Any) -> None:
         super().__init__()
-        if constraint not in CONSTRAINTS:
-            raise InputError(f"MOL: constraint must be one of {tuple(CONSTRAINTS)}, got {constraint!r}")
+        if isinstance(constraint, Constraint):
+            if constraint_options:
+                raise InputError(f"MOL: give constraint options inside the {type(constraint).__name__} object, "
+                                 f"not as {sorted(constraint_options)}")
+            strategy = constraint
+        else:
+            strategy = make_constraint(constraint, constraint_options)
+        constraint = strategy.name
         if solver not in ("anderson", "plain"):
             raise InputError(f"MOL: solver must be 'anderson' or 'plain', got {solver!r}")
         if dims is not None and dims not in DIMS:
@@ -138,25 +142,18 @@ class MOL(nn.Module):
         check_architecture(architecture, constraint)
         if not (0 < residual_scale < 1):
             raise InputError(f"MOL: residual_scale must be in (0, 1), got {residual_scale}")
-        if constraint == "sn" and not (0 < lipschitz_target < 1):
-            raise InputError(f"MOL-SN: lipschitz_target must be in (0, 1), got {lipschitz_target}")
+        self.constraint_strategy = strategy
         self.constraint, self.max_iter, self.tol, self.alpha = constraint, int(max_iter), float(tol), float(alpha)
         self.solver, self.dims, self.channels, self.layers = solver, dims, int(channels), int(layers)
-        self.kernel_size, self.lipschitz_target = int(kernel_size), float(lipschitz_target)
+        self.kernel_size = int(kernel_size)
         self.cg_iter, self.strict, self.learn_lam = int(cg_iter), bool(strict), bool(learn_lam)
         self.cg_tol, self.dc_exact_iter, self.anderson_m = float(cg_tol), int(dc_exact_iter), int(anderson_m)
         self.min_iter = int(min_iter)
         self.backward_max_iter = int(backward_max_iter) if backward_max_iter is not None else None
         self.backward_tol = float(backward_tol) if backward_tol is not None else None
         self.init_lam, self.init_cg_iter = float(init_lam), int(init_cg_iter)
-        self.lr_weight, self.lr_threshold, self.lr_eps = float(lr_weight), float(lr_threshold), float(lr_eps)
-        self.lr_steps, self.lr_noise, self.lr_step_size = int(lr_steps), float(lr_noise), float(lr_step_size)
-        self.lr_clip = None if lr_clip is None else float(lr_clip)
         self.architecture, self.residual_scale = architecture, float(residual_scale)
         self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
-        if lr_warm_steps is not None and int(lr_warm_steps) < 1:
-            raise InputError(f"MOL: lr_warm_steps must be >= 1 or None, got {lr_warm_steps}")
-        self.lr_warm_steps = None if lr_warm_steps is None else int(lr_warm_steps)
         self.last_lip_point: torch.Tensor | None = None
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
         self._custom_denoiser = denoiser is not None
@@ -170,6 +167,11 @@ class MOL(nn.Module):
         self._last_x: torch.Tensor | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
+    @property
+    def lipschitz_target(self) -> float | None:
+        """``L`` of a certified constraint (MOL-SN), else ``None``."""
+        return getattr(self.constraint_strategy, "lipschitz_target", None)
+
     def _build(self, dims: str) -> None:
         self.denoiser = build_prior(self.architecture, self.constraint, dims, self.channels, self.layers,
                                     self.kernel_size, self.lipschitz_target, self.residual_scale,
@@ -198,18 +200,15 @@ class MOL(nn.Module):
         den = self.denoiser
         cfg = {"constraint": self.constraint, "max_iter": self.max_iter, "tol": self.tol, "alpha": self.alpha,
                "lam": float(self.lam.detach()), "solver": self.solver, "dims": self.dims,
-               "channels": self.channels, "layers": self.layers, "lipschitz_target": self.lipschitz_target,
+               "channels": self.channels, "layers": self.layers,
                "cg_iter": self.cg_iter, "strict": self.strict, "learn_lam": self.learn_lam,
                "kernel_size": self.kernel_size, "cg_tol": self.cg_tol, "dc_exact_iter": self.dc_exact_iter,
                "anderson_m": self.anderson_m, "min_iter": self.min_iter,
                "backward_max_iter": self.backward_max_iter, "backward_tol": self.backward_tol,
-               "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter, "lr_weight": self.lr_weight,
-               "lr_threshold": self.lr_threshold, "lr_eps": self.lr_eps, "lr_steps": self.lr_steps,
-               "lr_noise": self.lr_noise, "lr_step_size": self.lr_step_size, "lr_clip": self.lr_clip,
+               "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter,
                "architecture": self.architecture, "residual_scale": self.residual_scale,
-               "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain}
-        if self.lr_warm_steps is not None:  # only when set: configs stored before it existed stay equal
-            cfg["lr_warm_steps"] = self.lr_warm_steps
+               "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain,
+               **self.constraint_strategy.config()}
         if isinstance(den, _WEIGHTED_PRIORS):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
         elif den is not None:
@@ -367,8 +366,8 @@ class MOL(nn.Module):
             weights = self._weights(spatial)
             h = lambda v: self._h(v, weights)  # noqa: E731
             jac = float(jacobian_spectral_norm(h, x, n_iter=30, generator=torch.Generator().manual_seed(0)).max())
-            adv = float(adversarial_lipschitz(h, x, steps=self.lr_steps, noise=self.lr_noise,
-                                              step_size=self.lr_step_size,
+            settings = getattr(self.constraint_strategy, "estimate_kwargs", dict)()
+            adv = float(adversarial_lipschitz(h, x, **settings,
                                               generator=torch.Generator().manual_seed(0)).detach().max())
             L = max(jac, adv)
             self._lip_estimate = L
@@ -529,43 +528,21 @@ class MOL(nn.Module):
         ``lr_warm_steps`` steps instead of ``lr_steps`` from a fresh noisy start. The point reached is left in
         ``last_lip_point``."""
         zero = self.log_lam.new_zeros(())
-        if self.constraint != "lr":
+        if not self.constraint_strategy.has_penalty:
             return zero, {}
         if self.denoiser is None:
             raise InputError("MOL.extra_loss: call the model once (or pass dims=) before the penalty")
         if not torch.isfinite(x_hat).all():
             raise InputError("MOL.extra_loss: x_hat contains NaN/Inf")
         weights = self._weights(tuple(x_hat.shape[1:]))
-        # recompute: the ratio's two CNN graphs would otherwise be held until backward, doubling what MOL keeps
-        warm = v0 is not None and self.lr_warm_steps is not None and v0.shape == x_hat.shape
-        lip, self.last_lip_point = adversarial_lipschitz(
-            lambda v: self._h(v, weights), x_hat.detach(), steps=self.lr_warm_steps if warm else self.lr_steps,
-            noise=self.lr_noise, step_size=self.lr_step_size, recompute=True, v0=v0 if warm else None,
-            return_point=True)
-        pen = lipschitz_barrier(lip, self.lr_threshold, self.lr_eps).mean()
-        lmax = float(lip.detach().max())
-        self._lip_estimate = lmax
-        return self.lr_weight * pen, {"lipschitz": lmax, "lipschitz_penalty": float(self.lr_weight * pen.detach())}
+        pen, logs, self.last_lip_point = self.constraint_strategy.penalty(lambda v: self._h(v, weights), x_hat, v0)
+        self._lip_estimate = logs["lipschitz"]
+        return pen, logs
 
-    @torch.no_grad()
     def enforce_lipschitz(self, estimate: float | None) -> float:
-        r"""MOL-LR safeguard: if the training estimate of ``Lip(H)`` exceeds ``lr_clip``, multiply every conv
-        weight by :math:`s = (\text{lr\_clip}/\hat L)^{1/\text{layers}}` and return ``s`` (1.0 otherwise).
-
-        Why: the authors' barrier alone lets the estimate drift above 1 (their logs show 1.75 and a blow-up; so
-        did ours at step ~50), after which F is no longer monotone and the forward stops converging. For a ReLU
-        network scaling all weights by ``s`` scales the product bound on ``Lip(H)`` by ``s^layers``; the local
-        estimate follows closely. Still an estimate-driven constraint: MOL-SN remains the certified variant.
-        """
-        if (self.constraint != "lr" or self.lr_clip is None or estimate is None or not math.isfinite(estimate)
-                or estimate <= self.lr_clip or not isinstance(self.denoiser, ConvDenoiser)):
-            return 1.0
-        if isinstance(self.denoiser, ResidualDenoiser):
-            return self.denoiser.rescale_to(estimate, self.lr_clip)
-        scale = (self.lr_clip / estimate) ** (1.0 / len(self.denoiser.convs))
-        for conv in self.denoiser.convs:
-            conv.weight.mul_(scale)
-        return float(scale)
+        """The constraint's safeguard after an optimiser step (MOL-LR: rescaling above ``lr_clip``,
+        :meth:`~molrecon.models.constraints.LipschitzPenalty.enforce`); returns the scale applied (1.0: none)."""
+        return self.constraint_strategy.enforce(self.denoiser, estimate)
 
     def extra_repr(self) -> str:
         return (f"method={self.method_name!r}, solver={self.solver!r}, alpha={self.alpha}, "

@@ -225,9 +225,10 @@ class SLLDenoiser(nn.Module):
 
 
 def build_prior(architecture: str, constraint: str, dims: str, channels: int, layers: int, kernel_size: int,
-                lipschitz_target: float, residual_scale: float, state_channels: int,
+                lipschitz_target: float | None, residual_scale: float, state_channels: int,
                 residual_init_gain: float = 0.0) -> nn.Module:
-    """The network ``H`` of a MOL model with this ``architecture`` and ``constraint``."""
+    """The network ``H`` of a MOL model with this ``architecture`` and ``constraint`` (``lipschitz_target``:
+    the certified constraint's ``L``, ``None`` for the others)."""
     check_architecture(architecture, constraint)
     if architecture == "residual":
         return ResidualDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
@@ -235,8 +236,8 @@ def build_prior(architecture: str, constraint: str, dims: str, channels: int, la
     if architecture == "sll":
         return SLLDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
                            state_channels=state_channels, lipschitz_target=lipschitz_target)
-    return ConvDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
-                        spectral_norm=constraint == "sn", lipschitz_target=lipschitz_target)
+    certified = {"spectral_norm": True, "lipschitz_target": lipschitz_target} if constraint == "sn" else {}
+    return ConvDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size, **certified)
 
 
 def check_architecture(architecture: str, constraint: str) -> None:

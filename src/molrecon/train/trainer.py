@@ -463,7 +463,7 @@ class Trainer:
         extra_kwargs = None
         if cache is not None:
             cache.put(batch["index"], "x", x_hat)
-            if getattr(self.model, "lr_warm_steps", None):
+            if getattr(getattr(self.model, "constraint_strategy", None), "lr_warm_steps", None):
                 extra_kwargs = {"v0": cache.get(batch["index"], "lip_v", physics.spatial_shape, self.device)}
         loss, logs = training_loss(self.model, x_hat, batch["target"],
                                    batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
