@@ -332,11 +332,6 @@ class MOL(nn.Module):
             self._bound_lip_cache = {"key": key, "L": float(est.max())}
         return self._bound_lip_cache["L"], False
 
-    @staticmethod
-    def _norm_a_bound(physics: MultiCoilMRI) -> float:
-        """Rigorous ``‖A‖ ≤ max_pixels sqrt(Σ_c |S_c|²)`` (orthonormal FFT, 0/1 mask)."""
-        return float(physics.maps.abs().pow(2).sum(dim=1).sqrt().max())
-
     def certificate(self, physics: MultiCoilMRI, x: torch.Tensor | None = None) -> dict:
         """The theorems' constants for this model on this acquisition (see ``docs/theory.md``).
 
@@ -380,7 +375,7 @@ class MOL(nn.Module):
             certified = False
         lam = float(self.lam.detach())
         m = 1.0 - L
-        norm_a = self._norm_a_bound(physics)
+        norm_a = physics.norm_bound()  # certified, from the operator itself (LinearPhysics)
         return {"method": self.method_name, "m": m, "L": L,
                 "alpha_range": [0.0, 2.0 / (1.0 + L)] if L < 1 else [0.0, 0.0], "alpha": self.alpha,
                 "contraction": contraction_factor(self.alpha, L),

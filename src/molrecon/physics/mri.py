@@ -35,6 +35,7 @@ import torch
 from ..errors import InputError
 from ..names import DIMS
 from .fft import fft_centered, ifft_centered, input_signs
+from .linear import LinearPhysics
 
 
 def infer_dims(spatial_ndim: int, dims: str | None = None) -> str:
@@ -60,8 +61,9 @@ def check_finite(t: torch.Tensor, what: str) -> None:
         raise InputError(f"{what} contains {bad} values")
 
 
-class MultiCoilMRI:
-    """Cartesian multi-coil MRI operator ``A = M · F · S`` (see the module docstring for the math).
+class MultiCoilMRI(LinearPhysics):
+    """Cartesian multi-coil MRI operator ``A = M · F · S`` (see the module docstring for the math); a
+    :class:`~molrecon.physics.linear.LinearPhysics`.
 
     Parameters
     ----------
@@ -167,6 +169,10 @@ class MultiCoilMRI:
             return (maps.conj() * ifft_centered(k, self.fft_dims)).sum(dim=1)
         k = self.mask * torch.fft.fftn(coil_images, dim=self.fft_dims, norm="ortho")
         return (maps.conj() * torch.fft.ifftn(k, dim=self.fft_dims, norm="ortho")).sum(dim=1)
+
+    def norm_bound(self) -> float:
+        """Certified ``‖A‖ ≤ max|M| · ‖F‖ · ‖S‖ = max|M| · max_pixels sqrt(Σ_c |S_c|²)`` (``F`` orthonormal)."""
+        return float(self.mask.abs().max()) * float(self.maps.abs().pow(2).sum(dim=1).sqrt().max())
 
     # -- utilities ------------------------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> MultiCoilMRI:
