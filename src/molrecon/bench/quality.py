@@ -18,17 +18,17 @@ from ..data.builtin import normalize_kind
 from ..errors import InputError
 from ..evaluate.evaluation import evaluate, load_dataset, resolve_methods, write_report
 from ..evaluate.report import markdown_table
-from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, DIMS_TAG, LEARNED_METHODS
-from ..weights.pretrained import available_names
+from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, LEARNED_METHODS
+from ..weights.pretrained import available_names, pretrained_name
 
 
 def pretrained_for(method: str, kind: str, acceleration: float, shipped: set[str]) -> tuple[str | None, str]:
     """The pretrained name to use for ``method`` at ``acceleration`` and a note (empty when exact)."""
-    tag = DIMS_TAG[DIMS_OF_KIND[kind]]
-    exact = f"{method}-{tag}-{acceleration:g}x"
+    dims = DIMS_OF_KIND[kind]
+    exact = pretrained_name(method, dims, acceleration)
     if exact in shipped:
         return exact, ""
-    fallback = f"{method}-{tag}-4x"
+    fallback = pretrained_name(method, dims)
     if fallback in shipped:
         return fallback, f"{method} at {acceleration:g}×: {exact} not shipped, used {fallback} (trained at 4×)"
     tried = exact if exact == fallback else f"{exact} (nor {fallback})"

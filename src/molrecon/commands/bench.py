@@ -30,7 +30,7 @@ from ..metrics import PSNR_OBJECT_SUPPORT
 from ..names import CLASSICAL_METHODS, DIMS, DIMS_OF_KIND, DIMS_TAG, FIXED_POINT_METHODS, LEARNED_METHODS
 from ..train.config import parse_scalar
 from ..weights.loading import load_learned_model
-from ..weights.pretrained import available_names
+from ..weights.pretrained import available_names, pretrained_name
 
 
 def _positive_ints(values: list[str] | None) -> list[int] | None:
@@ -212,11 +212,10 @@ def run_speed(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     kind = normalize_kind(args.kind)
     dims = DIMS_OF_KIND[kind]
-    tag = DIMS_TAG[dims]
     notes: list[str] = []
     shipped = set(available_names())
     if args.pretrained is None:
-        wanted = [f"{m}-{tag}-4x" for m in LEARNED_METHODS]
+        wanted = [pretrained_name(m, dims) for m in LEARNED_METHODS]
         names = [n for n in wanted if n in shipped]
         missing = [n for n in wanted if n not in shipped]
         if missing:

@@ -41,6 +41,7 @@ from ..metrics import PSNR_OBJECT_SUPPORT, evaluate_volume, nmse, object_support
 from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, LEARNED_METHODS, METHOD_ORDER
 from ..physics import mask_for
 from ..weights.loading import load_learned_model
+from ..weights.pretrained import pretrained_name
 from .figures import comparison_grid
 from .report import markdown_table
 
@@ -139,7 +140,7 @@ def resolve_methods(methods: Sequence[str] = (), checkpoints: Sequence[str | Pat
         if m in CLASSICAL_METHODS:
             runners.append(classical_runner(m, **classical_kwargs.get(m, {})))
         elif m in LEARNED_METHODS:
-            pretrained.append(f"{m}-2d-4x")
+            pretrained.append(pretrained_name(m))
         else:
             raise InputError(f"unknown method {m!r} (choose from {', '.join(METHOD_ORDER)})")
     for ck in checkpoints:

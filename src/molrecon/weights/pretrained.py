@@ -57,6 +57,14 @@ _DIMS_FROM_TAG = {tag: dims for dims, tag in DIMS_TAG.items()}
 _SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def pretrained_name(method: str, dims: str = "2d", acceleration: float = 4.0) -> str:
+    """The shipped name ``<method>-<2d|3d|2dt>-<accel>x`` (``docs/conventions.md``), e.g. ``mol-lr-2d-4x``;
+    :func:`parse_name` is its inverse."""
+    if dims not in DIMS_TAG:
+        raise InputError(f"pretrained name: dims must be one of {', '.join(DIMS_TAG)}, got {dims!r}")
+    return f"{method}-{DIMS_TAG[dims]}-{acceleration:g}x"
+
+
 def parse_name(name: str) -> dict[str, Any]:
     """Split ``"mol-lr-2d-4x"`` into ``{"method": "mol-lr", "dims": "2d", "acceleration": 4.0}``.
 
