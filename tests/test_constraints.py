@@ -63,3 +63,21 @@ def test_penalty_and_safeguard_come_from_the_strategy():
     assert scale == pytest.approx(0.5 ** 0.5) and torch.allclose(lr.denoiser.convs[0].weight, before * scale)
     sn = MOL(constraint="sn", dims="2d", channels=4, layers=2)
     assert sn.extra_loss(x) == (sn.log_lam.new_zeros(()), {}) and sn.enforce_lipschitz(5.0) == 1.0
+
+
+def test_a_checkpoint_with_every_strategys_keys_resumes(tmp_path):
+    """Checkpoints written before constraints were classes store all the constraint keys; they still resume."""
+    from molrecon.train import train
+    from molrecon.weights.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = {"name": "old", "out_dir": str(tmp_path / "run"),
+           "model": {"method": "mol-lr", "dims": "2d", "channels": 4, "layers": 2, "max_iter": 10, "lr_steps": 2},
+           "data": {"source": "synthetic", "shape": [16, 16], "num_coils": 2, "num_train": 2, "num_val": 1},
+           "train": {"max_steps": 1, "checkpoint_every": 1, "tensorboard": False, "progress": False}}
+    train(cfg)
+    last = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(last)
+    state["model_config"] = {**state["model_config"], "lipschitz_target": 0.95}  # the old layout
+    save_checkpoint(last, state)
+    cfg["train"]["max_steps"] = 2
+    assert train(cfg, resume=True)["step"] == 2

@@ -264,6 +264,16 @@ class _CSVLog:
 
 
 # -- the trainer ------------------------------------------------------------------------------------------------
+def _canonical_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored model config as the model of today's code writes it (older checkpoints may carry keys the code
+    now ignores, e.g. every constraint's options); the throw-away build leaves the random state untouched."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return model_config(build_model(dict(config)))
+    except InputError:
+        return config
+
+
 class Trainer:
     """Train the model described by a validated config (see :mod:`molrecon.train.config`).
 
@@ -406,7 +416,7 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
-        if state["model_config"] != self.model_config:
+        if _canonical_config(state["model_config"]) != self.model_config:
             raise CheckpointError(f"{path}: the checkpoint's model {state['model_config']} differs from the "
                                   f"config's {self.model_config}")
         for key in ("optimizer", "scheduler", "rng", "step"):
