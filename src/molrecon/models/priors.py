@@ -144,8 +144,6 @@ class SLLDenoiser(nn.Module):
     0.9
     """
 
-    certified = True
-
     def __init__(self, dims: str = "2d", channels: int = 32, layers: int = 5, kernel_size: int = 3,
                  state_channels: int = 16, lipschitz_target: float = 0.95) -> None:
         super().__init__()
