@@ -40,16 +40,16 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .. import recon
 from ..data.builtin import builtin_dataset, normalize_kind
 from ..data.slice_dataset import collate, physics_from_batch
 from ..errors import InputError
+from ..evaluate.methods import is_fixed_point_model, run
 from ..evaluate.report import markdown_table
-from ..models import build_model
 from ..names import DIMS_OF_KIND, FIXED_POINT_METHODS
 from ..physics import MultiCoilMRI, mask_for
 from ..solvers.timing import ExclusiveTimer, region, timing
 from ..tensor_utils import batch_norms
+from ..weights.loading import resolve_model
 
 CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
 
@@ -76,18 +76,10 @@ class TimedMRI(MultiCoilMRI):
             return super().normal(x)
 
 
-def _is_mol(model: Any) -> bool:
-    return hasattr(model, "solve") and hasattr(model, "fixed_point_map")
-
-
 def infer(model: Any, y: torch.Tensor, physics: Any, **overrides: Any) -> tuple[torch.Tensor, Any]:
-    """One reconstruction without gradients: ``(x, info)`` (``info`` = ``model.last_info`` or ``None``);
+    """One reconstruction without gradients: ``(x, info)`` (:func:`molrecon.evaluate.methods.run`);
     ``overrides`` are MOL's per-call solver settings (``MOL.solve``)."""
-    with torch.no_grad():
-        if _is_mol(model):
-            return model.solve(y, physics, **overrides)
-        x = model(y, physics)
-    return x, getattr(model, "last_info", None)
+    return run(model, y, physics, **overrides)
 
 
 def _sync_fn(device: torch.device) -> Callable[[], None]:
@@ -102,7 +94,7 @@ def profile_inference(model: Any, y: torch.Tensor, physics: Any) -> dict[str, An
 
     The models mark their parts with timing regions (:mod:`molrecon.solvers.timing`); the operator is
     timed through :class:`TimedMRI`. Nothing of the model is replaced or read from its internals."""
-    if not (_is_mol(model) or hasattr(model, "denoise")):
+    if not (is_fixed_point_model(model) or hasattr(model, "denoise")):
         raise InputError(f"speed profile: do not know where the CNN of {type(model).__name__} is")
     sync = _sync_fn(y.device)
     timer = ExclusiveTimer(sync)
@@ -208,14 +200,14 @@ def random_mol(method: str, dims: str, channels: int = 32, layers: int = 5, seed
     counts are NOT those of a trained model (label them so)."""
     if method not in FIXED_POINT_METHODS:
         raise InputError(f"random_mol: {method!r} is not a MOL method ({', '.join(FIXED_POINT_METHODS)})")
-    torch.manual_seed(seed)
-    return build_model({"method": method, "dims": dims, "channels": channels, "layers": layers, **kw}).eval()
+    return resolve_model(config={"method": method, "dims": dims, "channels": channels, "layers": layers, **kw},
+                         seed=seed).model
 
 
 def random_modl(dims: str, K: int = 10, channels: int = 32, layers: int = 5, seed: int = 0):
     """An untrained MoDL with the configs' CNN and K (timings only)."""
-    torch.manual_seed(seed)
-    return build_model({"method": "modl", "K": K, "dims": dims, "channels": channels, "layers": layers}).eval()
+    return resolve_model(config={"method": "modl", "K": K, "dims": dims, "channels": channels, "layers": layers},
+                         seed=seed).model
 
 
 def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
@@ -257,7 +249,7 @@ def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, A
                     "seconds": {c: statistics.mean(p["seconds"][c] for p in profiles) for c in cats},
                     "calls": profiles[0]["calls"], "total_s": statistics.mean(p["total_s"] for p in profiles)},
     }
-    if _is_mol(model):
+    if is_fixed_point_model(model):
         row["iterations"] = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter)
         if cg_iters:
             row["dc_sweep"] = dc_iterations_sweep(model, examples, cg_iters, tol=tol, max_iter=max_iter)
@@ -268,8 +260,7 @@ def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, A
 
 def bench_classical(method: str, examples: Sequence[tuple[torch.Tensor, Any]], repeats: int = 1) -> dict[str, Any]:
     """Time per item of a classical method (default parameters of :mod:`molrecon.recon`)."""
-    kw = {"lam": recon.DEFAULT_LAM[method]} if method in recon.DEFAULT_LAM else {}
-    times = [time_inference(lambda y=y, p=p: recon.reconstruct(method, y, p, **kw), repeats=repeats,
+    times = [time_inference(lambda y=y, p=p: run(method, y, p), repeats=repeats,
                             warmup=0, device=y.device)["median_s"] for y, p in examples]
     return {"label": method, "method": method, "source": "classical", "time_per_item_s": statistics.mean(times),
             "times_s": times}
