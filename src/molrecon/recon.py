@@ -169,7 +169,16 @@ def register_classical(name: str, fn: Callable[..., torch.Tensor], label: str | 
     ``fn(y, physics, **kwargs) -> x`` as its runner and ``lam``, when given, as its default weight.
 
     Every path that runs methods by name (``molrecon recon``, ``molrecon evaluate``, the benchmarks) then
-    finds it; :func:`unregister_classical` removes it again."""
+    finds it; :func:`unregister_classical` removes it again.
+
+    >>> from molrecon.names import CLASSICAL_METHODS
+    >>> register_classical("half-zf", lambda y, physics, lam=0.5: lam * physics.A_adjoint(y), lam=0.5)
+    >>> "half-zf" in CLASSICAL_METHODS, DEFAULT_LAM["half-zf"]
+    (True, 0.5)
+    >>> unregister_classical("half-zf")
+    >>> "half-zf" in CLASSICAL_METHODS
+    False
+    """
     if name in CLASSICAL_RUNNERS:
         raise InputError(f"classical method {name!r} is already registered")
     register_method(MethodSpec(name, label or name, "classical", color, marker))
