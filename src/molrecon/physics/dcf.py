@@ -1,8 +1,8 @@
-r"""Density compensation for non-Cartesian k-space: Pipe–Menon iteration (sigpy's ``pipe_menon_dcf``), scaled
-to area units.
+r"""Density compensation for non-Cartesian k-space: Pipe–Menon iteration (torchkbnufft's
+``calc_density_compensation_function``), scaled to area units.
 
 Pipe and Menon (MRM 1999) iterate :math:`w \leftarrow w / (G G^H w)`, ``G`` the gridding interpolation, whose
-fixed point makes the gridded density flat. sigpy returns ``w`` up to an arbitrary global factor, so
+fixed point makes the gridded density flat. The iteration fixes ``w`` up to a global factor, so
 :func:`pipe_menon_dcf` rescales it so that the gridding operator :math:`A^H W A` (single coil, centred orthonormal
 NUFFT) reproduces a smooth image: :math:`c = \langle g, A^H W A g\rangle / \|A^H W A g\|^2` for a Gaussian blob
 ``g`` of width ``N/8`` (its spectrum lies inside the sampled centre of any useful trajectory). Then ``w`` is the
@@ -21,34 +21,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
+import math
+
 import torch
 
 from ..errors import InputError
 
 
-def _blob(shape: Sequence[int]) -> np.ndarray:
-    axes = [np.arange(n) - n // 2 for n in shape]
-    grid = np.meshgrid(*axes, indexing="ij")
+def _blob(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    axes = [torch.arange(n, device=device) - n // 2 for n in shape]
+    grid = torch.meshgrid(*axes, indexing="ij")
     r2 = sum((g / (n / 8)) ** 2 for g, n in zip(grid, shape))
-    return np.exp(-r2 / 2).astype(np.complex64)
+    return torch.exp(-r2 / 2).to(torch.complex64)[None, None]
 
 
-def _area_scale(w: np.ndarray, coord: np.ndarray, shape: tuple[int, ...]) -> float:
-    import sigpy as sp
-
-    g = _blob(shape)
-    grid = sp.nufft_adjoint(w * sp.nufft(g, coord, oversamp=2.0, width=6), coord, shape, oversamp=2.0, width=6)
-    return float(np.vdot(grid, g).real / max(np.vdot(grid, grid).real, 1e-30))
-
-
-def pipe_menon_dcf(trajectory: torch.Tensor, shape: Sequence[int], n_iter: int = 30) -> torch.Tensor:
-    """Density compensation ``[..., K]`` for ``trajectory`` ``[..., K, ndim]`` on the image grid ``shape`` (the
-    last ``ndim`` axes): sigpy's Pipe–Menon iteration (``n_iter`` steps), in area units (module docstring).
+def pipe_menon_dcf(trajectory: torch.Tensor, shape: Sequence[int], n_iter: int = 20, numpoints: int = 6,
+                   oversampling: float = 2.0) -> torch.Tensor:
+    """Density compensation ``[..., K]`` for ``trajectory`` ``[..., K, ndim]`` (pixels, edge ±N/2) on the image
+    grid ``shape`` (its last ``ndim`` axes): torchkbnufft's Pipe–Menon iteration (``n_iter`` steps, its
+    Kaiser–Bessel kernel of ``numpoints`` on an ``oversampling``× grid), in area units (module docstring).
 
     A trajectory with leading axes (one per frame) gets one compensation per frame.
     """
-    import sigpy.mri
+    import torchkbnufft as tkbn
 
     shape = tuple(int(s) for s in shape)
     if not isinstance(trajectory, torch.Tensor) or trajectory.is_complex() or trajectory.ndim < 2:
@@ -57,14 +52,24 @@ def pipe_menon_dcf(trajectory: torch.Tensor, shape: Sequence[int], n_iter: int =
     if len(shape) < ndim:
         raise InputError(f"image shape {shape} has fewer axes than the trajectory's {ndim}")
     shape = shape[-ndim:]
-    coords = trajectory.detach().cpu().numpy().astype(np.float32)
-    flat = coords.reshape(-1, *coords.shape[-2:])
+    grid = [int(math.ceil(oversampling * n)) for n in shape]
+    dev = trajectory.device
+    n = torch.tensor(shape, dtype=torch.float32, device=dev)
+    frames = trajectory.to(torch.float32).reshape(-1, *trajectory.shape[-2:])
+    nufft = tkbn.KbNufft(im_size=shape, grid_size=grid, numpoints=numpoints).to(dev)
+    adjoint = tkbn.KbNufftAdjoint(im_size=shape, grid_size=grid, numpoints=numpoints).to(dev)
+    blob = _blob(shape, dev)
     out = []
-    for c in flat:
-        w = np.asarray(sigpy.mri.pipe_menon_dcf(c, shape, max_iter=n_iter, show_pbar=False), dtype=np.float32)
-        w = w * _area_scale(w, c, shape)
-        out.append(w)
-    return torch.from_numpy(np.stack(out).reshape(coords.shape[:-1])).to(trajectory.device)
+    with torch.no_grad():
+        for traj in frames:
+            omega = (traj * (2 * math.pi) / n).T.contiguous()
+            w = tkbn.calc_density_compensation_function(omega, shape, num_iterations=n_iter, grid_size=grid,
+                                                        numpoints=numpoints).reshape(-1).real
+            # gridding operator A^H W A of the orthonormal single-coil NUFFT on the blob (scales cancel to 1/N)
+            back = adjoint(w.to(torch.complex64) * nufft(blob, omega), omega) / math.prod(shape)
+            scale = torch.vdot(back.flatten(), blob.flatten()).real / back.abs().pow(2).sum().clamp_min(1e-30)
+            out.append(w * scale)
+    return torch.stack(out).reshape(trajectory.shape[:-1])
 
 
 __all__ = ["pipe_menon_dcf"]
