@@ -98,7 +98,7 @@ def speed() -> dict:
            "torchkbnufft A^H A (composition)": median_time(lambda: op.A_adjoint(op.A(x))),
            "Toeplitz A^H A (FFT only)": median_time(lambda: op.normal(x))}
     t0 = time.perf_counter()
-    NonCartesianMRI(op.maps, traj).toeplitz_kernel
+    _ = NonCartesianMRI(op.maps, traj).toeplitz_kernel
     out["Toeplitz kernel (once)"] = time.perf_counter() - t0
     fwd, adj = finufft_pair(traj.numpy().astype(np.float64), shape, 1e-6)
     coil = (op.maps * x[:, None])[0].numpy()
@@ -120,7 +120,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "nufft.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| library | forward | adjoint |", "|---|---|---|"]
-    lines += [f"| {k} | {v['forward']:.2e} | {v['adjoint']:.2e} |" for k, v in result["accuracy_relative_error"].items()]
+    accuracy_rows = result["accuracy_relative_error"].items()
+    lines += [f"| {k} | {v['forward']:.2e} | {v['adjoint']:.2e} |" for k, v in accuracy_rows]
     lines += ["", "| operation (128², 8 coils, 16384 samples) | ms |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in result["speed_ms"].items()]
     (args.out / "nufft.md").write_text("\n".join(lines) + "\n")

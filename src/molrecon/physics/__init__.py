@@ -1,6 +1,7 @@
 """MRI forward operators, masks, coil maps and noise."""
 
 from .coils import check_maps_normalised, estimate_coil_maps, normalize_maps, simulate_coil_maps
+from .dcf import pipe_menon_dcf
 from .fft import fft_centered, ifft_centered
 from .linear import LinearPhysics
 from .masks import (
@@ -12,11 +13,10 @@ from .masks import (
     default_center_fraction,
     mask_for,
 )
-from .dcf import pipe_menon_dcf
 from .mri import MultiCoilMRI, check_finite, infer_dims
+from .noise import add_noise, complex_gaussian
 from .noncartesian import NonCartesianMRI
 from .noncartesian_maps import estimate_maps_noncartesian
-from .noise import add_noise, complex_gaussian
 from .trajectories import golden_angle_dynamic, radial_trajectory, spiral_trajectory, stack_of_stars
 
 __all__ = [
