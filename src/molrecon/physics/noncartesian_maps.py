@@ -65,7 +65,13 @@ def estimate_maps_noncartesian(kspace: torch.Tensor, trajectory: torch.Tensor, s
         lo = n // 2 - m // 2
         pad += [lo, n - m - lo]
     full = F.pad(centre, pad)
+    # ESPIRiT needs calibration rows: a 6-wide kernel in a calibration region of 8 (few partitions of a stack of
+    # stars) leaves too few and returns zero maps, so the kernel shrinks with the region unless given
+    espirit.setdefault("kernel_width", min(6, max(2, min(cal) // 2)))
     maps = estimate_coil_maps(full, calib_width=min(cal), dims="2d" if ndim == 2 else "3d", **espirit)
+    if not bool((maps.abs() > 0).any()):
+        raise InputError(f"ESPIRiT found no coil sensitivity in the gridded {cal} k-space centre (try a larger calib "
+                         f"or a smaller kernel_width)")
     if dims == "2d+t":
         maps = maps[:, :, None].expand(b, c, shape[0], *nufft_shape).contiguous()
     return maps
