@@ -22,9 +22,12 @@ DIMS: tuple[str, ...] = ("2d", "3d", "2d+t")
 #: The spelling of each dims in pretrained names and command-line flags (``mol-lr-2dt-4x``, ``--shape-2dt``).
 DIMS_TAG: dict[str, str] = {"2d": "2d", "3d": "3d", "2d+t": "2dt"}
 #: Kinds of the built-in data set and the dims of their images.
-DIMS_OF_KIND: dict[str, str] = {"2d": "2d", "3d": "3d", "dynamic": "2d+t"}
+DIMS_OF_KIND: dict[str, str] = {"2d": "2d", "3d": "3d", "dynamic": "2d+t", "radial": "2d", "radial-dynamic": "2d+t"}
+#: Kinds acquired on a non-Cartesian trajectory (their datasets carry ``trajectory`` instead of ``mask``).
+NONCARTESIAN_KINDS: tuple[str, ...] = ("radial", "radial-dynamic")
 #: Accepted spellings of a data kind (the dims spellings of ``dynamic`` included).
-KIND_ALIASES: dict[str, str] = {"2d": "2d", "3d": "3d", "dynamic": "dynamic", "2d+t": "dynamic", "2dt": "dynamic"}
+KIND_ALIASES: dict[str, str] = {"2d": "2d", "3d": "3d", "dynamic": "dynamic", "2d+t": "dynamic", "2dt": "dynamic",
+                                "radial": "radial", "radial-dynamic": "radial-dynamic"}
 
 
 @dataclass(frozen=True)

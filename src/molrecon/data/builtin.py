@@ -48,7 +48,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +341,17 @@ def deform_series(image: torch.Tensor, frames: int, rng: np.random.Generator, re
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
 
 
+def dynamic_picks(plan: list[dict[str, list[int]]], n_train: int, n_val: int,
+                  n_test: int) -> list[tuple[str, int]]:
+    """``(split, z)`` of the 2D+time series: train spread over the blocks' train slices, val/test from the
+    blocks' val/test slices."""
+    train_pool = [z for b in plan for z in b["train"][1::2]]
+    picks = {"train": [train_pool[int(i)] for i in np.linspace(0, len(train_pool) - 1, n_train).round()]
+             if n_train else [],
+             "val": [b["val"][0] for b in plan][:n_val], "test": [b["test"][0] for b in plan][::-1][:n_test]}
+    return [(split, z) for split in ("train", "val", "test") for z in picks[split]]
+
+
 def build_dynamic(out: Path, seed: int = 0, *, size: int = 96, coils: int = 8, snr_db: float = 30.0,
                   contrasts: Sequence[str] = anatomy.CONTRASTS, frames: int = 12, n_train: int = 8,
                   n_val: int = 2, n_test: int = 2, units: int = 4, spacing_mm: float = 1.5, gap_mm: int = 5,
@@ -351,36 +362,47 @@ def build_dynamic(out: Path, seed: int = 0, *, size: int = 96, coils: int = 8, s
     plan = plan_axial_splits(units, spacing_mm, gap_mm)
     fov = anatomy.axial_fov_mm()
     mask_obj = RandomMask(center_fraction, acceleration)
-    # positions: train spread over the blocks' train slices, val/test from the blocks' val/test slices
-    train_pool = [z for b in plan for z in b["train"][1::2]]
-    picks = {"train": [train_pool[int(i)] for i in np.linspace(0, len(train_pool) - 1, n_train).round()]
-             if n_train else [],
-             "val": [b["val"][0] for b in plan][:n_val], "test": [b["test"][0] for b in plan][::-1][:n_test]}
     files: list[dict[str, Any]] = []
-    k = 0
-    for split in ("train", "val", "test"):
-        for z in picks[split]:
-            contrast = list(contrasts)[k % len(contrasts)]
-            k += 1
-            name = f"dyn_{contrast}_z{z:03d}.h5"
-            rng = _rng(seed, name)
-            hi = anatomy._square_axial(anatomy.contrast_volume(contrast), [z])[0]  # 1 mm grid
-            series = deform_series(hi, frames, rng, resp_mm, card_mm, card_cycles, pixel_mm=fov / hi.shape[-1])
-            mag = F.interpolate(series[:, None], size=(size, size), mode="area")[:, 0].numpy()[None]
-            sim = simulate_file(mag, "2d+t", coils, snr_db, rng)
-            mask = mask_obj((frames, size, size), seed=fname_seed(name), dims="2d+t").numpy()  # [T, 1, W]
-            header = make_header((size, size, 1), (fov, fov, 1.0), coils, phase_steps=size, repetitions=frames)
-            attrs = {"dims": "2d+t", "contrast": contrast, "snr_db": snr_db, "seed": seed, "frames": frames,
-                     "z_index_mm": np.asarray([z], np.int32), "voxel_size_mm": [1.0, fov / size, fov / size],
-                     "resp_mm": resp_mm, "card_mm": card_mm, "card_cycles": card_cycles,
-                     "mask_default": repr(mask_obj)}
-            digest = _write_file(out / split / name, sim, mask, header, attrs)
-            files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "z_index_mm": [int(z)],
-                          "slices": 1, "frames": frames, "sha256": digest})
+    for k, (split, z) in enumerate(dynamic_picks(plan, n_train, n_val, n_test)):
+        contrast = list(contrasts)[k % len(contrasts)]
+        name = f"dyn_{contrast}_z{z:03d}.h5"
+        rng = _rng(seed, name)
+        hi = anatomy._square_axial(anatomy.contrast_volume(contrast), [z])[0]  # 1 mm grid
+        series = deform_series(hi, frames, rng, resp_mm, card_mm, card_cycles, pixel_mm=fov / hi.shape[-1])
+        mag = F.interpolate(series[:, None], size=(size, size), mode="area")[:, 0].numpy()[None]
+        sim = simulate_file(mag, "2d+t", coils, snr_db, rng)
+        mask = mask_obj((frames, size, size), seed=fname_seed(name), dims="2d+t").numpy()  # [T, 1, W]
+        header = make_header((size, size, 1), (fov, fov, 1.0), coils, phase_steps=size, repetitions=frames)
+        attrs = {"dims": "2d+t", "contrast": contrast, "snr_db": snr_db, "seed": seed, "frames": frames,
+                 "z_index_mm": np.asarray([z], np.int32), "voxel_size_mm": [1.0, fov / size, fov / size],
+                 "resp_mm": resp_mm, "card_mm": card_mm, "card_cycles": card_cycles,
+                 "mask_default": repr(mask_obj)}
+        digest = _write_file(out / split / name, sim, mask, header, attrs)
+        files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "z_index_mm": [int(z)],
+                      "slices": 1, "frames": frames, "sha256": digest})
     return {"files": files, "plan": plan}
 
 
-_BUILDERS = {"2d": build_2d, "3d": build_3d, "dynamic": build_dynamic}
+_BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {"2d": build_2d, "3d": build_3d, "dynamic": build_dynamic}
+_DATASETS: dict[str, Callable[..., Any]] = {}
+_LAYOUTS = {"2d": "kspace [S,C,H,W]; maps [1,C,H,W]; mask [W]",
+            "3d": "kspace [1,C,D,H,W]; maps [1,C,D,H,W]; mask [H,W]",
+            "dynamic": "kspace [1,C,T,H,W]; maps [1,C,T,H,W] (static); mask [T,1,W]"}
+_NOTES: dict[str, str] = {}
+_INVERSE_CRIME_NOTE = ("SIMULATED multi-coil k-space from a real anatomical template (inverse crime: the same discrete "
+                       "forward model simulates and reconstructs; results are optimistic and not comparable with "
+                       "raw-data numbers).")
+
+
+def register_kind(kind: str, builder: Callable[..., dict[str, Any]], dataset: Callable[..., Any],
+                  defaults: dict[str, Any], layout: str, note: str) -> None:
+    """Add a built-in data kind (its name must be in :data:`molrecon.names.DIMS_OF_KIND`): the builder
+    ``builder(out, seed, **params)``, the dataset class of one split folder, the default parameters, and the
+    manifest's layout line and note (:mod:`molrecon.data.builtin_radial` registers the non-Cartesian kinds)."""
+    if kind not in DIMS_OF_KIND:
+        raise InputError(f"unknown data kind {kind!r}: add it to molrecon.names.DIMS_OF_KIND first")
+    _BUILDERS[kind], _DATASETS[kind], DEFAULTS[kind], _LAYOUTS[kind], _NOTES[kind] = (builder, dataset, defaults,
+                                                                                      layout, note)
 
 
 def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overwrite: bool = False,
@@ -412,9 +434,7 @@ def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overw
         manifest = {
             "name": f"molrecon-builtin-{kind}", "format_version": FORMAT_VERSION, "kind": kind,
             "dims": DIMS_OF_KIND[kind], "simulated": True,
-            "note": "SIMULATED multi-coil k-space from a real anatomical template (inverse crime: the same "
-                    "discrete forward model simulates and reconstructs; results are optimistic and not "
-                    "comparable with raw-data numbers).",
+            "note": _NOTES.get(kind, _INVERSE_CRIME_NOTE),
             "source": {"anatomy": anatomy.TEMPLATE_NAME, "package": f"nilearn {nilearn.__version__}",
                        "files": [{"file": Path(p).name, "sha256": sha256_file(Path(p))}
                                  for p in anatomy.template_files()],
@@ -426,9 +446,7 @@ def build_builtin(out: str | os.PathLike, kind: str = "2d", seed: int = 0, overw
                                       "2009", "Collins et al., 1999"]},
             "parameters": cfg, "seed": int(seed), "splits": splits, "files": result["files"],
             "num_slices": {s: sum(f["slices"] for f in result["files"] if f["split"] == s) for s in splits},
-            "layout": {"2d": "kspace [S,C,H,W]; maps [1,C,H,W]; mask [W]",
-                       "3d": "kspace [1,C,D,H,W]; maps [1,C,D,H,W]; mask [H,W]",
-                       "dynamic": "kspace [1,C,T,H,W]; maps [1,C,T,H,W] (static); mask [T,1,W]"}[kind],
+            "layout": _LAYOUTS[kind],
             "plan": result.get("plan"),
             "build": {"seconds": round(seconds, 2), "molrecon": __version__, "torch": torch.__version__},
         }
@@ -489,12 +507,15 @@ def verify_builtin(folder: str | os.PathLike) -> list[str]:
 
 def builtin_dataset(kind: str = "2d", split: str = "train", root: str | os.PathLike | None = None,
                     mask_func: Any = None, **kwargs: Any):
-    """The :class:`~molrecon.data.SliceDataset` of one split of the built-in set (built first if absent)."""
+    """The dataset of one split of the built-in set (built first if absent): a
+    :class:`~molrecon.data.SliceDataset` for the Cartesian kinds, the registered class otherwise
+    (:class:`~molrecon.data.builtin_radial.RadialDataset`: ``spokes=...`` instead of a ``mask_func``)."""
 
     if split not in ("train", "val", "test"):
         raise InputError(f"split must be 'train', 'val' or 'test', got {split!r}")
     folder = ensure_builtin(kind, root)
-    return SliceDataset(folder / split, mask_func=mask_func, **kwargs)
+    dataset = _DATASETS.get(normalize_kind(kind), SliceDataset)
+    return dataset(folder / split, mask_func=mask_func, **kwargs)
 
 
 def builtin_test_example(index: int = 0, kind: str = "2d", root: str | os.PathLike | None = None,

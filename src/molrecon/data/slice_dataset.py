@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from ..io import atomic_path, file_lock, open_h5
 from ..names import DIMS
-from ..physics import MultiCoilMRI, estimate_coil_maps, ifft_centered
+from ..physics import MultiCoilMRI, NonCartesianMRI, estimate_coil_maps, ifft_centered
 from .header import EncodingInfo, parse_header
 from .transforms import fname_seed
 
@@ -319,11 +319,19 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def physics_from_batch(batch: dict[str, Any]):
-    """The :class:`~molrecon.physics.MultiCoilMRI` of a collated batch (its maps, mask and dims)."""
+def physics_from_batch(batch: dict[str, Any]) -> MultiCoilMRI | NonCartesianMRI:
+    """The operator of a collated batch: :class:`~molrecon.physics.MultiCoilMRI` (maps, mask, dims), or
+    :class:`~molrecon.physics.NonCartesianMRI` (maps, trajectory, optional ``dcf``) when the batch has a
+    ``trajectory`` (one trajectory for the whole batch)."""
 
     dims = batch["dims"]
     dims = dims if isinstance(dims, str) else dims[0]
     if not isinstance(batch["dims"], str) and any(d != dims for d in batch["dims"]):
         raise InputError(f"a batch mixes dims {sorted(set(batch['dims']))}")
+    if "trajectory" in batch:
+        traj = batch["trajectory"]
+        if isinstance(traj, list) or (traj.shape[0] > 1 and not bool((traj == traj[:1]).all())):
+            raise InputError("a non-Cartesian batch mixes trajectories (use batch size 1, or one trajectory)")
+        dcf = batch.get("dcf")
+        return NonCartesianMRI(batch["maps"], traj[0], dcf=None if dcf is None else dcf[0], dims=dims)
     return MultiCoilMRI(batch["maps"], batch["mask"], dims=dims)
