@@ -57,9 +57,9 @@ from ..errors import ConvergenceError, InputError
 from ..names import CONSTRAINT_METHOD as CONSTRAINTS
 from ..normalization import model_normalization, scale_invariant
 from ..physics.mri import MultiCoilMRI, check_finite
+from ..solvers.backward import BACKWARD_OPTIONS, attach_backward, check_backward_options
 from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
-from ..solvers.backward import BACKWARD_OPTIONS, attach_backward, check_backward_options
 from ..solvers.implicit import dc_solve
 from ..solvers.info import SolverInfo
 from ..tensor_utils import batch_norms
