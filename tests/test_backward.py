@@ -167,3 +167,34 @@ def test_backward_config_key_and_old_configs():
         validate_config({"model": {"method": "modl", "backward": "jfb"}})
     with pytest.raises(InputError, match="backward"):
         MOL(constraint="sn", backward="nope")
+
+
+# ------------------------------------------------------------------------------------------ bench gradient
+def test_bench_gradient_rows():
+    from molrecon.bench.gradient import gradient_errors, gradient_markdown, parse_mode, summarize_gradient
+
+    assert parse_mode("phantom@steps=3,damping=0.5") == ("phantom", {"backward_steps": 3, "backward_damping": 0.5})
+    assert parse_mode("implicit@tol=1e-3") == ("implicit", {"backward_tol": 1e-3})
+    for bad in ("exact", "jfb@steps=2", "phantom@k=2", "implicit@steps=2"):
+        with pytest.raises(InputError):
+            parse_mode(bad)
+    physics, y, tgt = _mol_problem()
+    model = _mol()
+    model.tol = 1e-4
+    rows = gradient_errors(model, [(y, physics, tgt, tgt.abs().amax())],
+                           ["implicit", "jfb", "phantom@steps=30,damping=1.0"], label="tiny")
+    by = {r["mode"]: r for r in rows}
+    assert by["implicit"]["rel_error"] < 1e-3 and by["implicit"]["cosine"] > 0.9999
+    assert by["phantom@steps=30,damping=1.0"]["rel_error"] < by["jfb"]["rel_error"]
+    assert by["jfb"]["cosine"] < by["implicit"]["cosine"]
+    assert model.backward == "implicit"  # the benchmark leaves the model as it found it
+    md = gradient_markdown({"summary": summarize_gradient(rows), "reference": "r", "slices": 1, "threads": 1})
+    assert "| tiny | jfb |" in md
+
+
+def test_bench_gradient_cli_refuses_unknown_model(tmp_path, capsys):
+    from molrecon.cli import main
+
+    assert main(["bench", "gradient", "--pretrained", "no-such-model", "--out", str(tmp_path)]) == 2
+    assert "not shipped" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

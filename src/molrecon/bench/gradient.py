@@ -10,8 +10,8 @@ tolerance (``reference_tol``); the model's own implicit setting is one of the me
 
 Per (model, slice, mode): cosine similarity and relative error ``‖g − g_ref‖ / ‖g_ref‖`` of the concatenated
 parameter gradient (CNN and λ), and the time of forward-from-the-fixed-point + backward. Modes are written
-``"jfb"``, ``"phantom@steps=5,damping=0.5"`` (options of :data:`~molrecon.solvers.backward.BACKWARD_OPTIONS`
-under the model's names ``backward_steps``/``backward_damping``).
+``"jfb"``, ``"phantom@steps=5,damping=0.5"`` (the model's ``backward_steps``/``backward_damping``) or
+``"implicit@tol=1e-3"`` (the adjoint solve's ``backward_tol``, and ``max_iter``: ``backward_max_iter``).
 
 Example (a few minutes on one CPU thread; the command line is ``molrecon bench gradient``)::
 
@@ -41,23 +41,25 @@ from ..weights.loading import load_learned_model
 DEFAULT_MODES: tuple[str, ...] = ("implicit", "jfb", "phantom@steps=2,damping=0.5", "phantom@steps=5,damping=0.5",
                                   "phantom@steps=10,damping=0.5", "phantom@steps=5,damping=1.0")
 DEFAULT_MODELS: tuple[str, ...] = ("mol-lr-2d-4x", "mol-sn-2d-4x")
-#: model attribute of each mode option
-_OPTION_ATTR = {"steps": "backward_steps", "damping": "backward_damping"}
+#: per mode, the model attribute of each option written after '@'
+_OPTION_ATTR = {"phantom": {"steps": "backward_steps", "damping": "backward_damping"},
+                "implicit": {"tol": "backward_tol", "max_iter": "backward_max_iter"}}
 
 
 def parse_mode(text: str) -> tuple[str, dict[str, Any]]:
-    """``"phantom@steps=5,damping=0.5"`` → ``("phantom", {"backward_steps": 5, "backward_damping": 0.5})``."""
+    """``"phantom@steps=5,damping=0.5"`` → ``("phantom", {"backward_steps": 5, "backward_damping": 0.5})``;
+    ``"implicit@tol=1e-3,max_iter=20"`` sets the adjoint solve's ``backward_tol``/``backward_max_iter``."""
     name, _, rest = text.partition("@")
     if name not in BACKWARD_MODES:
         raise InputError(f"gradient benchmark: unknown backward mode {name!r}; known: {sorted(BACKWARD_MODES)}")
     settings: dict[str, Any] = {}
+    known = _OPTION_ATTR.get(name, {})
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
-        if not eq or key.strip() not in _OPTION_ATTR:
-            raise InputError(f"gradient benchmark: {text!r}: expected steps=N or damping=D after '@', got {item!r}")
-        settings[_OPTION_ATTR[key.strip()]] = parse_scalar(value)
-    if settings and name != "phantom":
-        raise InputError(f"gradient benchmark: {text!r}: only phantom takes steps/damping")
+        if not eq or key.strip() not in known:
+            raise InputError(f"gradient benchmark: {text!r}: {name} takes {', '.join(known) or 'no options'} "
+                             f"after '@', got {item!r}")
+        settings[known[key.strip()]] = parse_scalar(value)
     return name, settings
 
 
@@ -87,19 +89,18 @@ def _with_mode(model: torch.nn.Module, name: str, settings: dict[str, Any], fn: 
             setattr(model, k, v)
 
 
-def gradient_errors(model: torch.nn.Module, batches: Sequence[dict[str, Any]], modes: Sequence[str],
+def gradient_errors(model: torch.nn.Module, examples: Sequence[tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]],
+                    modes: Sequence[str],
                     reference_tol: float = 1e-7, reference_max_iter: int = 1000,
                     label: str = "") -> list[dict[str, Any]]:
-    """One row per (slice, mode) with ``cosine``, ``rel_error`` and ``seconds`` against the tight implicit
-    gradient (see the module docstring)."""
+    """One row per (example, mode) with ``cosine``, ``rel_error`` and ``seconds`` against the tight implicit
+    gradient (see the module docstring); ``examples`` are ``(y, physics, target, max_value)``."""
     if not hasattr(model, "backward"):
         raise InputError(f"gradient benchmark: {label or type(model).__name__} has no backward modes "
                          f"(only the fixed-point methods do)")
     parsed = [(m, *parse_mode(m)) for m in modes]
     rows: list[dict[str, Any]] = []
-    for i, batch in enumerate(batches):
-        physics = physics_from_batch(batch)
-        y, target, max_value = batch["kspace"], batch["target"], batch["max_value"]
+    for i, (y, physics, target, max_value) in enumerate(examples):
         x_star, _ = model.solve(y, physics)
         ref_settings = {"backward_tol": reference_tol, "backward_max_iter": reference_max_iter}
         args = (y, physics, x_star, target, max_value)
@@ -115,14 +116,16 @@ def gradient_errors(model: torch.nn.Module, batches: Sequence[dict[str, Any]], m
 
 
 def training_batches(kind: str = "2d", slices: int = 4, acceleration: float = 4.0,
-                     center_fraction: float = 0.08, mask: str = "random") -> list[dict[str, Any]]:
-    """The first ``slices`` built-in training slices as batches of one, with the training mask."""
+                     center_fraction: float = 0.08, mask: str = "random") -> list[tuple]:
+    """The first ``slices`` built-in training slices, with the training mask, as ``(y, physics, target,
+    max_value)`` batches of one."""
     mask_func = mask_for(DIMS_OF_KIND[normalize_kind(kind)], acceleration,
                          center_fraction, kind=mask)
     ds = builtin_dataset(kind, "train", mask_func=mask_func)
     if slices < 1 or slices > len(ds):
         raise InputError(f"gradient benchmark: slices must be in 1..{len(ds)}, got {slices}")
-    return [collate([ds[i]]) for i in range(slices)]
+    batches = [collate([ds[i]]) for i in range(slices)]
+    return [(b["kspace"], physics_from_batch(b), b["target"], b["max_value"]) for b in batches]
 
 
 def summarize_gradient(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
