@@ -190,6 +190,7 @@ def test_bench_gradient_rows():
     assert model.backward == "implicit"  # the benchmark leaves the model as it found it
     md = gradient_markdown({"summary": summarize_gradient(rows), "reference": "r", "slices": 1, "threads": 1})
     assert "| tiny | jfb |" in md
+    assert by["jfb"]["adjoint_iterations"] is None and by["implicit"]["adjoint_iterations"] >= 1
 
 
 def test_bench_gradient_cli_refuses_unknown_model(tmp_path, capsys):

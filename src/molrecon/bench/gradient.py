@@ -107,11 +107,13 @@ def gradient_errors(model: torch.nn.Module, examples: Sequence[tuple[torch.Tenso
         g_ref, _ = _with_mode(model, "implicit", ref_settings, _flat_grad, *args)
         for text, name, settings in parsed:
             g, seconds = _with_mode(model, name, settings, _flat_grad, *args)
+            binfo = getattr(model, "last_backward_info", None)
             cos = float(torch.dot(g, g_ref) / (g.norm() * g_ref.norm()).clamp_min(1e-300))
             rows.append({"model": label, "slice": i, "mode": text, "cosine": cos,
                          "rel_error": float((g - g_ref).norm() / g_ref.norm().clamp_min(1e-300)),
                          "grad_norm_ratio": float(g.norm() / g_ref.norm().clamp_min(1e-300)),
-                         "seconds": seconds})
+                         "seconds": seconds,
+                         "adjoint_iterations": None if binfo is None else float(binfo.iterations.float().mean())})
     return rows
 
 
@@ -139,7 +141,10 @@ def summarize_gradient(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "rel_error_mean": statistics.fmean(r["rel_error"] for r in sub),
                     "rel_error_max": max(r["rel_error"] for r in sub),
                     "grad_norm_ratio_mean": statistics.fmean(r["grad_norm_ratio"] for r in sub),
-                    "seconds_median": statistics.median(r["seconds"] for r in sub)})
+                    "seconds_median": statistics.median(r["seconds"] for r in sub),
+                    "adjoint_iterations_mean": (statistics.fmean(r["adjoint_iterations"] for r in sub)
+                                                if all(r.get("adjoint_iterations") is not None for r in sub)
+                                                else None)})
     return out
 
 
@@ -172,6 +177,8 @@ def gradient_markdown(result: dict[str, Any]) -> str:
               "cosine (mean)": f"{s['cosine_mean']:.4f}", "cosine (min)": f"{s['cosine_min']:.4f}",
               "rel. error (mean)": f"{s['rel_error_mean']:.3g}", "rel. error (max)": f"{s['rel_error_max']:.3g}",
               "‖g‖/‖g_ref‖": f"{s['grad_norm_ratio_mean']:.3f}",
+              "adjoint iters": ("–" if s.get("adjoint_iterations_mean") is None
+                                else f"{s['adjoint_iterations_mean']:.1f}"),
               "fwd+bwd from x* (s, median)": f"{s['seconds_median']:.2f}"} for s in result["summary"]]
     head = (f"Gradient error of the backward modes against the reference ({result['reference']}), parameter "
             f"gradient of the training data loss, first {result['slices']} built-in training slices, "
