@@ -473,8 +473,8 @@ class MOL(nn.Module):
     @scale_invariant
     def forward(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
                 **overrides: Any) -> torch.Tensor:
-        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation, equivariant in
-        the k-space scale (:mod:`molrecon.normalization`);
+        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by the ``backward`` mode (default implicit
+        differentiation), equivariant in the k-space scale (:mod:`molrecon.normalization`);
         ``overrides`` as in :meth:`solve` (the backward tolerance follows an overridden ``tol``)."""
         s = self._settings(overrides)
         self._check_inputs(y, physics, x0)

@@ -20,6 +20,8 @@ differentiable application of :math:`T` (the parameters attached) and returns th
     Its gradient is :math:`\delta (\partial T/\partial\theta)^T \sum_{i<k} B^i v` with
     :math:`B = (1-\delta) I + \delta J_T^T`, which tends to the implicit gradient as :math:`k\to\infty` when
     :math:`T` contracts; :math:`k = 1, \delta = 1` is ``jfb``. Memory grows with :math:`k` (k steps' graphs).
+    The output is the last damped iterate, which differs from :math:`T(x^\star)` only by the forward
+    solve's convergence error.
 
 Register a new mode with :func:`register_backward`; :func:`attach_backward` dispatches by name.
 """
