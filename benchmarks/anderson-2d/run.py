@@ -1,6 +1,14 @@
-import json, sys, time, torch
+"""Plain vs Anderson (memory m = 2, 3, 5, 8) iterations of the shipped 2D MOL models at their shipped settings,
+first 2 built-in test slices, one thread. Usage: python benchmarks/anderson-2d/run.py OUT.json"""
+import json
+import sys
+import time
+
+import torch
+
 from molrecon.data.builtin import builtin_test_example
 from molrecon.weights.loading import load_learned_model
+
 torch.set_num_threads(1)
 rows = []
 for name in ("mol-lr-2d-4x", "mol-sn-2d-4x"):
@@ -21,4 +29,5 @@ for name in ("mol-lr-2d-4x", "mol-sn-2d-4x"):
                          "ratio_to_plain": it / base, "seconds": dt,
                          "rel_diff_to_plain": float((x - xp).abs().norm() / xp.abs().norm())})
             print(rows[-1], flush=True)
-json.dump(rows, open(sys.argv[1], "w"), indent=1)
+with open(sys.argv[1], "w") as f:
+    json.dump(rows, f, indent=1)

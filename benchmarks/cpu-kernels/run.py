@@ -60,4 +60,5 @@ results["median_ms"] = {k: 1e3 * statistics.median(v) for k, v in times.items()}
 results["ratio_to_contiguous"] = {k: v / results["median_ms"]["contiguous"] for k, v in results["median_ms"].items()}
 results["torch"] = torch.__version__
 print(json.dumps(results, indent=1))
-json.dump(results, open(sys.argv[1], "w"), indent=1)
+with open(sys.argv[1], "w") as f:
+    json.dump(results, f, indent=1)
