@@ -159,6 +159,10 @@ def test_backward_config_key_and_old_configs():
     assert build_model({**cfg["model"], "dims": "2d", "channels": 4, "layers": 2}).backward == "phantom"
     old = build_model({"method": "mol-sn", "dims": "2d", "channels": 4, "layers": 2})  # a config from before
     assert old.backward == "implicit"
+    from molrecon.weights.pretrained import load_pretrained
+
+    shipped = load_pretrained("mol-sn-2d-4x")  # stored before the key existed
+    assert shipped.backward == "implicit" and shipped.config()["backward"] == "implicit"
     for bad, match in [({"backward": "exact"}, "model.backward"), ({"backward_steps": 0}, "backward_steps"),
                        ({"backward_damping": 1.5}, "backward_damping")]:
         with pytest.raises(InputError, match=match):
