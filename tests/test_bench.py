@@ -13,6 +13,7 @@ from molrecon.bench.memory import linear_fit, memory_markdown, run_memory_sweep,
 from molrecon.bench.quality import pretrained_for, quality_markdown
 from molrecon.bench.speed import (
     ExclusiveTimer,
+    TimedMRI,
     dc_iterations_sweep,
     iterations_to_tol,
     profile_inference,
@@ -21,6 +22,7 @@ from molrecon.bench.speed import (
     speed_markdown,
 )
 from molrecon.errors import InputError
+from molrecon.solvers.timing import region, timing
 
 TINY = {"2d": {"shape": [16, 16], "coils": 2, "channels": 4, "layers": 3}}
 
@@ -86,11 +88,20 @@ def test_linear_fit_and_budget_extrapolation():
 
 def test_exclusive_timer_charges_the_innermost_label():
     t = ExclusiveTimer()
-    inner = t.wrap(lambda: time.sleep(0.05), "inner")
-    outer = t.wrap(lambda: (time.sleep(0.05), inner()), "outer")
-    absorbing = t.wrap(lambda: inner(), "absorb", absorb=True)
-    outer()
-    absorbing()
+
+    def inner():
+        with region("inner"):
+            time.sleep(0.05)
+
+    with region("outside"):  # no timer active: a no-op
+        inner()
+    assert t.totals == {} and t.calls == {}
+    with timing(t):
+        with region("outer"):
+            time.sleep(0.05)
+            inner()
+        with region("absorb", absorb=True):
+            inner()
     assert t.totals["inner"] == pytest.approx(0.05, abs=0.03)
     assert t.totals["outer"] == pytest.approx(0.05, abs=0.03)
     assert t.totals["absorb"] == pytest.approx(0.05, abs=0.03)
@@ -108,14 +119,18 @@ def test_speed_profile_shares_sum_to_one_and_restore_the_model(method):
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-6)
     assert all(v >= 0 for v in shares.values())
     assert shares["cnn"] > 0 and shares["fft"] > 0 and prof["cnn_share"] == shares["cnn"]
-    assert prof["calls"]["cnn"] >= 2
-    # the timers are removed again: nothing patched is left on the model, the physics or the modules
+    assert prof["calls"]["cnn"] >= 2 and prof["calls"]["cg"] >= 1
+    if method == "mol-sn":  # MOL's parts, each once per reconstruction
+        assert prof["calls"]["init"] == prof["calls"]["final-dc"] == prof["calls"]["error-bound"] == 1
+        assert shares["init"] > 0 and shares["final-dc"] > 0
+    # nothing is set on the model, the physics or the modules, and the reconstruction is the untimed one
     assert set(vars(model)) | {"__physics__"} == before
     assert "normal" not in vars(physics)
-    from molrecon.models import mol as mol_mod
-    from molrecon.solvers import conjugate_gradient
+    from molrecon.bench.speed import infer
 
-    assert mol_mod.conjugate_gradient is conjugate_gradient
+    x_timed, _ = infer(model, y, TimedMRI.of(physics))
+    x_plain, _ = infer(model, y, physics)
+    assert torch.equal(x_timed, x_plain)
 
 
 def test_iterations_to_tol_reports_plain_and_anderson():

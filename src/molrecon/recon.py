@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .names import CLASSICAL_METHODS
+from .names import CLASSICAL_METHODS, MethodSpec, register_method, unregister_method
 from .normalization import default_normalization
 from .physics import MultiCoilMRI, check_finite
 from .solvers import SolverInfo, conjugate_gradient
@@ -158,14 +158,46 @@ def cs_tv(y: torch.Tensor, physics: MultiCoilMRI, lam: float = DEFAULT_LAM["cs-t
     return _per_element(y * c, physics, solve) / c.reshape(c.shape[0], *([1] * (y.ndim - 2)))
 
 
+#: How to run each classical method: ``fn(y, physics, **kwargs) -> x`` (:func:`register_classical`).
+CLASSICAL_RUNNERS: dict[str, Callable[..., torch.Tensor]] = {
+    "zero-filled": zero_filled, "sense": cg_sense, "cs-wavelet": cs_wavelet, "cs-tv": cs_tv}
+
+
+def register_classical(name: str, fn: Callable[..., torch.Tensor], label: str | None = None,
+                       color: str = "k", marker: str = "x", lam: float | None = None) -> None:
+    """Add a classical method in one call: its name to the vocabulary (:func:`molrecon.names.register_method`),
+    ``fn(y, physics, **kwargs) -> x`` as its runner and ``lam``, when given, as its default weight.
+
+    Every path that runs methods by name (``molrecon recon``, ``molrecon evaluate``, the benchmarks) then
+    finds it; :func:`unregister_classical` removes it again.
+
+    >>> from molrecon.names import CLASSICAL_METHODS
+    >>> register_classical("half-zf", lambda y, physics, lam=0.5: lam * physics.A_adjoint(y), lam=0.5)
+    >>> "half-zf" in CLASSICAL_METHODS, DEFAULT_LAM["half-zf"]
+    (True, 0.5)
+    >>> unregister_classical("half-zf")
+    >>> "half-zf" in CLASSICAL_METHODS
+    False
+    """
+    if name in CLASSICAL_RUNNERS:
+        raise InputError(f"classical method {name!r} is already registered")
+    register_method(MethodSpec(name, label or name, "classical", color, marker))
+    CLASSICAL_RUNNERS[name] = fn
+    if lam is not None:
+        DEFAULT_LAM[name] = float(lam)
+
+
+def unregister_classical(name: str) -> None:
+    """Remove a method added by :func:`register_classical`."""
+    unregister_method(name)
+    CLASSICAL_RUNNERS.pop(name, None)
+    DEFAULT_LAM.pop(name, None)
+
+
 def reconstruct(method: str, y: torch.Tensor, physics: MultiCoilMRI, **kwargs) -> torch.Tensor:
-    """Run a classical method by its conventional name (``zero-filled``, ``sense``, ``cs-wavelet``, ``cs-tv``)."""
-    if method == "zero-filled":
-        return zero_filled(y, physics)
-    if method == "sense":
-        return cg_sense(y, physics, **kwargs)
-    if method == "cs-wavelet":
-        return cs_wavelet(y, physics, **kwargs)
-    if method == "cs-tv":
-        return cs_tv(y, physics, **kwargs)
-    raise InputError(f"unknown classical method {method!r}; choose from {', '.join(CLASSICAL_METHODS)}")
+    """Run a classical method by its conventional name (``zero-filled``, ``sense``, ``cs-wavelet``, ``cs-tv``,
+    or one added by :func:`register_classical`)."""
+    fn = CLASSICAL_RUNNERS.get(method)
+    if fn is None:
+        raise InputError(f"unknown classical method {method!r}; choose from {', '.join(CLASSICAL_METHODS)}")
+    return fn(y, physics, **kwargs)

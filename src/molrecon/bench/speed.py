@@ -3,18 +3,19 @@ time goes (CNN vs FFT vs CG vector work vs the rest).
 
 Profile
 -------
-Explicit wall-clock timers wrap, for the duration of one reconstruction (then removed):
+The models mark their parts with named timing regions (:mod:`molrecon.solvers.timing`, no-ops unless a
+timer is active); one reconstruction runs under an :class:`~molrecon.solvers.timing.ExclusiveTimer`:
 
-- ``cnn``: every application of the CNN — ``MOL._h`` (:math:`H(x)`) or ``MoDL.denoise`` (:math:`D_w(x)`);
-- ``fft``: the encoding operator — ``physics.A``, ``physics.A_adjoint``, ``physics.normal`` (coil-map products
-  and the centred FFTs);
+- ``cnn``: every application of the CNN — MOL's :math:`H(x)` or ``MoDL.denoise`` (:math:`D_w(x)`);
+- ``fft``: the encoding operator — ``A``, ``A_adjoint``, ``normal`` of :class:`TimedMRI`, the same operator
+  with its applications in a region (coil-map products and the centred FFTs);
 - ``cg``: the conjugate-gradient solver's own work (dot products, axpys) — its calls of ``physics.normal`` are
   charged to ``fft``;
 - ``init``: MOL's CG-SENSE start (``MOL.initial_image``, ``init_cg_iter`` CG iterations; FFTs inside charged
   here);
 - ``final-dc``: MOL's last exact data-consistency solve (CG to ``cg_tol``, up to ``dc_exact_iter`` iterations;
   FFTs inside charged here);
-- ``error-bound``: MOL's a-posteriori bound (``MOL._lipschitz_for_bound``: for MOL-LR/DEQ in eval mode a
+- ``error-bound``: MOL's a-posteriori bound (the Lipschitz constant it uses: for MOL-LR/DEQ in eval mode a
   10-step Jacobian power iteration — CNN JVP/VJPs charged here, not to ``cnn``, since it is not part of the
   solve);
 - ``cnn-weights``: the effective CNN weights (MOL-SN: certified spectral norms, cached per shape);
@@ -30,94 +31,55 @@ what dominates when it is not the CNN.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .. import recon
 from ..data.builtin import builtin_dataset, normalize_kind
 from ..data.slice_dataset import collate, physics_from_batch
 from ..errors import InputError
+from ..evaluate.methods import is_fixed_point_model, run
 from ..evaluate.report import markdown_table
-from ..models import build_model
-from ..models import modl as modl_mod
-from ..models import mol as mol_mod
 from ..names import DIMS_OF_KIND, FIXED_POINT_METHODS
-from ..physics import mask_for
+from ..physics import MultiCoilMRI, mask_for
+from ..solvers.timing import ExclusiveTimer, region, timing
 from ..tensor_utils import batch_norms
+from ..weights.loading import resolve_model
 
 CATEGORIES = ("cnn", "fft", "cg", "init", "final-dc", "error-bound", "cnn-weights", "other")
 
 
-class ExclusiveTimer:
-    """Wall-clock time charged to the innermost active label (see the module docstring).
+class TimedMRI(MultiCoilMRI):
+    """The same encoding operator with its applications (``A``, ``A_adjoint``, ``normal``) in the ``fft``
+    timing region (:mod:`molrecon.solvers.timing`); a batch subset is a plain operator (not timed: those
+    applications fall to the enclosing region)."""
 
-    ``absorb=True`` labels swallow the time of the labels called inside them.
-    """
+    @classmethod
+    def of(cls, physics: MultiCoilMRI) -> TimedMRI:
+        return cls(physics.maps, physics.mask, physics.dims)
 
-    def __init__(self, sync: Callable[[], None] | None = None) -> None:
-        self.totals: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self._stack: list[tuple[str, bool]] = []
-        self._last = 0.0
-        self._sync = sync or (lambda: None)
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        with region("fft"):
+            return super().A(x)
 
-    def _charge(self) -> None:
-        self._sync()
-        now = time.perf_counter()
-        if self._stack:
-            label = self._stack[-1][0]
-            self.totals[label] = self.totals.get(label, 0.0) + (now - self._last)
-        self._last = now
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        with region("fft"):
+            return super().A_adjoint(y)
 
-    def wrap(self, fn: Callable, label: str, absorb: bool = False) -> Callable:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if self._stack and self._stack[-1][1]:  # inside an absorbing label: charged there
-                return fn(*args, **kwargs)
-            self._charge()
-            self._stack.append((label, absorb))
-            self.calls[label] = self.calls.get(label, 0) + 1
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._charge()
-                self._stack.pop()
-
-        return timed
-
-
-@contextlib.contextmanager
-def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
-    had = name in vars(obj)
-    old = vars(obj).get(name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        if had:
-            setattr(obj, name, old)
-        else:
-            delattr(obj, name)
-
-
-def _is_mol(model: Any) -> bool:
-    return hasattr(model, "solve") and hasattr(model, "fixed_point_map")
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        with region("fft"):
+            return super().normal(x)
 
 
 def infer(model: Any, y: torch.Tensor, physics: Any, **overrides: Any) -> tuple[torch.Tensor, Any]:
-    """One reconstruction without gradients: ``(x, info)`` (``info`` = ``model.last_info`` or ``None``);
+    """One reconstruction without gradients: ``(x, info)`` (:func:`molrecon.evaluate.methods.run`);
     ``overrides`` are MOL's per-call solver settings (``MOL.solve``)."""
-    with torch.no_grad():
-        if _is_mol(model):
-            return model.solve(y, physics, **overrides)
-        x = model(y, physics)
-    return x, getattr(model, "last_info", None)
+    return run(model, y, physics, **overrides)
 
 
 def _sync_fn(device: torch.device) -> Callable[[], None]:
@@ -128,39 +90,18 @@ def _sync_fn(device: torch.device) -> Callable[[], None]:
 
 def profile_inference(model: Any, y: torch.Tensor, physics: Any) -> dict[str, Any]:
     """Time one reconstruction with the component timers; returns ``{"total_s", "seconds": {cat: s},
-    "shares": {cat: fraction}, "calls": {cat: n}, "cnn_share"}`` (shares sum to 1)."""
+    "shares": {cat: fraction}, "calls": {cat: n}, "cnn_share"}`` (shares sum to 1).
+
+    The models mark their parts with timing regions (:mod:`molrecon.solvers.timing`); the operator is
+    timed through :class:`TimedMRI`. Nothing of the model is replaced or read from its internals."""
+    if not (is_fixed_point_model(model) or hasattr(model, "denoise")):
+        raise InputError(f"speed profile: do not know where the CNN of {type(model).__name__} is")
     sync = _sync_fn(y.device)
     timer = ExclusiveTimer(sync)
-    with contextlib.ExitStack() as stack:
-        if _is_mol(model):
-            stack.enter_context(_patched(model, "_h", timer.wrap(model._h, "cnn")))
-            stack.enter_context(_patched(model, "_lipschitz_for_bound",
-                                         timer.wrap(model._lipschitz_for_bound, "error-bound", absorb=True)))
-            stack.enter_context(_patched(model, "_weights", timer.wrap(model._weights, "cnn-weights", absorb=True)))
-            stack.enter_context(_patched(model, "initial_image", timer.wrap(model.initial_image, "init",
-                                                                            absorb=True)))
-        elif hasattr(model, "denoise"):
-            stack.enter_context(_patched(model, "denoise", timer.wrap(model.denoise, "cnn")))
-        else:
-            raise InputError(f"speed profile: do not know where the CNN of {type(model).__name__} is")
-        for name in ("A", "A_adjoint", "normal"):
-            stack.enter_context(_patched(physics, name, timer.wrap(getattr(physics, name), "fft")))
-        # the solvers call conjugate_gradient through their module's global name: time it there
-        cg_plain = timer.wrap(modl_mod.conjugate_gradient, "cg")
-        stack.enter_context(_patched(modl_mod, "conjugate_gradient", cg_plain))
-        if _is_mol(model):
-            # MOL's output step is the only CG call with max_iter = dc_exact_iter (the block's use cg_iter)
-            cg_final = timer.wrap(mol_mod.conjugate_gradient, "final-dc", absorb=True)
-            exact = model.dc_exact_iter
-
-            def cg_mol(*args: Any, **kwargs: Any) -> Any:
-                return (cg_final if kwargs.get("max_iter") == exact != model.cg_iter else cg_plain)(*args, **kwargs)
-
-            stack.enter_context(_patched(mol_mod, "conjugate_gradient", cg_mol))
-        sync()
-        t0 = time.perf_counter()
-        timer._last = t0
-        infer(model, y, physics)
+    timed = TimedMRI.of(physics)
+    with timing(timer):
+        t0 = timer.start()
+        infer(model, y, timed)
         sync()
         total = time.perf_counter() - t0
     seconds = {c: timer.totals.get(c, 0.0) for c in CATEGORIES if c != "other"}
@@ -259,14 +200,14 @@ def random_mol(method: str, dims: str, channels: int = 32, layers: int = 5, seed
     counts are NOT those of a trained model (label them so)."""
     if method not in FIXED_POINT_METHODS:
         raise InputError(f"random_mol: {method!r} is not a MOL method ({', '.join(FIXED_POINT_METHODS)})")
-    torch.manual_seed(seed)
-    return build_model({"method": method, "dims": dims, "channels": channels, "layers": layers, **kw}).eval()
+    return resolve_model(config={"method": method, "dims": dims, "channels": channels, "layers": layers, **kw},
+                         seed=seed).model
 
 
 def random_modl(dims: str, K: int = 10, channels: int = 32, layers: int = 5, seed: int = 0):
     """An untrained MoDL with the configs' CNN and K (timings only)."""
-    torch.manual_seed(seed)
-    return build_model({"method": "modl", "K": K, "dims": dims, "channels": channels, "layers": layers}).eval()
+    return resolve_model(config={"method": "modl", "K": K, "dims": dims, "channels": channels, "layers": layers},
+                         seed=seed).model
 
 
 def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
@@ -308,7 +249,7 @@ def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, A
                     "seconds": {c: statistics.mean(p["seconds"][c] for p in profiles) for c in cats},
                     "calls": profiles[0]["calls"], "total_s": statistics.mean(p["total_s"] for p in profiles)},
     }
-    if _is_mol(model):
+    if is_fixed_point_model(model):
         row["iterations"] = iterations_to_tol(model, examples, tol=tol, max_iter=max_iter)
         if cg_iters:
             row["dc_sweep"] = dc_iterations_sweep(model, examples, cg_iters, tol=tol, max_iter=max_iter)
@@ -319,8 +260,7 @@ def bench_model(label: str, model: Any, examples: Sequence[tuple[torch.Tensor, A
 
 def bench_classical(method: str, examples: Sequence[tuple[torch.Tensor, Any]], repeats: int = 1) -> dict[str, Any]:
     """Time per item of a classical method (default parameters of :mod:`molrecon.recon`)."""
-    kw = {"lam": recon.DEFAULT_LAM[method]} if method in recon.DEFAULT_LAM else {}
-    times = [time_inference(lambda y=y, p=p: recon.reconstruct(method, y, p, **kw), repeats=repeats,
+    times = [time_inference(lambda y=y, p=p: run(method, y, p), repeats=repeats,
                             warmup=0, device=y.device)["median_s"] for y, p in examples]
     return {"label": method, "method": method, "source": "classical", "time_per_item_s": statistics.mean(times),
             "times_s": times}

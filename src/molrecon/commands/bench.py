@@ -32,7 +32,7 @@ from ..io import machine_info, write_json_atomic, write_text_atomic
 from ..metrics import PSNR_OBJECT_SUPPORT
 from ..names import CLASSICAL_METHODS, DIMS, DIMS_OF_KIND, DIMS_TAG, FIXED_POINT_METHODS, LEARNED_METHODS
 from ..train.config import parse_scalar
-from ..weights.loading import load_learned_model
+from ..weights.loading import resolve_model
 from ..weights.pretrained import available_names, pretrained_name
 
 
@@ -241,10 +241,11 @@ def run_speed(args: argparse.Namespace) -> int:
         names = list(args.pretrained)
     models = []
     for n in names:
-        models.append((n, load_learned_model(pretrained=n).to(args.device), f"pretrained:{n}", ""))
+        choice = resolve_model(pretrained=n, device=args.device)
+        models.append((choice.label, choice.model, choice.source, ""))
     for ck in args.checkpoint:
-        model = load_learned_model(checkpoint=ck, map_location=args.device).to(args.device)
-        models.append((f"{getattr(model, 'method_name', 'model')} ({ck.stem})", model, f"checkpoint:{ck}", ""))
+        choice = resolve_model(checkpoint=ck, device=args.device)
+        models.append((f"{choice.method} ({choice.label})", choice.model, choice.source, ""))
     random_methods = args.random_init if args.random_init is not None else ([] if models else
                                                                              ["mol-lr", "mol-sn", "modl"])
     for meth in random_methods:

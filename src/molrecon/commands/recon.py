@@ -24,6 +24,7 @@ from .. import distributed as D
 from .._version import __version__
 from ..data.nifti import recon_nifti_bytes, voxel_size_of
 from ..errors import InputError, MolreconError
+from ..evaluate.methods import run as run_method
 from ..formats import detect_format, load_problem, write_cfl_image, write_dicom_series
 from ..io import atomic_path
 from ..names import CLASSICAL_METHODS as CLASSICAL
@@ -31,7 +32,8 @@ from ..names import DIMS
 from ..names import LEARNED_METHODS as LEARNED
 from ..normalization import default_normalization, model_normalization
 from ..physics import MultiCoilMRI
-from ..weights.loading import load_learned_model
+from ..recon import DEFAULT_LAM
+from ..weights.loading import resolve_model
 from .checks import NIFTI_SUFFIXES, check_output_dir, check_output_file, inspect_kspace_file
 
 #: what ``--out`` may be: fastMRI-style HDF5, or a BART complex image
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace):
     if args.method not in LEARNED:
         return None
-    return load_learned_model(args.method, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    return resolve_model(checkpoint=args.checkpoint, pretrained=args.pretrained, method=args.method).model
 
 
 # what a failing file may raise besides MolreconError (sigpy, h5py, numpy); folder mode reports it and goes on
@@ -212,8 +214,6 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
                 quiet: bool = False) -> None:
     """Reconstruct one file (every slice/volume), then write ``out_path``, the NIfTI and the DICOM series: every
     output or none of them (a failure while writing one removes the temporaries of the others)."""
-    from ..recon import DEFAULT_LAM, reconstruct  # looked up per call: tests patch molrecon.recon.reconstruct
-
     check_output_file(out_path, OUT_SUFFIXES, "output", inputs=[input_path])
     if nifti_path is not None:
         check_output_file(nifti_path, NIFTI_SUFFIXES, "NIfTI output", inputs=[input_path, out_path])
@@ -234,15 +234,13 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
         physics = MultiCoilMRI(maps[s:s + 1] if maps.shape[0] > 1 else maps, _mask_for_slice(mask, s, kspace.ndim),
                                dims=dims)
         y = physics.mask * kspace[s:s + 1]
+        x, _ = run_method(args.method if model is None else model, y, physics, **kwargs)
         with torch.no_grad():
             if model is None:
-                x = reconstruct(args.method, y, physics, **kwargs)
                 norm = default_normalization(dims)  # what the classical solvers scale by (recon._data_scale)
-                scales.append(float(norm.factors(y, physics)[0]))
             else:
-                x = model(y, physics)
                 norm = model_normalization(model, physics)  # the factor the model applied (deterministic)
-                scales.append(float(norm.factors(y, physics)[0]))
+            scales.append(float(norm.factors(y, physics)[0]))
         out.append(x[0].detach().cpu().numpy())
     recon = np.stack(out).astype(np.complex64)
     if not np.isfinite(recon).all():

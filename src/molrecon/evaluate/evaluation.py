@@ -17,152 +17,34 @@ per-slice scores (still with the volume's data range); the demo uses it, as its 
 test slices.
 
 Methods are given as names: classical ones (``zero-filled``, ``sense``, ``cs-wavelet``, ``cs-tv``) run
-:func:`molrecon.recon.reconstruct`; learned ones are training checkpoints or pretrained names, loaded through
-:func:`molrecon.weights.loading.load_learned_model` (never unpickling code).
+:func:`molrecon.recon.reconstruct`; learned ones are training checkpoints or pretrained names, resolved by
+:func:`molrecon.weights.loading.resolve_model` (never unpickling code). The runners and the one way to run
+any method are in :mod:`molrecon.evaluate.methods`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import recon
 from ..data.builtin import builtin_dataset
 from ..data.slice_dataset import SliceDataset, collate, physics_from_batch
 from ..errors import InputError
 from ..io import machine_info, write_json_atomic, write_text_atomic
 from ..metrics import PSNR_OBJECT_SUPPORT, evaluate_volume, nmse, object_support, psnr
-from ..names import CLASSICAL_METHODS, DIMS_OF_KIND, LEARNED_METHODS, METHOD_ORDER
+from ..names import DIMS_OF_KIND
 from ..physics import mask_for
-from ..weights.loading import load_learned_model
-from ..weights.pretrained import pretrained_name
 from .figures import comparison_grid
+from .methods import MethodRunner, classical_runner, model_runner, resolve_methods
 from .report import markdown_table
 
-#: Canonical display order of the methods (``docs/conventions.md``).
-
-
-@dataclass
-class MethodRunner:
-    """One method ready to run: ``fn(y, physics) -> (x, solver)`` where ``solver`` is
-    ``{"iterations": [B] or None, "converged": [B] or None}``; ``model`` is the learned module, if any."""
-
-    name: str
-    method: str
-    source: str
-    fn: Callable[[Any, Any], tuple[Any, dict[str, Any]]]
-    meta: dict[str, Any] = field(default_factory=dict)
-    model: Any = None
-
-
-def classical_runner(method: str, **kwargs: Any) -> MethodRunner:
-    """A runner for ``zero-filled``, ``sense``, ``cs-wavelet`` or ``cs-tv`` with ``kwargs`` for
-    :func:`molrecon.recon.reconstruct` (defaults: the tuned ``DEFAULT_LAM``)."""
-
-    if method not in CLASSICAL_METHODS:
-        raise InputError(f"unknown classical method {method!r} (choose from {', '.join(CLASSICAL_METHODS)})")
-    kw = dict(kwargs)
-    default_lam = getattr(recon, "DEFAULT_LAM", {})
-    if method in default_lam and "lam" not in kw:
-        kw["lam"] = default_lam[method]
-
-    def fn(y: Any, physics: Any) -> tuple[Any, dict[str, Any]]:
-        out = recon.reconstruct(method, y, physics, **kw)
-        info = None
-        if isinstance(out, tuple):  # tolerate reconstruct returning (x, info)
-            out, info = out
-        return out, _solver_report(info)
-
-    return MethodRunner(name=method, method=method, source="classical", fn=fn, meta={"params": kw})
-
-
-def model_runner(model: Any, name: str | None = None, source: str = "model") -> MethodRunner:
-    """A runner for a learned model called as ``model(y, physics)``.
-
-    Iterations come from ``model.last_info`` (a :class:`~molrecon.solvers.SolverInfo`) when the model sets it,
-    as MOL and the DEQ do; unrolled MoDL runs a fixed number of steps and reports none.
-    """
-    method = getattr(model, "method_name", None) or "model"
-    model.eval()
-    # MoDL has no last_info attribute; a stale one from an earlier call must not be attributed to this call.
-    has_info = hasattr(model, "last_info")
-
-    def fn(y: Any, physics: Any) -> tuple[Any, dict[str, Any]]:
-        if has_info:
-            model.last_info = None
-        with torch.no_grad():
-            x = model(y, physics)
-        return x, _solver_report(getattr(model, "last_info", None))
-
-    meta: dict[str, Any] = {"num_parameters": int(sum(p.numel() for p in model.parameters()))}
-    pmeta = getattr(model, "pretrained_meta", None)
-    if isinstance(pmeta, dict):
-        meta["pretrained"] = {k: pmeta.get(k) for k in ("name", "validation", "training") if k in pmeta}
-    return MethodRunner(name=name or method, method=method, source=source, fn=fn, meta=meta, model=model)
-
-
-def _per_sample(info: Any, key: str, cast: type) -> list | None:
-    v = info.get(key) if isinstance(info, dict) else getattr(info, key, None)
-    if v is None:
-        return None
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    return [cast(e) for e in (v if isinstance(v, (list, tuple)) else [v])]
-
-
-def _solver_report(info: Any) -> dict[str, Any]:
-    """Per-sample iterations and convergence flags of a :class:`~molrecon.solvers.SolverInfo` (or dict)."""
-    if info is None:
-        return {"iterations": None, "converged": None}
-    return {"iterations": _per_sample(info, "iterations", int), "converged": _per_sample(info, "converged", bool)}
-
-
-def resolve_methods(methods: Sequence[str] = (), checkpoints: Sequence[str | Path] = (),
-                    pretrained: Sequence[str] = (), classical_kwargs: dict[str, dict] | None = None,
-                    device: str = "cpu") -> list[MethodRunner]:
-    """Runners for classical ``methods``, training ``checkpoints`` and ``pretrained`` names, in canonical order.
-
-    A learned method name in ``methods`` (``mol-lr``...) resolves to the pretrained model
-    ``<method>-2d-4x``; prefer ``pretrained`` to be explicit. Two models of the same method get their
-    source (file stem or pretrained name) as label so that both appear in the report.
-    """
-
-    runners: list[MethodRunner] = []
-    classical_kwargs = classical_kwargs or {}
-    pretrained = list(pretrained)
-    for m in methods:
-        if m in CLASSICAL_METHODS:
-            runners.append(classical_runner(m, **classical_kwargs.get(m, {})))
-        elif m in LEARNED_METHODS:
-            pretrained.append(pretrained_name(m))
-        else:
-            raise InputError(f"unknown method {m!r} (choose from {', '.join(METHOD_ORDER)})")
-    for ck in checkpoints:
-        model = load_learned_model(checkpoint=ck, map_location=device).to(device)
-        runners.append(model_runner(model, source=f"checkpoint:{ck}"))
-    for name in dict.fromkeys(pretrained):
-        model = load_learned_model(pretrained=name).to(device)
-        runners.append(model_runner(model, source=f"pretrained:{name}"))
-    counts: dict[str, int] = {}
-    for r in runners:
-        counts[r.name] = counts.get(r.name, 0) + 1
-    for r in runners:
-        if counts[r.name] > 1 and r.source != "classical":
-            kind, where = r.source.split(":", 1)
-            # a checkpoint is named by its run folder too: every run writes best.pt / last.pt
-            path = Path(where)
-            r.name = f"{r.method} ({path.parent.name}/{path.stem})" if kind == "checkpoint" else \
-                f"{r.method} ({where})"
-    if not runners:
-        raise InputError("no method to evaluate: give --methods, --checkpoint or --pretrained")
-    return sorted(runners, key=lambda r: METHOD_ORDER.index(r.method) if r.method in METHOD_ORDER else 99)
-
+__all__ = ["MethodRunner", "classical_runner", "model_runner", "resolve_methods", "load_dataset", "iter_volumes",
+           "evaluate", "summary_rows", "write_report", "SUMMARY_COLUMNS"]
 
 # --------------------------------------------------------------------------------------------------------
 # data

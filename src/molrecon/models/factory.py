@@ -9,6 +9,8 @@
 ``modl``    ``MoDL(...)``  unrolled baseline (Aggarwal et al.)
 =========  ==================================================================
 
+Other kinds of model join through :func:`register_model` (their class in :data:`MODEL_CLASSES`).
+
 Every model exposes ``config()`` so that ``build_model(model.config())`` rebuilds the same architecture.
 """
 
@@ -19,12 +21,33 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..names import CONSTRAINT_METHOD, LEARNED_METHODS, METHODS
+from ..names import CONSTRAINT_METHOD, LEARNED_METHODS, METHODS, MethodSpec, register_method, unregister_method
 from .modl import MoDL
 from .mol import MOL
 
 #: The class of each kind of learned model: fixed-point methods are MOL with their constraint, the others by name.
 MODEL_CLASSES: dict[str, type[torch.nn.Module]] = {"modl": MoDL}
+
+
+def register_model(name: str, cls: type[torch.nn.Module], label: str | None = None, color: str = "k",
+                   marker: str = "x", iterations_key: str | None = None) -> None:
+    """Add a learned method in one call: its name to the vocabulary (:func:`molrecon.names.register_method`)
+    and ``cls`` as its model class.
+
+    ``cls(**config)`` must build it, ``cls.config()`` give that config back and ``method_name`` be ``name``;
+    ``forward(y, physics)`` reconstructs. Checkpoints of it then load (:mod:`molrecon.weights`) and every
+    path that runs methods (``molrecon recon``, ``molrecon evaluate``, the benchmarks) runs it;
+    :func:`unregister_model` removes it again."""
+    if name in MODEL_CLASSES:
+        raise InputError(f"model method {name!r} is already registered")
+    register_method(MethodSpec(name, label or name, "learned", color, marker, iterations_key=iterations_key))
+    MODEL_CLASSES[name] = cls
+
+
+def unregister_model(name: str) -> None:
+    """Remove a method added by :func:`register_model`."""
+    unregister_method(name)
+    MODEL_CLASSES.pop(name, None)
 
 
 def model_config(model: torch.nn.Module) -> dict[str, Any]:

@@ -9,6 +9,9 @@ In the manner of deepinv's ``LinearPhysics`` and sigpy's ``Linop``, a :class:`Li
   is not enough), and :meth:`power_norm`, a power-iteration estimate to test it against;
 * :meth:`check_image` / :meth:`check_kspace` (one-line errors on bad shapes), :meth:`subset` (a batch subset,
   for per-sample stopping) and :meth:`to` (device);
+* :meth:`sampling_weights` (which k-space entries are measured: what noise and perturbations are applied to,
+  instead of reading a Cartesian ``mask``) and :meth:`sigpy_linop` (the same ``A`` of one batch element as a
+  sigpy ``Linop``, for the compressed-sensing methods);
 * ``dims`` and :attr:`spatial_shape`.
 
 A new operator is one subclass implementing the abstract methods, plus its entry in the operator list of
@@ -73,6 +76,16 @@ class LinearPhysics(ABC):
     @abstractmethod
     def to(self, device: torch.device | str) -> LinearPhysics:
         """The same operator on ``device``."""
+
+    @abstractmethod
+    def sampling_weights(self) -> torch.Tensor:
+        """A real tensor broadcastable to the k-space ``[B, C, ...]``, nonzero exactly on the measured entries
+        (the Cartesian mask; ones for a non-Cartesian operator, whose k-space holds only measured samples)."""
+
+    @abstractmethod
+    def sigpy_linop(self, b: int = 0):
+        """The sigpy ``Linop`` of batch element ``b``: image ``spatial_shape`` → k-space without the batch axis,
+        with exactly the scaling of :meth:`A` (numpy, CPU)."""
 
     @torch.no_grad()
     def power_norm(self, n_iter: int = 50, seed: int = 0, batch: int = 1) -> float:

@@ -174,6 +174,22 @@ class MultiCoilMRI(LinearPhysics):
         """Certified ``‖A‖ ≤ max|M| · ‖F‖ · ‖S‖ = max|M| · max_pixels sqrt(Σ_c |S_c|²)`` (``F`` orthonormal)."""
         return float(self.mask.abs().max()) * float(self.maps.abs().pow(2).sum(dim=1).sqrt().max())
 
+    def sampling_weights(self) -> torch.Tensor:
+        """The mask with the rank of k-space ``[B, C, *spatial]`` (leading axes of size 1 added), broadcastable."""
+        return self.mask.reshape((1,) * (self.maps.ndim - self.mask.ndim) + tuple(self.mask.shape))
+
+    def sigpy_linop(self, b: int = 0):
+        """sigpy's ``Multiply(mask) · FFT(centred, orthonormal) · Multiply(maps[b])``, the same ``A`` as :meth:`A`
+        for batch element ``b`` (image ``spatial_shape`` → k-space ``[C, *spatial]``)."""
+        import sigpy as sp
+
+        maps = self.maps[min(b, self.maps.shape[0] - 1)].detach().cpu().numpy()
+        mask = self.sampling_weights()
+        mask = mask[min(b, mask.shape[0] - 1)].detach().cpu().numpy()
+        S = sp.linop.Multiply(self.spatial_shape, maps)
+        Fo = sp.linop.FFT(S.oshape, axes=self.fft_dims, center=True)
+        return sp.linop.Multiply(Fo.oshape, mask) * Fo * S
+
     # -- utilities ------------------------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> MultiCoilMRI:
         return MultiCoilMRI(self.maps.to(device), self.mask.to(device), self.dims)

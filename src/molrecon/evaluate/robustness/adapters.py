@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ...errors import InputError
 from ...metrics import psnr, ssim
-from ...weights.loading import load_learned_model
+from ...weights.loading import resolve_model
+from ..methods import is_fixed_point_model, run
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -24,11 +24,6 @@ def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def measured_data(y: torch.Tensor, physics: Any) -> torch.Tensor:
     """:math:`b = M y`: the k-space entries the reconstruction actually sees."""
     return physics.mask.to(y.real.dtype) * y
-
-
-def is_fixed_point_model(model: Any) -> bool:
-    """MOL / DEQ models (``solve`` with an info) as opposed to unrolled ones (MoDL)."""
-    return callable(getattr(model, "solve", None))
 
 
 def method_of(model: Any) -> str:
@@ -47,17 +42,16 @@ def reconstruct(model: Any, y: torch.Tensor, physics: Any, x0: torch.Tensor | No
     For fixed-point models ``tol``/``max_iter``/``solver`` override the model's settings for this call only;
     their non-convergence warnings are recorded in ``info.extra["warnings"]`` instead of being printed.
     """
-    with torch.no_grad():
-        if is_fixed_point_model(model):
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                given = {"tol": tol, "max_iter": max_iter, "solver": solver}
-                x, info = model.solve(y, physics, x0=x0, **{k: v for k, v in given.items() if v is not None})
-            info.extra["warnings"] = [str(w.message) for w in caught]
-            return x, info
-        if x0 is not None:
-            raise InputError(f"{method_of(model)}: an unrolled model has no start image to set")
-        return model(y, physics), None
+    if is_fixed_point_model(model):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x, info = run(model, y, physics, x0=x0, tol=tol, max_iter=max_iter, solver=solver)
+        info.extra["warnings"] = [str(w.message) for w in caught]
+        return x, info
+    if x0 is not None:
+        raise InputError(f"{method_of(model)}: an unrolled model has no start image to set")
+    x, _ = run(model, y, physics)
+    return x, None
 
 
 def _error_bound(info: Any, batch: int) -> torch.Tensor:
@@ -93,15 +87,9 @@ def load_models(specs: Sequence[str], device: str = "cpu") -> dict[str, Any]:
         spec = spec.strip()
         if not spec:
             continue
-        path = Path(spec)
-        if path.exists() or spec.endswith((".pt", ".pth", ".ckpt")) or "/" in spec:
-            model = load_learned_model(checkpoint=path, map_location=device)
-            label, source = path.stem, f"checkpoint:{spec}"
-        else:
-            model = load_learned_model(pretrained=spec)
-            label, source = spec, f"pretrained:{spec}"
-        model = model.to(device).eval()
-        model.robustness_source = source
+        choice = resolve_model(spec, device=device)
+        model, label = choice.model, choice.label
+        model.robustness_source = choice.source
         base, k = label, 2
         while label in out:
             label, k = f"{base}#{k}", k + 1
