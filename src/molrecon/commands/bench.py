@@ -1,4 +1,5 @@
-"""``molrecon bench memory|speed|train|quality``: the benchmarks of ``benchmarks/README.md`` (JSON + markdown + PNG).
+"""``molrecon bench memory|speed|train|gradient|quality``: the benchmarks of ``benchmarks/README.md`` (JSON +
+markdown + PNG).
 
 Examples
 --------
@@ -7,6 +8,7 @@ Examples
     molrecon bench speed --out benchmarks/speed                         # pretrained mol-lr-2d-4x if shipped
     molrecon bench speed --checkpoint runs/mol_lr_2d/last.pt --out /tmp/speed
     molrecon bench train --out benchmarks/train --dims 2d 3d 2d+t      # step time, time to a val PSNR
+    molrecon bench gradient --out benchmarks/gradient-2d                # backward modes vs implicit gradient
     molrecon bench quality --out benchmarks/quality --accels 4 8
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..bench.gradient import DEFAULT_MODELS, DEFAULT_MODES, gradient_markdown, run_gradient_bench
 from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
 from ..bench.plots import plot_memory, plot_quality, plot_speed, plot_train
 from ..bench.quality import quality_markdown, run_quality_bench
@@ -134,6 +137,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", type=int, default=1)
     t.set_defaults(func=run_train)
+
+    g = bsub.add_parser("gradient", help="gradient error of the backward modes (jfb, phantom) vs implicit",
+                        description="Parameter gradient of the training data loss under each backward mode, from "
+                        "the same fixed point, on the first --slices built-in training slices; cosine similarity "
+                        "and relative error against the implicit gradient with a tight adjoint tolerance, and "
+                        "the time. Writes OUT/gradient.json and gradient.md.")
+    g.add_argument("--out", type=Path, default=Path("bench-out"))
+    g.add_argument("--pretrained", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME")
+    g.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), metavar="MODE",
+                   help="implicit, implicit@tol=T,max_iter=N, jfb, phantom@steps=N,damping=D")
+    g.add_argument("--slices", type=int, default=4)
+    g.add_argument("--reference-tol", type=float, default=1e-7, help="adjoint tolerance of the reference")
+    g.add_argument("--threads", type=int, default=1)
+    g.set_defaults(func=run_gradient)
 
     q = bsub.add_parser("quality", help="PSNR/SSIM of all methods at several accelerations",
                         description="PSNR/SSIM/NMSE of the classical methods and the pretrained models on the "
@@ -305,6 +322,24 @@ def run_train(args: argparse.Namespace) -> int:
     md = train_markdown(rows, settings)
     _write_report(out, "train", {"rows": rows, "settings": settings, "complete": True, "machine": machine_info()},
                   md, lambda path: plot_train(rows, path))
+    return 0
+
+
+def run_gradient(args: argparse.Namespace) -> int:
+    known = available_names()
+    missing = [n for n in args.pretrained if n not in known]
+    if missing:
+        raise InputError(f"bench gradient: pretrained model(s) not shipped: {', '.join(missing)}")
+    result = run_gradient_bench(args.pretrained, slices=args.slices, modes=args.modes, threads=args.threads,
+                                reference_tol=args.reference_tol)
+    result["machine"] = machine_info()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = gradient_markdown(result)
+    write_json_atomic(out / "gradient.json", result)
+    write_text_atomic(out / "gradient.md", md)
+    print(md)
+    print(f"wrote {out / 'gradient.json'}, {out / 'gradient.md'}")
     return 0
 
 

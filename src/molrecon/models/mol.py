@@ -57,9 +57,10 @@ from ..errors import ConvergenceError, InputError
 from ..names import CONSTRAINT_METHOD as CONSTRAINTS
 from ..normalization import model_normalization, scale_invariant
 from ..physics.mri import MultiCoilMRI, check_finite
+from ..solvers.backward import BACKWARD_OPTIONS, attach_backward, check_backward_options
 from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
-from ..solvers.implicit import attach_implicit_backward, dc_solve
+from ..solvers.implicit import dc_solve
 from ..solvers.info import SolverInfo
 from ..solvers.timing import region
 from ..tensor_utils import batch_norms
@@ -110,6 +111,9 @@ class MOL(nn.Module):
     cg_tol, dc_exact_iter: tolerance/cap of the exact DC solves (output step, recorded step, backward).
     anderson_m: Anderson memory. min_iter: minimum forward iterations.
     backward_max_iter, backward_tol: adjoint solve (defaults: ``max_iter``, ``tol/10``).
+    backward: the backward mode (:mod:`molrecon.solvers.backward`): ``"implicit"`` (exact; default), ``"jfb"``
+        (Jacobian-free) or ``"phantom"`` (``backward_steps`` damped unrolled steps of damping
+        ``backward_damping`` from the fixed point). Changes only the gradient, never the forward solve.
     init_lam, init_cg_iter: CG-SENSE start (the authors': λ = 100, 50 iterations).
     architecture: the parametrisation of ``H`` (:mod:`molrecon.models.priors`): ``"plain"`` (the paper's CNN;
         spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ) or ``"sll"``
@@ -125,6 +129,7 @@ class MOL(nn.Module):
                  backward_max_iter: int | None = None, backward_tol: float | None = None,
                  init_lam: float = 100.0, init_cg_iter: int = 50, architecture: str = "plain",
                  residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0,
+                 backward: str = "implicit", backward_steps: int = 5, backward_damping: float = 0.5,
                  **constraint_options: Any) -> None:
         super().__init__()
         if isinstance(constraint, Constraint):
@@ -146,6 +151,8 @@ class MOL(nn.Module):
         if max_iter < 1 or cg_iter < 1:
             raise InputError(f"MOL: max_iter and cg_iter must be >= 1, got {max_iter}, {cg_iter}")
         check_architecture(architecture, constraint)
+        check_backward_options(backward, {}, where="MOL")
+        check_backward_options("phantom", {"steps": backward_steps, "damping": backward_damping}, where="MOL")
         if not (0 < residual_scale < 1):
             raise InputError(f"MOL: residual_scale must be in (0, 1), got {residual_scale}")
         self.constraint_strategy = strategy
@@ -157,6 +164,8 @@ class MOL(nn.Module):
         self.min_iter = int(min_iter)
         self.backward_max_iter = int(backward_max_iter) if backward_max_iter is not None else None
         self.backward_tol = float(backward_tol) if backward_tol is not None else None
+        self.backward = backward
+        self.backward_steps, self.backward_damping = int(backward_steps), float(backward_damping)
         self.init_lam, self.init_cg_iter = float(init_lam), int(init_cg_iter)
         self.architecture, self.residual_scale = architecture, float(residual_scale)
         self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
@@ -211,6 +220,8 @@ class MOL(nn.Module):
                "kernel_size": self.kernel_size, "cg_tol": self.cg_tol, "dc_exact_iter": self.dc_exact_iter,
                "anderson_m": self.anderson_m, "min_iter": self.min_iter,
                "backward_max_iter": self.backward_max_iter, "backward_tol": self.backward_tol,
+               "backward": self.backward, "backward_steps": self.backward_steps,
+               "backward_damping": self.backward_damping,
                "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter,
                "architecture": self.architecture, "residual_scale": self.residual_scale,
                "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain,
@@ -468,8 +479,8 @@ class MOL(nn.Module):
     @scale_invariant
     def forward(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
                 **overrides: Any) -> torch.Tensor:
-        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by implicit differentiation, equivariant in
-        the k-space scale (:mod:`molrecon.normalization`);
+        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by the ``backward`` mode (default implicit
+        differentiation), equivariant in the k-space scale (:mod:`molrecon.normalization`);
         ``overrides`` as in :meth:`solve` (the backward tolerance follows an overridden ``tol``)."""
         s = self._settings(overrides)
         self._check_inputs(y, physics, x0)
@@ -479,18 +490,23 @@ class MOL(nn.Module):
         need_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in self.parameters()))
         if not need_grad:
             return x_star
-        x_in = x_star.detach().requires_grad_(True)
         mu = self.alpha * self.lam
-        out = self._block(x_in, weights, physics.A_adjoint(y), physics, mu, exact=True,
-                          where="in the recorded step")
+        aty = physics.A_adjoint(y)
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            return self._block(x, weights, aty, physics, mu, exact=True, where="in the recorded step")
 
         def record(binfo: SolverInfo) -> None:
             self.last_backward_info = binfo
 
-        return attach_implicit_backward(out, x_in, solver=s["solver"],
-                                        max_iter=self.backward_max_iter or s["max_iter"],
-                                        tol=self.backward_tol if self.backward_tol is not None else s["tol"] / 10,
-                                        m=self.anderson_m, on_info=record)
+        self.last_backward_info = None
+        # every mode's settings; each mode takes the ones it declares
+        options = {"solver": s["solver"], "max_iter": self.backward_max_iter or s["max_iter"],
+                   "tol": self.backward_tol if self.backward_tol is not None else s["tol"] / 10,
+                   "m": self.anderson_m, "on_info": record,
+                   "steps": self.backward_steps, "damping": self.backward_damping}
+        mine = BACKWARD_OPTIONS[self.backward]
+        return attach_backward(self.backward, step, x_star, **{k: v for k, v in options.items() if k in mine})
 
     def prior(self, x: torch.Tensor, inference: bool = True) -> torch.Tensor:
         """``H(x)``: the network the certificate speaks of, at inference settings (eval-mode weights: certified

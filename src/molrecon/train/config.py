@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
-from ..names import DIMS, DIMS_OF_KIND, LEARNED_METHODS
+from ..names import DIMS, DIMS_OF_KIND, FIXED_POINT_METHODS, LEARNED_METHODS
+from ..solvers.backward import BACKWARD_MODES
 
 #: Every key the trainer understands, with its default. Unknown keys in ``data``/``train`` are an error
 #: (a typo must not silently fall back to a default); ``model`` keys go to the model constructor.
@@ -266,7 +267,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
 }
 #: model keys of every family that are counts / positive sizes (the others go to the constructor as given)
 _MODEL_INTS = ("channels", "layers", "K", "cg_iter", "max_iter", "kernel_size", "anderson_m", "dc_exact_iter",
-               "init_cg_iter", "lr_steps")
+               "init_cg_iter", "lr_steps", "backward_steps")
 _MODEL_NUMS = ("lam", "tol", "alpha", "cg_tol", "init_lam", "lipschitz_target", "lr_clip")
 
 
@@ -285,10 +286,25 @@ def _check_types(cfg: dict, where: str) -> None:
     for key in _MODEL_NUMS:
         if key in m and m[key] is not None and not _POS_NUM(m[key]):
             raise InputError(f"{where}: model.{key} must be a positive number, got {m[key]!r}")
+    _check_backward(m, where)
     if "dims" in m and m["dims"] is not None and m["dims"] not in DIMS:
         raise InputError(f"{where}: model.dims must be one of {', '.join(DIMS)}, got {m['dims']!r}")
     if not isinstance(cfg["device"], str):
         raise InputError(f"{where}: device must be a string such as 'cpu' or 'cuda', got {cfg['device']!r}")
+
+
+def _check_backward(m: dict, where: str) -> None:
+    """``model.backward`` (+ ``backward_steps``, ``backward_damping``): fixed-point methods only; absent means
+    ``implicit``, so configs and checkpoints from before the key load unchanged."""
+    keys = [k for k in ("backward", "backward_steps", "backward_damping") if k in m]
+    if keys and m.get("method") not in FIXED_POINT_METHODS:
+        raise InputError(f"{where}: model.{keys[0]} applies to the fixed-point methods "
+                         f"({', '.join(FIXED_POINT_METHODS)}), not {m.get('method')!r}")
+    if "backward" in m and m["backward"] not in BACKWARD_MODES:
+        raise InputError(f"{where}: model.backward must be one of {', '.join(BACKWARD_MODES)}, got {m['backward']!r}")
+    d = m.get("backward_damping", 0.5)
+    if not (_is_num(d) and 0 < d <= 1):
+        raise InputError(f"{where}: model.backward_damping must be a number in (0, 1], got {d!r}")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
