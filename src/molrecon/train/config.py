@@ -36,13 +36,14 @@ DEFAULTS: dict[str, Any] = {
     "model": {"method": "mol-lr"},
     "data": {
         "source": "builtin",          # builtin | files | synthetic
-        "kind": "2d",                 # 2d | 3d | dynamic (built-in data)
+        "kind": "2d",                 # 2d | 3d | dynamic | radial | radial-dynamic (built-in data)
         "root": None,                 # built-in data folder (default of molrecon.data)
         "train_path": None,           # source: files
         "val_path": None,
         "mask": "random",             # random | equispaced | poisson (3d)
         "acceleration": 4.0,
         "center_fraction": 0.08,
+        "spokes": None,               # radial kinds: spokes per frame (null: the kind's default, 32 for radial)
         "batch_size": 1,
         "num_workers": 0,
         "limit_train": None,          # use only the first N training slices (tiny runs)
@@ -239,6 +240,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
     ("data", "acceleration"): (lambda v: _is_num(v) and v >= 1, "a number >= 1", False),
     ("data", "center_fraction"): (lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1) or null", True),
     ("data", "num_workers"): (_NONNEG_INT, "an integer >= 0", False),
+    ("data", "spokes"): (_POS_INT, "a positive integer or null", True),
     ("data", "num_coils"): (_POS_INT, "a positive integer", False),
     ("data", "num_train"): (_POS_INT, "a positive integer", False),
     ("data", "num_val"): (_NONNEG_INT, "an integer >= 0", False),

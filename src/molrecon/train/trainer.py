@@ -72,7 +72,7 @@ from ..errors import CheckpointError, ConvergenceError, InputError
 from ..io import atomic_write
 from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
 from ..models.factory import build_model, model_config
-from ..names import DIMS_OF_KIND, KIND_ALIASES
+from ..names import DIMS_OF_KIND, KIND_ALIASES, NONCARTESIAN_KINDS
 from ..physics import mask_for
 from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import validate_config
@@ -170,12 +170,20 @@ def build_datasets(data_cfg: dict[str, Any], seed: int = 0) -> tuple[Dataset, Da
         kind = data_cfg["kind"]
         dims = _DIMS_OF_KIND.get(kind)
         if dims is None:
-            raise InputError(f"data.kind must be 2d, 3d or dynamic, got {kind!r}")
-        mask_func = mask_for(dims, data_cfg["acceleration"], data_cfg["center_fraction"], kind=data_cfg["mask"])
-        if source == "builtin":
-            train = mdata.builtin_dataset(kind=kind, split="train", root=data_cfg["root"], mask_func=mask_func)
-            val = mdata.builtin_dataset(kind=kind, split="val", root=data_cfg["root"], mask_func=mask_func)
+            raise InputError(f"data.kind must be one of {', '.join(DIMS_OF_KIND)}, got {kind!r}")
+        if KIND_ALIASES[kind] in NONCARTESIAN_KINDS:
+            sampling = {} if data_cfg["spokes"] is None else {"spokes": data_cfg["spokes"]}
         else:
+            sampling = {"mask_func": mask_for(dims, data_cfg["acceleration"], data_cfg["center_fraction"],
+                                              kind=data_cfg["mask"])}
+        if source == "builtin":
+            train = mdata.builtin_dataset(kind=kind, split="train", root=data_cfg["root"], **sampling)
+            val = mdata.builtin_dataset(kind=kind, split="val", root=data_cfg["root"], **sampling)
+        elif KIND_ALIASES[kind] in NONCARTESIAN_KINDS:
+            train = mdata.RadialDataset(data_cfg["train_path"], **sampling)
+            val = mdata.RadialDataset(data_cfg["val_path"], **sampling) if data_cfg["val_path"] else None
+        else:
+            mask_func = sampling["mask_func"]
             train = mdata.SliceDataset(data_cfg["train_path"], mask_func=mask_func)
             val = mdata.SliceDataset(data_cfg["val_path"], mask_func=mask_func) if data_cfg["val_path"] else None
     if data_cfg["limit_train"] is not None and len(train) > data_cfg["limit_train"]:
