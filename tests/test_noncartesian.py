@@ -4,6 +4,8 @@ from gridded data, autograd, devices and bad input (the operator contract itself
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -246,3 +248,21 @@ def test_bad_input_is_one_clear_error():
         op.check_kspace(y * float("inf"))
     with pytest.raises(InputError, match="expected"):
         op.check_image(torch.zeros(1, 16, 15, dtype=torch.complex64))
+
+
+def test_torchkbnufft_runs_without_torchscript_forks():
+    """Scripted torch.jit.fork tasks make a process abort at exit now and then (physics/nufft_backend.py)."""
+    from molrecon.physics.nufft_backend import torchkbnufft
+
+    torchkbnufft()
+    interp = sys.modules["torchkbnufft._nufft.interp"]
+    assert not isinstance(interp.table_interp_fork_over_kspace, torch.jit.ScriptFunction)
+
+
+@pytest.mark.slow  # four interpreter starts
+def test_a_script_using_the_operator_exits_cleanly():
+    code = ("import torch; from molrecon.physics import NonCartesianMRI, radial_trajectory; "
+            "op = NonCartesianMRI(torch.ones(1, 1, 32, 32, dtype=torch.complex64), radial_trajectory(24, 32)); "
+            "op.A_adjoint(op.A(torch.ones(1, 32, 32, dtype=torch.complex64)))")
+    codes = [subprocess.run([sys.executable, "-c", code], capture_output=True).returncode for _ in range(4)]
+    assert codes == [0, 0, 0, 0]
