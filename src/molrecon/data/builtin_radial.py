@@ -43,7 +43,8 @@ from ..io import atomic_path, open_h5, sha256_file
 from ..physics import NonCartesianMRI
 from ..physics.trajectories import golden_angle_dynamic, radial_trajectory
 from . import anatomy
-from .builtin import _coil_maps, _rng, deform_series, dynamic_picks, plan_axial_splits, register_kind, smooth_phase
+from .builtin import dynamic_picks, plan_axial_splits, register_kind
+from .simulation import _coil_maps, _rng, deform_series, smooth_phase
 from .slice_dataset import _list_files, _read
 
 #: the NUFFT that simulates (reconstruction uses NonCartesianMRI's defaults, width 6 on a 2x grid)
