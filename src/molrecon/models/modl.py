@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import InputError
 from ..names import DIMS
 from ..normalization import scale_invariant
+from ..physics.linear import LinearPhysics
 from ..solvers import SolverInfo, conjugate_gradient
 from ..solvers.timing import region
 from .cnn import ConvDenoiser
@@ -76,7 +77,7 @@ class MoDL(nn.Module):
         with region("cnn"):  # a no-op unless a benchmark is timing (solvers.timing)
             return x + self.denoiser(x)
 
-    def data_consistency(self, z: torch.Tensor, atb: torch.Tensor, physics: Any,
+    def data_consistency(self, z: torch.Tensor, atb: torch.Tensor, physics: LinearPhysics,
                          x0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolverInfo]:
         r"""Solve :math:`(A^H A + \lambda I)x = A^H y + \lambda z` by CG (differentiable through the iterations)."""
         lam = self.lam_value()
@@ -85,7 +86,7 @@ class MoDL(nn.Module):
                                       max_iter=self.cg_iter, tol=self.cg_tol)
 
     @scale_invariant
-    def forward(self, y: torch.Tensor, physics: Any) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
         """Reconstruct ``x``; the k-space is normalised to the training scale and the result scaled back
         (:mod:`molrecon.normalization`), so the output is equivariant in the k-space scale."""
         physics.check_kspace(y, "MoDL input k-space")

@@ -56,7 +56,8 @@ from torch import nn
 from ..errors import ConvergenceError, InputError
 from ..names import CONSTRAINT_METHOD as CONSTRAINTS
 from ..normalization import model_normalization, scale_invariant
-from ..physics.mri import MultiCoilMRI, check_finite
+from ..physics.linear import LinearPhysics
+from ..physics.mri import check_finite
 from ..solvers.backward import BACKWARD_OPTIONS, attach_backward, check_backward_options
 from ..solvers.cg import conjugate_gradient
 from ..solvers.fixed_point import fixed_point_solve
@@ -193,7 +194,7 @@ class MOL(nn.Module):
                                     self.state_channels, self.residual_init_gain).to(self.log_lam.device)
         self.dims = dims
 
-    def _ensure_denoiser(self, physics: MultiCoilMRI) -> nn.Module:
+    def _ensure_denoiser(self, physics: LinearPhysics) -> nn.Module:
         if self.denoiser is None:
             self._build(physics.dims)
         den_dims = getattr(self.denoiser, "dims", None)
@@ -234,9 +235,10 @@ class MOL(nn.Module):
         return cfg
 
     # -- checks ---------------------------------------------------------------------------------------------
-    def _check_inputs(self, y: torch.Tensor, physics, x0: torch.Tensor | None = None) -> None:
-        if not hasattr(physics, "check_kspace") or not hasattr(physics, "normal"):
-            raise InputError(f"MOL: physics must be a MultiCoilMRI, got {type(physics).__name__}")
+    def _check_inputs(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None = None) -> None:
+        if not isinstance(physics, LinearPhysics):
+            raise InputError(f"MOL: physics must be a LinearPhysics operator (e.g. MultiCoilMRI, NonCartesianMRI), "
+                             f"got {type(physics).__name__}")
         if not isinstance(y, torch.Tensor):
             raise InputError(f"MOL: k-space must be a torch tensor, got {type(y).__name__}")
         physics.check_kspace(y, "MOL input k-space")
@@ -265,7 +267,7 @@ class MOL(nn.Module):
                 return self.denoiser.effective_weights(spatial)
             return None
 
-    def _block(self, x: torch.Tensor, weights, aty: torch.Tensor, physics: MultiCoilMRI, mu: torch.Tensor,
+    def _block(self, x: torch.Tensor, weights, aty: torch.Tensor, physics: LinearPhysics, mu: torch.Tensor,
                exact: bool, where: str = "", cg_iter: int | None = None) -> torch.Tensor:
         """One MOL block ``x⁺ = (I + μN)^{-1}((1−α)x + αH(x) + μA^H b)`` with ``μ = αλ``."""
         hx = self._h(x, weights)
@@ -281,7 +283,7 @@ class MOL(nn.Module):
                                         max_iter=self.cg_iter if cg_iter is None else cg_iter, tol=self.cg_tol)
         return out
 
-    def fixed_point_map(self, y: torch.Tensor, physics: MultiCoilMRI,
+    def fixed_point_map(self, y: torch.Tensor, physics: LinearPhysics,
                         cg_iter: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The map ``T(x) = (I + μN)^{-1}((1−α)x + αH(x) + μA^H y)`` that the forward solver iterates.
 
@@ -315,7 +317,7 @@ class MOL(nn.Module):
             raise InputError(f"MOL: {unknown} are not solver settings ({', '.join(SOLVE_OVERRIDES)})")
         return {k: getattr(self, k) if overrides.get(k) is None else overrides[k] for k in SOLVE_OVERRIDES}
 
-    def initial_image(self, y: torch.Tensor, physics: MultiCoilMRI) -> torch.Tensor:
+    def initial_image(self, y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
         """CG-SENSE start: ``argmin λ0‖Ax − b‖² + ‖x‖²`` (λ0 = ``init_lam``, ``init_cg_iter`` CG iterations)."""
         lam0 = self.init_lam
         with torch.no_grad(), region("init", absorb=True):
@@ -347,7 +349,7 @@ class MOL(nn.Module):
             self._bound_lip_cache = {"key": key, "L": float(est.max())}
         return self._bound_lip_cache["L"], False
 
-    def certificate(self, physics: MultiCoilMRI, x: torch.Tensor | None = None) -> dict:
+    def certificate(self, physics: LinearPhysics, x: torch.Tensor | None = None) -> dict:
         """The theorems' constants for this model on this acquisition (see ``docs/theory.md``).
 
         Keys: ``m`` (monotonicity of F = I − H), ``L`` (Lipschitz bound of H), ``alpha_range`` (steps with a
@@ -399,7 +401,7 @@ class MOL(nn.Module):
                 "spatial_shape": list(spatial)}
 
     # -- solving --------------------------------------------------------------------------------------------
-    def _run(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None, weights,
+    def _run(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None, weights,
              s: dict[str, Any]) -> tuple[torch.Tensor, SolverInfo]:
         """Fixed-point solve under no_grad with per-sample stopping, then one exact block + error bound; ``s``
         holds the solver settings of this call (:meth:`_settings`)."""
@@ -460,7 +462,7 @@ class MOL(nn.Module):
         return x_out, info
 
     @scale_invariant
-    def solve(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
+    def solve(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None = None,
               **overrides: Any) -> tuple[torch.Tensor, SolverInfo]:
         """Reconstruct without gradients; return ``(x, info)``. ``info.extra["error_bound"]`` is the per-sample
         a-posteriori bound on ``‖x − x*‖`` (certified for MOL-SN in eval mode). The k-space is normalised to the
@@ -477,7 +479,7 @@ class MOL(nn.Module):
             return self._run(y, physics, x0, weights, s)
 
     @scale_invariant
-    def forward(self, y: torch.Tensor, physics: MultiCoilMRI, x0: torch.Tensor | None = None,
+    def forward(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None = None,
                 **overrides: Any) -> torch.Tensor:
         """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by the ``backward`` mode (default implicit
         differentiation), equivariant in the k-space scale (:mod:`molrecon.normalization`);

@@ -12,6 +12,7 @@ import torch
 
 from ...errors import InputError
 from ...metrics import psnr, ssim
+from ...physics import LinearPhysics
 from ...weights.loading import resolve_model
 from ..methods import is_fixed_point_model, run
 
@@ -21,7 +22,7 @@ def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def measured_data(y: torch.Tensor, physics: Any) -> torch.Tensor:
+def measured_data(y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
     """:math:`b = M y`: the k-space entries the reconstruction actually sees."""
     return physics.sampling_weights().to(y.real.dtype) * y
 
@@ -34,7 +35,7 @@ def _expand(y: torch.Tensor, batch: int) -> torch.Tensor:
     return y.expand(batch, *y.shape[1:]) if y.shape[0] == 1 else y
 
 
-def reconstruct(model: Any, y: torch.Tensor, physics: Any, x0: torch.Tensor | None = None,
+def reconstruct(model: Any, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None = None,
                 tol: float | None = None, max_iter: int | None = None,
                 solver: str | None = None) -> tuple[torch.Tensor, Any]:
     """Reconstruct without gradients; return ``(x, info)`` (``info`` is ``None`` for unrolled models).

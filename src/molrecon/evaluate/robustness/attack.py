@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ...errors import InputError
-from ...physics import complex_gaussian
+from ...physics import LinearPhysics, complex_gaussian
 from ...tensor_utils import batch_norms
 from .adapters import _bshape, _error_bound, _expand, _psnr, is_fixed_point_model, measured_data, method_of, reconstruct
 
@@ -47,7 +47,7 @@ class AttackResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _objective(model: Any, y: torch.Tensor, physics: Any, delta: torch.Tensor, x_ref: torch.Tensor,
+def _objective(model: Any, y: torch.Tensor, physics: LinearPhysics, delta: torch.Tensor, x_ref: torch.Tensor,
                need_grad: bool, tol: float | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """``(‖x(y+δ) − x_ref‖ per element, ∂‖·‖²/∂δ or None, warnings)``."""
     overrides = {"tol": tol} if is_fixed_point_model(model) and tol is not None else {}
@@ -70,7 +70,7 @@ def _objective(model: Any, y: torch.Tensor, physics: Any, delta: torch.Tensor, x
     return value.detach(), (None if g is None else g.detach()), [str(w.message) for w in caught]
 
 
-def worst_case_perturbation(model: Any, y: torch.Tensor, physics: Any, eps: Sequence[float],
+def worst_case_perturbation(model: Any, y: torch.Tensor, physics: LinearPhysics, eps: Sequence[float],
                             x_ref: torch.Tensor | None = None, steps: int = 6, restarts: int = 1,
                             step_size: float = 1.0, seed: int = 0, tol: float | None = None,
                             max_step: float = 4.0) -> AttackResult:
@@ -132,8 +132,8 @@ def worst_case_perturbation(model: Any, y: torch.Tensor, physics: Any, eps: Sequ
                         warnings=sorted(set(notes)))
 
 
-def measure_perturbations(model: Any, y: torch.Tensor, physics: Any, deltas: torch.Tensor, x_ref: torch.Tensor,
-                          info_ref: Any, target: torch.Tensor, max_value: float, tol: float | None = None,
+def measure_perturbations(model: Any, y: torch.Tensor, physics: LinearPhysics, deltas: torch.Tensor,
+                          x_ref: torch.Tensor, info_ref: Any, target: torch.Tensor, max_value: float, tol: float | None = None,
                           max_iter: int | None = None) -> list[dict[str, Any]]:
     """Re-solve :math:`x(b+\\delta)` for each ``deltas[i]`` (tight ``tol``) and measure it against ``x_ref``.
 
@@ -162,7 +162,7 @@ def measure_perturbations(model: Any, y: torch.Tensor, physics: Any, deltas: tor
 
 
 # ------------------------------------------------------------------------------------------- certificates
-def certificate_of(model: Any, physics: Any, x: torch.Tensor | None = None) -> dict[str, Any] | None:
+def certificate_of(model: Any, physics: LinearPhysics, x: torch.Tensor | None = None) -> dict[str, Any] | None:
     """``model.certificate(physics, x)`` made JSON-safe (``None`` for models without one, e.g. MoDL)."""
     fn = getattr(model, "certificate", None)
     if not callable(fn):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ...errors import InputError
+from ...physics import LinearPhysics
 
 PARTS = ("attack", "random", "convergence", "uniqueness", "shift")
 
@@ -21,7 +21,7 @@ class Example:
     ``max_value`` (PSNR data range: the maximum of the target volume) and a ``name``."""
 
     y: torch.Tensor
-    physics: Any
+    physics: LinearPhysics
     target: torch.Tensor
     max_value: float
     name: str

@@ -14,7 +14,7 @@ import torch
 
 from ...data import collate, physics_from_batch
 from ...errors import InputError, MolreconError
-from ...physics import default_center_fraction
+from ...physics import LinearPhysics, default_center_fraction
 from ...tensor_utils import batch_norms
 from ..evaluation import load_dataset
 from .adapters import is_fixed_point_model, measured_data, method_of, reconstruct
@@ -216,7 +216,7 @@ def _aggregate_random(eps: Sequence[float], per_slice: list[list[dict]]) -> list
     return rows
 
 
-def _example_images(model: Any, y: torch.Tensor, physics: Any, x_ref: torch.Tensor, delta: torch.Tensor,
+def _example_images(model: Any, y: torch.Tensor, physics: LinearPhysics, x_ref: torch.Tensor, delta: torch.Tensor,
                     ex: Example, cfg: RobustnessConfig) -> dict[str, np.ndarray]:
     """Magnitudes of x(b), x(b+δ) (largest ε) and |x(b+δ) − x(b)| of the first slice, for the figure."""
     x_adv, _ = reconstruct(model, y + delta, physics, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter)

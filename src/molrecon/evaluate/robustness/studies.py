@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ...errors import MolreconError
-from ...physics import MultiCoilMRI, RandomMask, add_noise, complex_gaussian, default_center_fraction
+from ...physics import LinearPhysics, MultiCoilMRI, RandomMask, add_noise, complex_gaussian, default_center_fraction
 from ...recon import DEFAULT_LAM, cg_sense
 from ...tensor_utils import batch_norms
 from .adapters import _error_bound, _expand, _finite_or_none, _psnr, _ssim, is_fixed_point_model, method_of, reconstruct
@@ -19,13 +19,14 @@ from .config import Example
 
 
 # ---------------------------------------------------------------------------------------------- convergence
-def _mol_block_parts(model: Any, y: torch.Tensor, physics: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _mol_block_parts(model: Any, y: torch.Tensor,
+                     physics: LinearPhysics) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The model's own fixed-point map ``T`` (inexact DC step, exactly what its solver iterates), or ``None``."""
     fixed_point_map = getattr(model, "fixed_point_map", None)
     return fixed_point_map(y, physics) if callable(fixed_point_map) else None
 
 
-def _modl_parts(model: Any, y: torch.Tensor, physics: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _modl_parts(model: Any, y: torch.Tensor, physics: LinearPhysics) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if not (hasattr(model, "denoise") and hasattr(model, "data_consistency")):
         return None
     atb = physics.A_adjoint(y)
@@ -37,7 +38,7 @@ def _modl_parts(model: Any, y: torch.Tensor, physics: Any) -> Callable[[torch.Te
     return T
 
 
-def plain_iteration(model: Any, y: torch.Tensor, physics: Any, target: torch.Tensor, max_value: float,
+def plain_iteration(model: Any, y: torch.Tensor, physics: LinearPhysics, target: torch.Tensor, max_value: float,
                     n_iter: int) -> dict[str, Any] | None:
     """Iterate the model's map ``n_iter`` times from its usual start; residual and PSNR per iteration.
 
@@ -74,7 +75,7 @@ def plain_iteration(model: Any, y: torch.Tensor, physics: Any, target: torch.Ten
             if is_fixed_point_model(model) else "adjoint"}
 
 
-def convergence_study(model: Any, y: torch.Tensor, physics: Any, target: torch.Tensor, max_value: float,
+def convergence_study(model: Any, y: torch.Tensor, physics: LinearPhysics, target: torch.Tensor, max_value: float,
                       n_iter: int = 100, tol: float = 1e-7) -> dict[str, Any]:
     """Plain iteration (:func:`plain_iteration`) and, for fixed-point models, the model's own solver run with
     tolerance ``tol`` for up to ``n_iter`` iterations (its residual history)."""
@@ -109,7 +110,7 @@ def convergence_study(model: Any, y: torch.Tensor, physics: Any, target: torch.T
 
 
 # ----------------------------------------------------------------------------------------------- uniqueness
-def uniqueness_study(model: Any, y: torch.Tensor, physics: Any, target: torch.Tensor, max_value: float,
+def uniqueness_study(model: Any, y: torch.Tensor, physics: LinearPhysics, target: torch.Tensor, max_value: float,
                      tol: float = 1e-6, max_iter: int = 300, seed: int = 0) -> dict[str, Any]:
     """Solve from the starts zero, :math:`A^H b`, noise and CG-SENSE (one batch); report the spread
     :math:`\\max_{i,j}\\|x_i - x_j\\|/\\|x_{cg}\\|`, the PSNR of each, and the a-posteriori bounds."""
