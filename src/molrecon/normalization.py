@@ -50,16 +50,23 @@ def _percentile(values: torch.Tensor, q: float) -> torch.Tensor:
     return values.kthvalue(k, dim=1).values
 
 
+def _zero_filled(y: torch.Tensor, physics: Any) -> torch.Tensor:
+    # an operator outside the LinearPhysics protocol (a bare A / A_adjoint pair) is taken as Cartesian
+    return physics.zero_filled(y) if hasattr(physics, "zero_filled") else physics.A_adjoint(y)
+
+
 @register_statistic("p99-zero-filled")
 def p99_zero_filled(y: torch.Tensor, physics: Any) -> torch.Tensor:
-    """99th percentile of ``|A^H y|`` per batch element: robust to a few bright pixels and noise spikes."""
-    return _percentile(physics.A_adjoint(y).abs().reshape(y.shape[0], -1), 0.99)
+    """99th percentile of the zero-filled magnitude per batch element (``|A^H y|`` for Cartesian data, the
+    density-compensated gridding image for non-Cartesian data: ``physics.zero_filled``): robust to a few bright
+    pixels and noise spikes."""
+    return _percentile(_zero_filled(y, physics).abs().reshape(y.shape[0], -1), 0.99)
 
 
 @register_statistic("max-zero-filled")
 def max_zero_filled(y: torch.Tensor, physics: Any) -> torch.Tensor:
-    """Maximum of ``|A^H y|`` per batch element."""
-    return physics.A_adjoint(y).abs().reshape(y.shape[0], -1).amax(dim=1)
+    """Maximum of the zero-filled magnitude (``physics.zero_filled``) per batch element."""
+    return _zero_filled(y, physics).abs().reshape(y.shape[0], -1).amax(dim=1)
 
 
 #: Reference of ``p99-zero-filled`` on the built-in *train* split at the training scale (max|target| = 1 per

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..io import atomic_path, open_h5, sha256_file
 from ..physics import NonCartesianMRI
+from ..physics.dcf import pipe_menon_dcf
 from ..physics.trajectories import golden_angle_dynamic, radial_trajectory
 from . import anatomy
 from .builtin import dynamic_picks, plan_axial_splits, register_kind
@@ -180,8 +181,9 @@ class RadialDataset(torch.utils.data.Dataset):
     """Items of the built-in radial sets (one slice, or one 2D+t series), with the keys of
     :class:`~molrecon.data.SliceDataset` where they apply and ``trajectory`` instead of ``mask``:
 
-    ``kspace`` ``[C, K]`` (``[C, T, K]``), ``trajectory`` ``[K, 2]`` (``[T, K, 2]``), ``maps`` ``[C, *sp]``,
-    ``target`` ``[*sp]``, ``max_value`` (1.0), ``fname``, ``slice``, ``dims``.
+    ``kspace`` ``[C, K]`` (``[C, T, K]``), ``trajectory`` ``[K, 2]`` (``[T, K, 2]``), ``dcf`` ``[K]`` (``[T, K]``,
+    Pipe–Menon, for the gridding image), ``maps`` ``[C, *sp]``, ``target`` ``[*sp]``, ``max_value`` (1.0),
+    ``fname``, ``slice``, ``dims``.
     :func:`~molrecon.data.physics_from_batch` turns a batch into a :class:`~molrecon.physics.NonCartesianMRI`.
 
     ``spokes`` keeps the first spokes of each frame (the file's count if ``None``); ``transform`` is applied to
@@ -197,6 +199,7 @@ class RadialDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.examples: list[tuple[Path, int]] = []
         self.meta: dict[Path, dict[str, Any]] = {}
+        self._dcfs: dict[tuple, torch.Tensor] = {}
         for p in self.files:
             with open_h5(p) as f:
                 if "trajectory" not in f:
@@ -212,6 +215,14 @@ class RadialDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
+    def _dcf(self, traj: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Pipe–Menon density compensation of ``traj``, computed once per distinct trajectory (the files of a
+        set share theirs; the iteration costs ~20 NUFFT pairs, too much for every item)."""
+        key = (tuple(traj.shape), hash(traj.numpy().tobytes()), tuple(maps.shape[-2:]))
+        if key not in self._dcfs:
+            self._dcfs[key] = pipe_menon_dcf(traj, maps.shape[-2:])
+        return self._dcfs[key]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
@@ -223,8 +234,9 @@ class RadialDataset(torch.utils.data.Dataset):
             traj = torch.from_numpy(_read(f, "trajectory", (), path)[..., :keep, :].astype(np.float32))
             target = torch.from_numpy(_read(f, "target", s, path).astype(np.complex64))
             maps = torch.from_numpy(_read(f, "maps", 0, path).astype(np.complex64))
-        item = {"kspace": kspace, "trajectory": traj, "maps": maps, "target": target, "max_value": 1.0,
-                "fname": path.name, "slice": int(s), "dims": meta["dims"]}
+        item = {"kspace": kspace, "trajectory": traj, "maps": maps, "target": target,
+                "dcf": self._dcf(traj, maps), "max_value": 1.0, "fname": path.name, "slice": int(s),
+                "dims": meta["dims"]}
         return self.transform(item) if self.transform is not None else item
 
     def __repr__(self) -> str:

@@ -93,7 +93,7 @@ class MoDL(nn.Module):
         if not torch.isfinite(torch.view_as_real(y)).all():
             raise InputError("MoDL input k-space contains NaN or Inf values")
         atb = physics.A_adjoint(y)
-        x = atb
+        x = physics.zero_filled(y)  # Aᴴy for Cartesian data; density-compensated for non-Cartesian
         cg_iters = []
         info = None
         for _ in range(self.K):

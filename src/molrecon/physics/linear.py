@@ -57,6 +57,12 @@ class LinearPhysics(ABC):
         """``AᴴA x``."""
         return self.A_adjoint(self.A(x))
 
+    def zero_filled(self, y: torch.Tensor) -> torch.Tensor:
+        """The zero-filled image of ``y`` at the intensity scale of the image: ``Aᴴy`` for an operator whose
+        samples each carry unit weight (Cartesian); a non-Cartesian operator compensates the sampling density
+        first. Used as a starting image and by the k-space normalisation (:mod:`molrecon.normalization`)."""
+        return self.A_adjoint(y)
+
     @abstractmethod
     def norm_bound(self) -> float:
         """A certified upper bound on the operator norm ``‖A‖``."""

@@ -133,8 +133,8 @@ def worst_case_perturbation(model: Any, y: torch.Tensor, physics: LinearPhysics,
 
 
 def measure_perturbations(model: Any, y: torch.Tensor, physics: LinearPhysics, deltas: torch.Tensor,
-                          x_ref: torch.Tensor, info_ref: Any, target: torch.Tensor, max_value: float, tol: float | None = None,
-                          max_iter: int | None = None) -> list[dict[str, Any]]:
+                          x_ref: torch.Tensor, info_ref: Any, target: torch.Tensor, max_value: float,
+                          tol: float | None = None, max_iter: int | None = None) -> list[dict[str, Any]]:
     """Re-solve :math:`x(b+\\delta)` for each ``deltas[i]`` (tight ``tol``) and measure it against ``x_ref``.
 
     Returns per perturbation: ``delta_norm``, ``dx_norm``, ``amplification``, its bracket for the exact fixed
