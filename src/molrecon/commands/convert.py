@@ -1,4 +1,5 @@
-"""``molrecon convert IN OUT``: move k-space between fastMRI HDF5, ISMRMRD and BART CFL.
+"""``molrecon convert IN OUT``: move k-space between fastMRI HDF5, ISMRMRD and BART CFL; non-Cartesian HDF5
+(``kspace`` on a ``trajectory``) converts to the non-Cartesian HDF5 layout only.
 
 The input format is found from the content and extension (see :mod:`molrecon.formats.detect`), the output
 format from OUT's extension (``.h5``/``.hdf5`` fastMRI, ``.mrd`` ISMRMRD, ``.cfl`` BART) or ``--to``.
@@ -20,8 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "BART (.cfl/.hdr). Input format by content and extension; output by extension or --to.")
     p.add_argument("input", type=Path, help="input file (.h5/.hdf5/.mrd fastMRI or ISMRMRD, or BART .cfl)")
     p.add_argument("output", type=Path, help="output file (written atomically)")
-    p.add_argument("--to", choices=["fastmri", "ismrmrd", "cfl"], default=None,
-                   help="output format (default: from the output's extension)")
+    p.add_argument("--to", choices=["fastmri", "ismrmrd", "cfl", "noncartesian"], default=None,
+                   help="output format (default: from the output's extension; .h5 keeps non-Cartesian data "
+                   "non-Cartesian)")
     p.add_argument("--dims", choices=DIMS, default=None, help="layout of the input")
     p.add_argument("--maps", type=Path, default=None,
                    help="coil maps to carry along (BART .cfl, or an HDF5 file with a 'maps' dataset)")
@@ -35,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.input.resolve():
         raise InputError(f"{args.output}: output would overwrite the input")
     problem = read_problem(args.input, args.dims, prewhiten=not args.no_prewhiten)
+    if problem.is_noncartesian and fmt == "fastmri" and args.to is None:
+        fmt = "noncartesian"
+    if problem.is_noncartesian != (fmt == "noncartesian"):
+        what = "non-Cartesian" if problem.is_noncartesian else "Cartesian"
+        raise InputError(f"{args.input}: {what} k-space cannot be written as {fmt} (non-Cartesian data go to the "
+                         f"non-Cartesian HDF5 layout, .h5, and only there)")
     if args.maps is not None:
         problem.maps = read_maps(args.maps, problem)
     out = WRITERS[fmt](args.output, problem)
