@@ -21,9 +21,9 @@ import finufft
 import numpy as np
 import sigpy as sp
 import torch
-import torchkbnufft
 
 from molrecon.physics import NonCartesianMRI, radial_trajectory, simulate_coil_maps
+from molrecon.physics.nufft_backend import torchkbnufft
 
 
 def exact_matrix(traj: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "torchkbnufft": torchkbnufft.__version__,
+                          "torch": torch.__version__, "torchkbnufft": torchkbnufft().__version__,
                           "finufft": finufft.__version__, "threads": torch.get_num_threads()},
               "accuracy_relative_error": accuracy(), "speed_ms": speed()}
     args.out.mkdir(parents=True, exist_ok=True)

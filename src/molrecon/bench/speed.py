@@ -224,7 +224,7 @@ def load_examples(kind: str = "2d", count: int = 2, acceleration: float = 4.0,
     for i in range(0, min(len(ds), step * count), step):
         batch = collate([ds[i]])
         physics = physics_from_batch(batch).to(device)
-        y = (physics.mask * batch["kspace"].to(device)).to(torch.complex64)
+        y = (physics.sampling_weights() * batch["kspace"].to(device)).to(torch.complex64)
         out.append((y, physics))
     return out
 

@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ..data import build_builtin, default_root, load_manifest, verify_builtin
+from ..data import DEFAULTS, build_builtin, default_root, load_manifest, verify_builtin
 from ..errors import InputError
-from ..names import DIMS_OF_KIND
+from ..names import DIMS_OF_KIND, NONCARTESIAN_KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--coils", type=int, default=None, help="number of coils (default 8)")
     b.add_argument("--snr-db", type=float, default=None, help="k-space SNR in dB (default 30)")
     b.add_argument("--contrasts", default=None, help="comma-separated subset of t1,t2,pd,flair")
-    b.add_argument("--frames", type=int, default=None, help="frames of the dynamic set (default 12)")
+    b.add_argument("--frames", type=int, default=None, help="frames of the dynamic sets (default 12)")
+    b.add_argument("--spokes", type=int, default=None,
+                   help="radial sets: golden-angle spokes stored (radial, default 64) or per frame (radial-dynamic, "
+                        "default 16)")
     b.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     b.set_defaults(func=run)
     v = dsub.add_parser("verify", help="check the files of a built set against its manifest checksums")
@@ -60,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         if (folder / "manifest.json").exists() and not args.force:
             print(f"{folder}: already built (use --force to rebuild)")
             continue
-        kparams = {k: v for k, v in params.items() if not (k == "frames" and kind != "dynamic")}
+        kparams = {k: v for k, v in params.items() if k in DEFAULTS[kind]}
+        if args.spokes is not None and kind in NONCARTESIAN_KINDS:
+            kparams["spokes" if "spokes" in DEFAULTS[kind] else "spokes_per_frame"] = args.spokes
         t0 = time.perf_counter()
         build_builtin(folder, kind, seed=args.seed, overwrite=True, **kparams)
         m = load_manifest(folder)

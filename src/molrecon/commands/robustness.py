@@ -19,7 +19,7 @@ from ..evaluate.robustness import (
     summary_rows,
     write_report,
 )
-from ..physics import achieved_acceleration
+from ..physics import MultiCoilMRI, achieved_acceleration
 
 DEFAULT_MODELS = "mol-sn-2d-4x,mol-lr-2d-4x,modl-2d-4x,deq-2d-4x"
 PARTS = ("attack", "random", "convergence", "uniqueness", "shift")
@@ -94,9 +94,12 @@ def run(args: argparse.Namespace) -> int:
     data = None if str(args.data) == "builtin" else args.data
     examples = load_examples(data, args.slices, acceleration=args.data_accel, kind=args.kind)
     ph = examples[0].physics
-    data_acc = args.data_accel or achieved_acceleration(ph.mask, ph.spatial_shape)
     shift = {}
     if "shift" in parts:
+        if not isinstance(ph, MultiCoilMRI):
+            raise InputError(f"{args.data}: the acceleration-shift study resamples a Cartesian mask; leave 'shift' "
+                             f"out of --parts for non-Cartesian data")
+        data_acc = args.data_accel or achieved_acceleration(ph.mask, ph.spatial_shape)
         for acc in cfg.accelerations:
             if abs(acc - data_acc) / data_acc < 0.02:
                 continue  # that is the data's own acceleration, measured anyway

@@ -26,5 +26,6 @@ __all__ = [
     "DEFAULTS", "KINDS", "build_2d", "build_3d", "build_dynamic", "build_builtin", "builtin_dataset",
     "builtin_test_example", "default_root", "ensure_builtin", "load_manifest", "plan_axial_splits",
     "verify_builtin", "EncodingInfo", "make_header", "parse_header", "axial_affine", "export_nifti",
-    "SliceDataset", "RadialDataset", "build_radial", "build_radial_dynamic", "collate", "physics_from_batch", "center_crop", "fname_seed", "rss",
+    "SliceDataset", "RadialDataset", "build_radial", "build_radial_dynamic",
+    "collate", "physics_from_batch", "center_crop", "fname_seed", "rss",
 ]

@@ -144,7 +144,7 @@ def evaluate(runners: Sequence[MethodRunner], dataset: Any, batch_size: int = 4,
             for start in range(0, len(items), batch_size):
                 batch = collate(items[start:start + batch_size])
                 physics = physics_from_batch(batch).to(device)
-                y = (physics.mask * batch["kspace"].to(device)).to(torch.complex64)
+                y = (physics.sampling_weights() * batch["kspace"].to(device)).to(torch.complex64)
                 t0 = time.perf_counter()
                 x, solver = r.fn(y, physics)
                 elapsed = time.perf_counter() - t0

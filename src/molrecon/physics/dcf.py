@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import InputError
+from .nufft_backend import quiet, torchkbnufft
 
 
 def _blob(shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -42,7 +43,7 @@ def pipe_menon_dcf(trajectory: torch.Tensor, shape: Sequence[int], n_iter: int =
 
     A trajectory with leading axes (one per frame) gets one compensation per frame.
     """
-    import torchkbnufft as tkbn
+    tkbn = torchkbnufft()
 
     shape = tuple(int(s) for s in shape)
     if not isinstance(trajectory, torch.Tensor) or trajectory.is_complex() or trajectory.ndim < 2:
@@ -59,7 +60,7 @@ def pipe_menon_dcf(trajectory: torch.Tensor, shape: Sequence[int], n_iter: int =
     adjoint = tkbn.KbNufftAdjoint(im_size=shape, grid_size=grid, numpoints=numpoints).to(dev)
     blob = _blob(shape, dev)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), quiet():
         for traj in frames:
             omega = (traj * (2 * math.pi) / n).T.contiguous()
             w = tkbn.calc_density_compensation_function(omega, shape, num_iterations=n_iter, grid_size=grid,

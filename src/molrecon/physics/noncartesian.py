@@ -57,6 +57,7 @@ import torch
 from ..errors import InputError
 from .linear import LinearPhysics
 from .mri import check_finite, infer_dims
+from .nufft_backend import quiet, torchkbnufft
 
 #: relative allowance on ‖A‖ for the NUFFT error of the Toeplitz kernel (measured NUFFT errors are ≤ 7.2e-4)
 NUFFT_MARGIN = 1e-2
@@ -107,7 +108,7 @@ class NonCartesianMRI(LinearPhysics):
         if not oversampling >= 1 or numpoints < 2:
             raise InputError(f"NUFFT oversampling must be >= 1 and numpoints >= 2, got {oversampling}, {numpoints}")
         self.oversampling, self.numpoints = float(oversampling), int(numpoints)
-        import torchkbnufft as tkbn
+        tkbn = torchkbnufft()
 
         grid = tuple(int(math.ceil(oversampling * n)) for n in self.nufft_shape)
         dev = self.maps.device
@@ -216,28 +217,30 @@ class NonCartesianMRI(LinearPhysics):
     def A(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``[B, *spatial]`` → k-space ``[B, C, K]`` (``[B, C, T, K]`` for 2D+time)."""
         coil = (self.maps * x.unsqueeze(1)).to(torch.complex64)
-        if self.dims != "2d+t":
-            return self._nufft(coil, self.omega) * self._scale
-        b, c = coil.shape[:2]
-        return self._frames_back(self._nufft(self._frames_first(coil), self.omega), b, c) * self._scale
+        with quiet():
+            if self.dims != "2d+t":
+                return self._nufft(coil, self.omega) * self._scale
+            b, c = coil.shape[:2]
+            return self._frames_back(self._nufft(self._frames_first(coil), self.omega), b, c) * self._scale
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """k-space ``[B, C, K]`` (``[B, C, T, K]``) → coil-combined image ``[B, *spatial]``."""
         y = y.to(torch.complex64)
-        if self.dims != "2d+t":
-            coil = self._nufft_adj(y, self.omega)
-        else:
-            b, c = y.shape[:2]
-            coil = self._frames_back(self._nufft_adj(self._frames_first(y), self.omega), b, c)
+        with quiet():
+            if self.dims != "2d+t":
+                coil = self._nufft_adj(y, self.omega)
+            else:
+                b, c = y.shape[:2]
+                coil = self._frames_back(self._nufft_adj(self._frames_first(y), self.omega), b, c)
         return (self.maps.conj() * coil).sum(dim=1) * self._scale
 
     @property
     def toeplitz_kernel(self) -> torch.Tensor:
         """``λ`` on the 2× grid (``[T, 2H, 2W]`` for 2D+time): ``T x = P F⁻¹(λ ⊙ F E x)`` with orthonormal FFTs."""
         if self._kernel is None:
-            import torchkbnufft as tkbn
+            tkbn = torchkbnufft()
 
-            with torch.no_grad():
+            with torch.no_grad(), quiet():
                 kernel = tkbn.calc_toeplitz_kernel(self.omega, self.nufft_shape, numpoints=self.numpoints,
                                                    grid_size=self._nufft.grid_size.tolist())
             # torchkbnufft's kernel (norm=None) is the unnormalised FFT of the circulant's first column over

@@ -51,7 +51,7 @@ PRETRAINED_ENV = "MOLRECON_PRETRAINED_DIR"
 FORMAT_VERSION = 1
 
 _NAME_RE = re.compile(r"^(?P<method>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<dims>" + "|".join(DIMS_TAG.values())
-                      + r")-(?P<accel>\d+(?:\.\d+)?)x$")
+                      + r")-(?:(?P<accel>\d+(?:\.\d+)?)x|(?P<trajectory>radial))$")
 _DIMS_FROM_TAG = {tag: dims for dims, tag in DIMS_TAG.items()}
 # a name is a file stem inside the pretrained folder, never a path (``../x`` must not reach outside it)
 _SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -66,14 +66,18 @@ def pretrained_name(method: str, dims: str = "2d", acceleration: float = 4.0) ->
 
 
 def parse_name(name: str) -> dict[str, Any]:
-    """Split ``"mol-lr-2d-4x"`` into ``{"method": "mol-lr", "dims": "2d", "acceleration": 4.0}``.
+    """Split ``"mol-lr-2d-4x"`` into ``{"method": "mol-lr", "dims": "2d", "acceleration": 4.0}``; a model of the
+    built-in radial data, ``"mol-lr-2d-radial"``, into ``{..., "acceleration": None, "trajectory": "radial"}``.
 
     ``dims`` is the physics spelling (``"2d"``, ``"3d"``, ``"2d+t"``); the name uses ``2dt`` for ``2d+t``.
     """
     m = _NAME_RE.match(name)
     if not m:
-        raise InputError(f"pretrained name {name!r} does not follow '<method>-<2d|3d|2dt>-<accel>x' "
-                         f"(e.g. 'mol-lr-2d-4x')")
+        raise InputError(f"pretrained name {name!r} does not follow '<method>-<2d|3d|2dt>-<accel>x' or "
+                         f"'<method>-<2d|2dt>-radial' (e.g. 'mol-lr-2d-4x', 'mol-lr-2d-radial')")
+    if m["trajectory"]:
+        return {"method": m["method"], "dims": _DIMS_FROM_TAG[m["dims"]], "acceleration": None,
+                "trajectory": m["trajectory"]}
     return {"method": m["method"], "dims": _DIMS_FROM_TAG[m["dims"]], "acceleration": float(m["accel"])}
 
 
@@ -194,6 +198,7 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
         "method": getattr(model, "method_name", parsed["method"]),
         "dims": parsed["dims"],
         "acceleration": parsed["acceleration"],
+        **({"trajectory": parsed["trajectory"]} if "trajectory" in parsed else {}),
         "model_config": dict(model_config),
         "weights": {
             "file": weights.name,

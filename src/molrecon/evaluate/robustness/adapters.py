@@ -23,7 +23,7 @@ def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def measured_data(y: torch.Tensor, physics: Any) -> torch.Tensor:
     """:math:`b = M y`: the k-space entries the reconstruction actually sees."""
-    return physics.mask.to(y.real.dtype) * y
+    return physics.sampling_weights().to(y.real.dtype) * y
 
 
 def method_of(model: Any) -> str:

@@ -94,7 +94,7 @@ def worst_case_perturbation(model: Any, y: torch.Tensor, physics: Any, eps: Sequ
         raise InputError("worst_case_perturbation: the measured k-space is zero")
     radius = (eps_t.repeat_interleave(R) * b_norm).to(torch.float32)  # [B]: radius of element e*R + r
     yb = _expand(y, B)
-    mask = physics.mask
+    mask = physics.sampling_weights()
     if x_ref is None:
         x_ref = reconstruct(model, y, physics, tol=tol)[0]
     x_ref = x_ref.detach()

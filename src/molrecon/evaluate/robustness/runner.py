@@ -104,8 +104,8 @@ def run_robustness(models: Mapping[str, Any] | Sequence[Any], examples: Sequence
                                   "certificate": const, "certified": None if cert is None else cert.get("certified"),
                                   "verdict": certificate_verdict(m["amplification"], m["amplification_low"],
                                                                  m["amplification_high"], const),
-                                  "mask_leak": float(batch_norms(att.delta * (1 - ph.mask.to(torch.float32)))
-                                                     .max()),
+                                  "mask_leak": float(batch_norms(att.delta * (1 - ph.sampling_weights()
+                                                                                              .to(torch.float32))).max()),
                                   "attack_seconds": att.seconds / len(cfg.eps)})
                     if att.warnings:
                         meas[0]["attack_warnings"] = att.warnings[:5]
@@ -119,7 +119,7 @@ def run_robustness(models: Mapping[str, Any] | Sequence[Any], examples: Sequence
                     gen = torch.Generator().manual_seed(cfg.seed + 977 * si + 13)
                     rad = radius.repeat_interleave(cfg.random_draws)
                     shape = (len(rad), *y.shape[1:])
-                    deltas = random_perturbation(shape, ph.mask, rad, gen)
+                    deltas = random_perturbation(shape, ph.sampling_weights(), rad, gen)
                     meas = measure_perturbations(model, y, ph, deltas, x_ref, info_ref, ex.target, ex.max_value,
                                                  tol=cfg.eval_tol, max_iter=cfg.eval_max_iter)
                     rows = []

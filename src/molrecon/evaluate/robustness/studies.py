@@ -153,7 +153,7 @@ def evaluate_setting(model: Any | None, examples: Sequence[Example], noise_snr_d
     for i, ex in enumerate(examples):
         y = ex.y
         if noise_snr_db is not None:
-            y, _ = add_noise(y, ex.physics.mask, snr_db=float(noise_snr_db), seed=int(seed) * 1000 + i)
+            y, _ = add_noise(y, ex.physics.sampling_weights(), snr_db=float(noise_snr_db), seed=int(seed) * 1000 + i)
             y = y.to(ex.y.dtype)
         if model is None:
             with torch.no_grad():
@@ -182,6 +182,6 @@ def remask_examples(kspace_full: Sequence[torch.Tensor], maps: Sequence[torch.Te
     for i, (k, s, t) in enumerate(zip(kspace_full, maps, targets)):
         mask = RandomMask(cf, acceleration)(tuple(k.shape[-2:]), seed=int(seed) + i)
         ph = MultiCoilMRI(s, mask)
-        out.append(Example(y=(ph.mask * k).to(torch.complex64), physics=ph, target=t,
+        out.append(Example(y=(ph.sampling_weights() * k).to(torch.complex64), physics=ph, target=t,
                            max_value=float(t.abs().max()), name=(names[i] if names else f"slice{i}")))
     return out
