@@ -24,13 +24,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=4)
     ap.add_argument("--methods", nargs="+", default=list(GRIDS))
+    ap.add_argument("--lams", type=float, nargs="+", default=None, help="the grid (default: GRIDS[method])")
     args = ap.parse_args()
     ds = builtin_dataset("radial", "val")
     step = max(1, len(ds) // args.items)
     picks = list(range(0, len(ds), step))[:args.items]
     results = {}
     for method in args.methods:
-        for lam in GRIDS[method]:
+        for lam in args.lams or GRIDS[method]:
             vals, t0 = [], time.perf_counter()
             for i in picks:
                 item = ds[i]

@@ -169,4 +169,29 @@ def problem_from_arrays(kspace: np.ndarray, trajectory: np.ndarray, matrix: tupl
                       trajectory=np.asarray(trajectory, np.float32), dcf=dcf, matrix=tuple(int(m) for m in matrix))
 
 
-__all__ = ["read_noncartesian", "write_noncartesian", "problem_from_arrays"]
+def to_bart_noncartesian(kspace: np.ndarray, trajectory: np.ndarray, readout: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """One 2D slice in BART's non-Cartesian layout: k-space ``[C, K]`` → ``[1, R, K/R, C]`` and trajectory
+    ``[K, 2]`` (spoke-major, ``R = readout`` samples per spoke; ``None``: one spoke of ``K``) → ``[3, R, K/R]``.
+
+    Both use pixels with the edge at ``±N/2``; molrecon's axis ``d`` of the trajectory is BART's dimension ``d``
+    (molrecon's ``(H, W)`` image is BART's ``(READ, PHS1)``, :mod:`molrecon.formats.cfl`). BART's NUFFT then
+    has the scale of :class:`~molrecon.physics.NonCartesianMRI` (measured: 1.0009, ``docs/noncartesian.md``).
+    """
+    kspace, trajectory = np.asarray(kspace), np.asarray(trajectory)
+    if kspace.ndim != 2 or trajectory.shape != (kspace.shape[1], 2):
+        raise InputError(f"expected k-space [C, K] and a 2D trajectory [K, 2], got {kspace.shape} and "
+                         f"{trajectory.shape}")
+    k = kspace.shape[1]
+    r = k if readout is None else int(readout)
+    if r < 1 or k % r:
+        raise InputError(f"{k} samples are not a whole number of spokes of {r}")
+    spokes = k // r
+    traj = np.zeros((3, r, spokes), np.complex64)
+    t = trajectory.reshape(spokes, r, 2)
+    traj[0], traj[1] = t[..., 0].T, t[..., 1].T
+    ksp = kspace.reshape(kspace.shape[0], spokes, r).transpose(2, 1, 0)[None].astype(np.complex64)
+    return ksp, traj
+
+
+__all__ = ["read_noncartesian", "write_noncartesian", "problem_from_arrays", "to_bart_noncartesian"]
