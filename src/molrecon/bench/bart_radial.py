@@ -46,7 +46,8 @@ def _bart(args: list[str], cwd: Path) -> str:
 
 
 def bart_pics_l2(kspace: np.ndarray, trajectory: np.ndarray, maps: np.ndarray, r: float, iters: int,
-                 readout: int | None = None, workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, float, float]:
+                 readout: int | None = None,
+                 workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, float, float]:
     """``bart pics -l2 -r r -i iters -S -t traj`` on one slice (k-space ``[C, K]``, trajectory ``[K, 2]``, maps
     ``[C, H, W]``); returns ``(image [H, W], wall seconds, BART's reported Total Time or nan)``."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:

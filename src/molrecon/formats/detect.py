@@ -62,7 +62,8 @@ def _hdf5_kind(path: Path) -> str:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``"fastmri"``, ``"noncartesian"``, ``"ismrmrd"`` or ``"cfl"`` for an input file, or :class:`InputError` naming it."""
+    """``"fastmri"``, ``"noncartesian"``, ``"ismrmrd"`` or ``"cfl"`` for an input file, or :class:`InputError`
+    naming it."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".cfl", ".hdr") or (not path.exists() and path.with_suffix(".cfl").exists()):
