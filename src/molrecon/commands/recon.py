@@ -53,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "training scale and scale back, so any units work; the scale used is recorded in the output.")
     p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
     p.add_argument("--input", required=True, type=Path,
-                   help="input k-space: fastMRI or ISMRMRD HDF5 (.h5/.mrd) or BART .cfl (see docs/formats.md), "
-                   "or a folder of HDF5 files (split across ranks under torchrun)")
+                   help="input k-space: fastMRI, non-Cartesian (kspace + trajectory) or ISMRMRD HDF5 (.h5/.mrd) or "
+                   "BART .cfl (see docs/formats.md), or a folder of HDF5 files (split across ranks under torchrun)")
     p.add_argument("--out", required=True, type=Path,
                    help="output HDF5 file, or BART .cfl (complex image), written atomically; a folder when "
                    "--input is a folder")
