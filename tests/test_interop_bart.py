@@ -109,3 +109,22 @@ def test_radial_sense_matches_bart_pics_t(lam):
     assert relative_error(x, xb) < 1e-2
     wrong, _, _ = bart_pics_l2(y, traj, maps, lam, 100, readout)  # BART's -r taken as molrecon's lam: wrong
     assert relative_error(x, wrong) > 5e-2
+
+
+def test_convert_radial_to_bart_then_pics_t_equals_recon(tmp_path, capsys):
+    from molrecon.formats.noncartesian import problem_from_arrays, write_noncartesian
+    from molrecon.physics import NonCartesianMRI
+
+    y, traj, maps, readout = _radial_slice()
+    write_noncartesian(tmp_path / "r.h5", problem_from_arrays(y[None], traj, maps.shape[1:], "2d", maps=maps[None],
+                                                              attrs={"readout": readout}))
+    assert main(["convert", str(tmp_path / "r.h5"), str(tmp_path / "r.cfl")]) == 0
+    assert read_cfl(tmp_path / "r_traj").shape == (3, readout, traj.shape[0] // readout)
+    lam = 1e-3
+    bound2 = NonCartesianMRI(torch.from_numpy(maps)[None], torch.from_numpy(traj)).norm_bound() ** 2
+    bart("pics", "-l2", "-r", lam * bound2, "-i", 100, "-S", "-t", "r_traj", "r", "r_maps", "ref", cwd=tmp_path)
+    assert main(["recon", "--method", "sense", "--lam", str(lam), "--max-iter", "100", "--input",
+                 str(tmp_path / "r.h5"), "--out", str(tmp_path / "x.cfl")]) == 0, capsys.readouterr().err
+    ref, x = read_cfl(tmp_path / "ref"), read_cfl(tmp_path / "x")
+    assert x.shape == ref.shape == maps.shape[1:]
+    assert np.linalg.norm(x - ref) / np.linalg.norm(ref) < 1e-2

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import open_h5, write_h5_atomic
+from .cfl import SLICE, _base, molrecon_to_bart, write_cfl
 from .problem import RawProblem
 
 #: relative slack on the ``±N/2`` edge (float32 trajectories written by other tools land a few ulp outside)
@@ -194,4 +195,43 @@ def to_bart_noncartesian(kspace: np.ndarray, trajectory: np.ndarray, readout: in
     return ksp, traj
 
 
-__all__ = ["read_noncartesian", "write_noncartesian", "problem_from_arrays", "to_bart_noncartesian"]
+def _readout(problem: RawProblem) -> int | None:
+    """Samples per spoke: the file's ``readout`` attribute when it divides ``K``, else ``None`` (one spoke)."""
+    r = problem.attrs.get("readout")
+    k = problem.kspace.shape[-1]
+    try:
+        r = int(np.asarray(r).ravel()[0]) if r is not None else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return r if r and r > 0 and k % r == 0 else None
+
+
+def _with_slices(a: np.ndarray) -> np.ndarray:
+    """BART arrays ``[S, *dims]`` → slices on BART's SLICE dimension (13)."""
+    a = np.moveaxis(a, 0, -1)
+    return a.reshape(*a.shape[:-1], *([1] * (SLICE - (a.ndim - 1))), a.shape[-1])
+
+
+def write_noncartesian_cfl(path: str | os.PathLike, problem: RawProblem) -> Path:
+    """Write a 2D non-Cartesian ``problem`` for ``bart pics -t``: ``NAME`` (k-space ``[1, R, spokes, C]``),
+    ``NAME_traj`` (``[3, R, spokes]``) and, with maps, ``NAME_maps`` (``[H, W, 1, C]``); slices on BART's SLICE
+    dimension (:func:`to_bart_noncartesian`; ``R`` is the file's ``readout`` attribute, else one spoke of ``K``)."""
+    base = _base(path)
+    if problem.dims != "2d" or problem.trajectory is None:
+        raise InputError(f"{base}.cfl: BART export of non-Cartesian data is for 2D files (this one is "
+                         f"{problem.dims})")
+    r, traj = _readout(problem), np.asarray(problem.trajectory)
+    per_slice = traj.ndim == 3
+    pairs = [to_bart_noncartesian(problem.kspace[s], traj[s] if per_slice else traj, r)
+             for s in range(problem.kspace.shape[0])]
+    out = write_cfl(base, _with_slices(np.stack([k for k, _ in pairs])), command="molrecon convert")
+    trajectories = np.stack([t for _, t in pairs]) if per_slice else pairs[0][1][None]
+    write_cfl(base.with_name(base.name + "_traj"), _with_slices(trajectories), command="molrecon convert")
+    if problem.maps is not None:
+        write_cfl(base.with_name(base.name + "_maps"), molrecon_to_bart(problem.maps, "2d"),
+                  command="molrecon convert")
+    return out
+
+
+__all__ = ["read_noncartesian", "write_noncartesian", "write_noncartesian_cfl", "problem_from_arrays",
+           "to_bart_noncartesian"]
