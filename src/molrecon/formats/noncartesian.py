@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import open_h5, write_h5_atomic
+from ..names import DIMS
 from .cfl import SLICE, _base, molrecon_to_bart, write_cfl
 from .problem import RawProblem
 
@@ -53,8 +54,8 @@ def _dims_of(path: Path, kspace: np.ndarray, traj: np.ndarray, dims: str | None)
     if dims is None:
         ndim = traj.shape[-1]
         dims = "3d" if ndim == 3 else ("2d+t" if kspace.ndim == 4 else "2d")
-    if dims not in ("2d", "3d", "2d+t"):
-        raise InputError(f"{path}: unknown dims {dims!r} (choose 2d, 3d or 2d+t)")
+    if dims not in DIMS:
+        raise InputError(f"{path}: unknown dims {dims!r} (choose {', '.join(DIMS)})")
     want = 4 if dims == "2d+t" else 3
     if kspace.ndim != want:
         layout = "[S, C, T, K]" if dims == "2d+t" else "[S, C, K]"
