@@ -45,6 +45,44 @@ def write_scan(path: Path, n: int = N, with_maps: bool = True, mutate: Callable 
     return path
 
 
+def write_radial(path: Path, n: int = N, with_maps: bool = True, mutate: Callable | None = None) -> Path:
+    """A small non-Cartesian file (docs/formats.md): 12 golden-angle spokes of 2n samples, shared trajectory."""
+    from molrecon.physics import NonCartesianMRI, radial_trajectory
+
+    img = torch.from_numpy(sigpy.shepp_logan((n, n)).astype(np.complex64))[None]
+    maps = simulate_coil_maps((n, n), 4)[None]
+    traj = radial_trajectory(12, 2 * n, image_size=n)
+    data = {"kspace": NonCartesianMRI(maps, traj).A(img).numpy(), "trajectory": traj.numpy(),
+            "maps": maps.numpy() if with_maps else None}
+    attrs = {} if with_maps else {"matrix": np.array([n, n])}
+    if mutate:
+        mutate(data) if mutate.__code__.co_argcount == 1 else mutate(data, attrs)
+    with h5py.File(path, "w") as f:
+        for k, v in data.items():
+            if v is not None:
+                f.create_dataset(k, data=v)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return path
+
+
+def radial(method: str = "sense", *extra, mutate=None, with_maps=True):
+    def build(tmp: Path):
+        inp = write_radial(tmp / "radial.h5", with_maps=with_maps, mutate=mutate)
+        return ["recon", "--method", method, "--input", inp, "--out", tmp / "out.h5", *extra], str(inp), \
+            [tmp / "out.h5"]
+    return build
+
+
+def _traj_outside(d):
+    d["trajectory"] = d["trajectory"] * 1.5
+
+
+def _no_size(d, attrs):
+    d["maps"] = None
+    attrs.pop("matrix", None)
+
+
 def tiny_checkpoint(path: Path, mutate: Callable | None = None) -> Path:
     from molrecon.models import build_model
     from molrecon.weights.checkpoint import save_checkpoint
@@ -266,6 +304,22 @@ CASES = [
     Case("missing-input", lambda tmp: (["recon", "--method", "sense", "--input", tmp / "absent.h5", "--out",
                                         tmp / "out.h5"], str(tmp / "absent.h5"), [tmp / "out.h5"]), "not found"),
     Case("espirit-tiny", recon(with_maps=False, n=4), "too small"),
+    # non-Cartesian files (kspace on a trajectory)
+    Case("radial-traj-outside", radial(mutate=_traj_outside), "outside the k-space edge"),
+    Case("radial-traj-samples", radial(mutate=_set("trajectory", lambda d: d["trajectory"][:-5])),
+         "to match 'kspace'"),
+    Case("radial-traj-ndim", radial(mutate=_set("trajectory", lambda d: d["trajectory"][:, :1])), "trajectory"),
+    Case("radial-traj-nan", radial(mutate=_set("trajectory", lambda d: np.where(
+        np.arange(d["trajectory"].size).reshape(d["trajectory"].shape) == 3, np.nan, d["trajectory"]))),
+        "'trajectory' contains NaN"),
+    Case("radial-kspace-inf", radial(mutate=_set("kspace", lambda d: d["kspace"] * np.inf)), "NaN or Inf"),
+    Case("radial-no-size", radial(mutate=_no_size), "missing image size"),
+    Case("radial-matrix-bad", radial(mutate=lambda d, a: a.update(matrix=np.array([N, 0]))), "'matrix'"),
+    Case("radial-maps-coils", radial(mutate=_set("maps", lambda d: d["maps"][:, :3])), "do not fit"),
+    Case("radial-dcf-shape", radial(mutate=_set("dcf", np.ones(7, np.float32))), "'dcf' has shape"),
+    Case("radial-dcf-negative", radial(mutate=_set("dcf", lambda d: -np.ones(d["kspace"].shape[-1], np.float32))),
+         "'dcf' must be real and >= 0"),
+    Case("radial-kspace-real", radial(mutate=_set("kspace", lambda d: d["kspace"].real.copy())), "complex"),
     # solver arguments
     Case("max-iter-0", recon("sense", "--max-iter", "0"), "--max-iter must be >= 1"),
     Case("max-iter-neg", recon("cs-wavelet", "--max-iter", "-5"), "--max-iter must be >= 1"),

@@ -1,4 +1,6 @@
-"""``molrecon recon``: reconstruct a multicoil k-space file (fastMRI HDF5, ISMRMRD or BART CFL, docs/formats.md).
+"""``molrecon recon``: reconstruct a multicoil k-space file (fastMRI HDF5, non-Cartesian HDF5, ISMRMRD or BART CFL,
+docs/formats.md). A non-Cartesian file (``kspace`` on a ``trajectory``) runs every method on the NUFFT operator
+:class:`~molrecon.physics.NonCartesianMRI`, one per slice.
 
 ``--input`` may also be a folder: every ``*.h5``/``*.hdf5``/``*.mrd`` file in it is reconstructed into the ``--out``
 folder under the same name. Launched with ``torchrun --nproc_per_node=N -m molrecon recon ...`` the files are
@@ -26,13 +28,14 @@ from ..data.nifti import recon_nifti_bytes, voxel_size_of
 from ..errors import InputError, MolreconError
 from ..evaluate.methods import run as run_method
 from ..formats import detect_format, load_problem, write_cfl_image, write_dicom_series
+from ..formats.detect import slice_dcf, slice_trajectory
 from ..io import atomic_path
 from ..names import CLASSICAL_METHODS as CLASSICAL
 from ..names import DIMS
 from ..names import LEARNED_METHODS as LEARNED
 from ..normalization import default_normalization, model_normalization
-from ..physics import MultiCoilMRI
-from ..recon import DEFAULT_LAM
+from ..physics import MultiCoilMRI, NonCartesianMRI
+from ..recon import DEFAULT_LAM, default_lam
 from ..weights.loading import resolve_model
 from .checks import NIFTI_SUFFIXES, check_output_dir, check_output_file, inspect_kspace_file
 
@@ -50,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "training scale and scale back, so any units work; the scale used is recorded in the output.")
     p.add_argument("--method", required=True, choices=CLASSICAL + LEARNED)
     p.add_argument("--input", required=True, type=Path,
-                   help="input k-space: fastMRI or ISMRMRD HDF5 (.h5/.mrd) or BART .cfl (see docs/formats.md), "
-                   "or a folder of HDF5 files (split across ranks under torchrun)")
+                   help="input k-space: fastMRI, non-Cartesian (kspace + trajectory) or ISMRMRD HDF5 (.h5/.mrd) or "
+                   "BART .cfl (see docs/formats.md), or a folder of HDF5 files (split across ranks under torchrun)")
     p.add_argument("--out", required=True, type=Path,
                    help="output HDF5 file, or BART .cfl (complex image), written atomically; a folder when "
                    "--input is a folder")
@@ -81,6 +84,19 @@ def _mask_for_slice(mask, index: int, kspace_ndim: int):
     if mask.ndim == kspace_ndim and mask.shape[0] > 1:
         return mask[index:index + 1]
     return mask
+
+
+def _slice_problem(data, kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, dims: str, s: int):
+    """``(y, physics)`` of slice ``s``: the NUFFT operator on the slice's trajectory for a non-Cartesian file,
+    else the Cartesian one (k-space zeroed outside the mask)."""
+    maps_s = maps[s:s + 1] if maps.shape[0] > 1 else maps
+    if data.is_noncartesian:
+        dcf = slice_dcf(data, s)
+        physics = NonCartesianMRI(maps_s, torch.from_numpy(np.ascontiguousarray(slice_trajectory(data, s))),
+                                  dcf=None if dcf is None else torch.from_numpy(dcf), dims=dims)
+        return kspace[s:s + 1], physics
+    physics = MultiCoilMRI(maps_s, _mask_for_slice(mask, s, kspace.ndim), dims=dims)
+    return physics.mask * kspace[s:s + 1], physics
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -223,17 +239,15 @@ def _recon_file(args: argparse.Namespace, input_path: Path, out_path: Path, nift
         raise InputError(f"{input_path}: --dicom writes one series; this file holds {kspace.shape[0]} {dims} "
                          "volumes")
     kwargs: dict = {}
-    if args.method in DEFAULT_LAM:
-        kwargs["lam"] = DEFAULT_LAM[args.method] if args.lam is None else args.lam
     if args.max_iter is not None and args.method != "zero-filled":
         kwargs["max_iter"] = args.max_iter
     out, scales = [], []
     norm = None
     for s in tqdm(range(kspace.shape[0]), desc=f"{args.method}", unit="slice",
                   disable=kspace.shape[0] < 2 or quiet):
-        physics = MultiCoilMRI(maps[s:s + 1] if maps.shape[0] > 1 else maps, _mask_for_slice(mask, s, kspace.ndim),
-                               dims=dims)
-        y = physics.mask * kspace[s:s + 1]
+        y, physics = _slice_problem(data, kspace, maps, mask, dims, s)
+        if args.method in DEFAULT_LAM:  # the default of the operator's own table (non-Cartesian: relative to ‖A‖²)
+            kwargs["lam"] = default_lam(args.method, physics) if args.lam is None else args.lam
         x, _ = run_method(args.method if model is None else model, y, physics, **kwargs)
         with torch.no_grad():
             if model is None:

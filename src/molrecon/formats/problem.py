@@ -61,12 +61,22 @@ class RawProblem:
     header: str | None = None  # ISMRMRD XML
     attrs: dict[str, Any] = field(default_factory=dict)
     geometry: Geometry | None = None
+    # non-Cartesian files (formats/noncartesian.py): samples on a trajectory in pixels, the image matrix, dcf
+    trajectory: np.ndarray | None = None
+    matrix: tuple[int, ...] | None = None
+    dcf: np.ndarray | None = None
+
+    @property
+    def is_noncartesian(self) -> bool:
+        return self.trajectory is not None
 
     def image_geometry(self) -> Geometry:
         """The file's geometry, else the default axial one with the file's voxel size (else 1 mm)."""
         if self.geometry is not None:
             return self.geometry
-        spatial = self.kspace.shape[2:]
+        spatial = self.kspace.shape[2:] if self.matrix is None else tuple(self.matrix)
+        if self.matrix is not None and self.dims == "2d+t":
+            spatial = (self.kspace.shape[2], *spatial)
         n, h, w = (self.kspace.shape[0], *spatial) if self.dims == "2d" else spatial
         voxel = self.attrs.get("voxel_size_mm")
         voxel = tuple(float(v) for v in np.asarray(voxel).ravel()) if voxel is not None else (1.0, 1.0, 1.0)
