@@ -52,7 +52,8 @@ def radial_problem(spokes: int = 20, n: int = N, coils: int = 4, noise: float = 
 
 
 class ProtocolOnly(LinearPhysics):
-    """The NUFFT operator behind the bare protocol: no ``mask``, ``maps`` or ``gridding`` to read."""
+    """The NUFFT operator behind the bare protocol: no ``mask``, ``maps`` or ``gridding`` to read (its
+    ``zero_filled``, a protocol method, is the inner operator's)."""
 
     def __init__(self, inner: NonCartesianMRI) -> None:
         self._inner, self.dims = inner, inner.dims
@@ -67,6 +68,9 @@ class ProtocolOnly(LinearPhysics):
 
     def normal(self, x):
         return self._inner.normal(x)
+
+    def zero_filled(self, y):
+        return self._inner.zero_filled(y)
 
     def norm_bound(self):
         return self._inner.norm_bound()

@@ -12,12 +12,12 @@ r"""Classical reconstructions: zero-filled, CG-SENSE and compressed sensing (L1-
 
 Any other operator of the protocol (:class:`~molrecon.physics.LinearPhysics`, e.g. the NUFFT
 :class:`~molrecon.physics.NonCartesianMRI`) runs through the operator alone, never its ``mask`` or ``maps``:
-zero-filled is its ``gridding`` (density-compensated adjoint, the image scale) when it has one, else ``A^H y``;
+zero-filled is its ``zero_filled`` (for the NUFFT the density-compensated gridding, at the image scale);
 CG-SENSE uses ``normal`` and ``A_adjoint``; CS builds sigpy's ``LinearLeastSquares`` on ``sigpy_linop`` with the
-step sizes from the certified ``norm_bound`` (no power iteration). Its ``lam`` is the weight of the same
-problem for the unit-norm operator ``A/‖A‖`` (``‖A‖`` = ``norm_bound()``; a Cartesian operator has ``‖A‖ = 1``)
-at the built-in data scale: CG-SENSE solves ``(AᴴA + lam‖A‖² I) x = Aᴴy``, while for the L1 problems the data
-scale (set by ``Aᴴy``) already absorbs ``‖A‖`` and the weight is ``lam`` itself. Its defaults come from its own
+step sizes from the certified ``norm_bound`` (no power iteration). CG-SENSE's ``lam`` is the weight of the
+problem for the unit-norm operator ``A/‖A‖`` (``‖A‖`` = ``norm_bound()``; a Cartesian operator has ``‖A‖ = 1``):
+it solves ``(AᴴA + lam‖A‖² I) x = Aᴴy``; the L1 problems run on the data brought to the built-in image scale
+(:func:`_data_scale`, from ``zero_filled``) and their weight is ``lam`` itself. Its defaults come from its own
 table (:func:`default_lam`, :data:`DEFAULT_LAM_BY_OPERATOR`); see ``docs/noncartesian.md``.
 
 Example
@@ -53,11 +53,11 @@ from .solvers import SolverInfo, conjugate_gradient
 # over 6 slices): sense 1e-4..1e-2 -> 27.3..25.2 dB, cs-wavelet 1e-4/3e-4/1e-3 -> 28.4/28.9/28.5 dB,
 # cs-tv (300 iterations) 3e-3/1e-2/2e-2 -> 26.5/28.2/28.5 dB.
 DEFAULT_LAM = {"sense": 3e-4, "cs-wavelet": 3e-4, "cs-tv": 2e-2}
-# For the unit-norm operator A/||A|| (module docstring); tuned on the built-in radial *validation* slices (4 items,
-# 32 of the 64 golden-angle spokes, true maps; mean PSNR): sense 3e-4/1e-3/3e-3/1e-2 -> 28.0/28.6/27.2/23.4 dB,
-# cs-wavelet 3e-5/1e-4/3e-4/1e-3/3e-3/1e-2 -> 28.5/29.2/30.8/32.2/30.4/26.5 dB, cs-tv (300 iterations)
-# 3e-4/1e-3/3e-3/1e-2 -> 30.1/31.8/31.4/29.2 dB.
-DEFAULT_LAM_NONCARTESIAN = {"sense": 1e-3, "cs-wavelet": 1e-3, "cs-tv": 1e-3}
+# Non-Cartesian: sense for the unit-norm operator A/||A||, the L1 weights at the normalised data scale (module
+# docstring); tuned on the built-in radial *validation* slices (4 items, 32 of the 64 golden-angle spokes, true
+# maps; mean PSNR): sense 3e-4/1e-3/3e-3/1e-2 -> 28.0/28.6/27.2/23.4 dB, cs-wavelet 3e-3/1e-2/3e-2/6e-2/1e-1 ->
+# 29.5/31.3/32.1/30.9/29.4 dB, cs-tv (300 iterations) 3e-3/1e-2/3e-2/6e-2/1e-1 -> 29.2/30.5/31.9/31.7/30.9 dB.
+DEFAULT_LAM_NONCARTESIAN = {"sense": 1e-3, "cs-wavelet": 3e-2, "cs-tv": 3e-2}
 #: the default weights of each operator class (looked up along the class hierarchy; :func:`default_lam`)
 DEFAULT_LAM_BY_OPERATOR: dict[type, dict[str, float]] = {MultiCoilMRI: DEFAULT_LAM,
                                                          NonCartesianMRI: DEFAULT_LAM_NONCARTESIAN}
@@ -105,11 +105,10 @@ def _data_scale(y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
 
 
 def zero_filled(y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
-    """Coil-combined zero-filled image ``A^H y``; for an operator with ``gridding`` (non-Cartesian), the
-    density-compensated ``A^H(w y)``, which has the scale of the image."""
+    """The operator's zero-filled image (:meth:`~molrecon.physics.LinearPhysics.zero_filled`): the coil-combined
+    ``A^H y`` for Cartesian data, the density-compensated ``A^H(w y)`` for non-Cartesian data (the image's scale)."""
     _check(y, physics)
-    gridding = getattr(physics, "gridding", None)
-    return physics.A_adjoint(y) if gridding is None else gridding(y)
+    return physics.zero_filled(y)
 
 
 def cg_sense(y: torch.Tensor, physics: LinearPhysics, lam: float | None = None, max_iter: int = 50,
@@ -168,7 +167,7 @@ def _cs_on_operator(y: torch.Tensor, physics: LinearPhysics, lam: float, max_ite
     scale (:func:`_data_scale`)."""
     import sigpy as sp
 
-    # the L1 weight of A/‖A‖ at the data scale of _data_scale is lam itself (module docstring)
+    # the L1 weight at the data scale of _data_scale is lam itself (module docstring)
     weight, bound2 = lam, physics.norm_bound() ** 2
 
     def solve(A, yb: np.ndarray) -> np.ndarray:

@@ -46,8 +46,9 @@ def run(method: str | torch.nn.Module, y: torch.Tensor, physics: Any, x0: torch.
     if isinstance(method, str):
         if method not in CLASSICAL_METHODS:
             raise InputError(f"unknown classical method {method!r} (choose from {', '.join(CLASSICAL_METHODS)})")
-        if method in recon.DEFAULT_LAM:
-            given.setdefault("lam", recon.DEFAULT_LAM[method])
+        lam = recon.default_lam(method, physics)  # the operator's tuned default (Cartesian or not)
+        if lam is not None:
+            given.setdefault("lam", lam)
         if x0 is not None:
             given["x0"] = x0
         with torch.no_grad():
@@ -83,19 +84,21 @@ class MethodRunner:
 
 
 def classical_runner(method: str, **kwargs: Any) -> MethodRunner:
-    """A runner for a classical method with ``kwargs`` for :func:`molrecon.recon.reconstruct` (defaults: the
-    tuned ``DEFAULT_LAM``)."""
+    """A runner for a classical method with ``kwargs`` for :func:`molrecon.recon.reconstruct` (default ``lam``:
+    the one tuned for the data's operator, :func:`molrecon.recon.default_lam`; ``meta["params"]`` reports it)."""
     if method not in CLASSICAL_METHODS:
         raise InputError(f"unknown classical method {method!r} (choose from {', '.join(CLASSICAL_METHODS)})")
     kw = dict(kwargs)
-    if method in recon.DEFAULT_LAM and "lam" not in kw:
-        kw["lam"] = recon.DEFAULT_LAM[method]
+    params = dict(kw)
 
     def fn(y: Any, physics: Any) -> tuple[Any, dict[str, Any]]:
-        x, info = run(method, y, physics, **kw)
+        lam = kw.get("lam", recon.default_lam(method, physics))
+        if lam is not None:
+            params["lam"] = lam  # reported: the weight actually used on this data's operator
+        x, info = run(method, y, physics, **({**kw, "lam": lam} if lam is not None else kw))
         return x, _solver_report(info)
 
-    return MethodRunner(name=method, method=method, source="classical", fn=fn, meta={"params": kw})
+    return MethodRunner(name=method, method=method, source="classical", fn=fn, meta={"params": params})
 
 
 def model_runner(model: Any, name: str | None = None, source: str = "model",

@@ -12,7 +12,7 @@ import torch
 
 from ...errors import MolreconError
 from ...physics import LinearPhysics, MultiCoilMRI, RandomMask, add_noise, complex_gaussian, default_center_fraction
-from ...recon import DEFAULT_LAM, cg_sense
+from ...recon import cg_sense
 from ...tensor_utils import batch_norms
 from .adapters import _error_bound, _expand, _finite_or_none, _psnr, _ssim, is_fixed_point_model, method_of, reconstruct
 from .config import Example
@@ -158,7 +158,7 @@ def evaluate_setting(model: Any | None, examples: Sequence[Example], noise_snr_d
             y = y.to(ex.y.dtype)
         if model is None:
             with torch.no_grad():
-                x = cg_sense(y, ex.physics, lam=DEFAULT_LAM["sense"])
+                x = cg_sense(y, ex.physics)  # the default weight of this operator
             info = None
         else:
             x, info = reconstruct(model, y, ex.physics)
