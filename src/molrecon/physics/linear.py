@@ -4,7 +4,8 @@ In the manner of deepinv's ``LinearPhysics`` and sigpy's ``Linop``, a :class:`Li
 ``A`` from complex images ``[B, *spatial]`` to measurements, with
 
 * :meth:`A`, :meth:`A_adjoint` and :meth:`normal` (``AᴴA``; the default composes the two, an operator may do
-  better, e.g. Toeplitz embedding for a NUFFT);
+  better, e.g. Toeplitz embedding for a NUFFT), and :meth:`zero_filled` (the zero-filled image at the image's
+  scale, ``Aᴴy`` by default; density-compensated for a NUFFT);
 * :meth:`norm_bound`, a *certified* upper bound on ``‖A‖`` (MOL's robustness constant uses it, so an estimate
   is not enough), and :meth:`power_norm`, a power-iteration estimate to test it against;
 * :meth:`check_image` / :meth:`check_kspace` (one-line errors on bad shapes), :meth:`subset` (a batch subset,
