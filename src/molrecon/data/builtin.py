@@ -63,7 +63,7 @@ from ..names import DIMS_OF_KIND, KIND_ALIASES
 from ..physics import PoissonDiscMask, RandomMask, VariableDensity2DMask
 from . import anatomy
 from .header import make_header
-from .simulation import _rng, deform_series, simulate_file
+from .simulation import _rng, moving_series, simulate_file
 from .slice_dataset import SliceDataset, collate, physics_from_batch
 from .transforms import fname_seed
 
@@ -156,22 +156,20 @@ def build_2d(out: Path, seed: int = 0, *, size: int = 128, coils: int = 8, snr_d
     fov = anatomy.axial_fov_mm()
     mask_obj = RandomMask(center_fraction, acceleration)
     files: list[dict[str, Any]] = []
-    for u, block in enumerate(plan):
-        for split in ("train", "val", "test"):
-            zs = block[split][:max_train_slices] if split == "train" and max_train_slices else block[split]
-            for contrast in contrasts:
-                name = f"mni_{contrast}_z{zs[0]:03d}.h5"
-                mag = anatomy.axial_slices(contrast, zs, size)
-                sim = simulate_file(mag, "2d", coils, snr_db, _rng(seed, name))
-                mask = mask_obj((size, size), seed=fname_seed(name))[0].numpy()  # [W]
-                header = make_header((size, size, 1), (fov, fov, 1.0), coils, phase_steps=size)
-                attrs = {"dims": "2d", "contrast": contrast, "snr_db": snr_db, "seed": seed, "block": u,
-                         "z_index_mm": np.asarray(zs, np.int32), "voxel_size_mm": [1.0, fov / size, fov / size],
-                         "mask_default": repr(mask_obj)}
-                path = out / split / name
-                digest = _write_file(path, sim, mask, header, attrs)
-                files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "block": u,
-                              "z_index_mm": list(map(int, zs)), "slices": len(zs), "sha256": digest})
+    for u, split, zs in axial_blocks(plan, max_train_slices):
+        for contrast in contrasts:
+            name = f"mni_{contrast}_z{zs[0]:03d}.h5"
+            mag = anatomy.axial_slices(contrast, zs, size)
+            sim = simulate_file(mag, "2d", coils, snr_db, _rng(seed, name))
+            mask = mask_obj((size, size), seed=fname_seed(name))[0].numpy()  # [W]
+            header = make_header((size, size, 1), (fov, fov, 1.0), coils, phase_steps=size)
+            attrs = {"dims": "2d", "contrast": contrast, "snr_db": snr_db, "seed": seed, "block": u,
+                     "z_index_mm": np.asarray(zs, np.int32), "voxel_size_mm": [1.0, fov / size, fov / size],
+                     "mask_default": repr(mask_obj)}
+            path = out / split / name
+            digest = _write_file(path, sim, mask, header, attrs)
+            files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "block": u,
+                          "z_index_mm": list(map(int, zs)), "slices": len(zs), "sha256": digest})
     return {"files": files, "plan": plan}
 
 
@@ -224,6 +222,14 @@ def build_3d(out: Path, seed: int = 0, *, size: int = 64, coils: int = 8, snr_db
     return {"files": files}
 
 
+def axial_blocks(plan: list[dict[str, list[int]]],
+                 max_train_slices: int | None = None) -> list[tuple[int, str, list[int]]]:
+    """``(block, split, z positions)`` of the 2D files, block by block (``max_train_slices`` keeps the first
+    train slices of each block, for tiny builds)."""
+    return [(u, split, block[split][:max_train_slices] if split == "train" and max_train_slices else block[split])
+            for u, block in enumerate(plan) for split in ("train", "val", "test")]
+
+
 def dynamic_picks(plan: list[dict[str, list[int]]], n_train: int, n_val: int,
                   n_test: int) -> list[tuple[str, int]]:
     """``(split, z)`` of the 2D+time series: train spread over the blocks' train slices, val/test from the
@@ -250,9 +256,7 @@ def build_dynamic(out: Path, seed: int = 0, *, size: int = 96, coils: int = 8, s
         contrast = list(contrasts)[k % len(contrasts)]
         name = f"dyn_{contrast}_z{z:03d}.h5"
         rng = _rng(seed, name)
-        hi = anatomy._square_axial(anatomy.contrast_volume(contrast), [z])[0]  # 1 mm grid
-        series = deform_series(hi, frames, rng, resp_mm, card_mm, card_cycles, pixel_mm=fov / hi.shape[-1])
-        mag = F.interpolate(series[:, None], size=(size, size), mode="area")[:, 0].numpy()[None]
+        mag = moving_series(contrast, z, frames, size, rng, resp_mm, card_mm, card_cycles)[None]
         sim = simulate_file(mag, "2d+t", coils, snr_db, rng)
         mask = mask_obj((frames, size, size), seed=fname_seed(name), dims="2d+t").numpy()  # [T, 1, W]
         header = make_header((size, size, 1), (fov, fov, 1.0), coils, phase_steps=size, repetitions=frames)

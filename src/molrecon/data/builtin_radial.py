@@ -36,7 +36,6 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..io import atomic_path, open_h5, sha256_file
@@ -44,8 +43,8 @@ from ..physics import NonCartesianMRI
 from ..physics.dcf import pipe_menon_dcf
 from ..physics.trajectories import golden_angle_dynamic, radial_trajectory
 from . import anatomy
-from .builtin import dynamic_picks, plan_axial_splits, register_kind
-from .simulation import _coil_maps, _rng, deform_series, smooth_phase
+from .builtin import axial_blocks, dynamic_picks, plan_axial_splits, register_kind
+from .simulation import _coil_maps, _rng, moving_series, smooth_phase
 from .slice_dataset import _list_files, _read
 
 #: the NUFFT that simulates (reconstruction uses NonCartesianMRI's defaults, width 6 on a 2x grid)
@@ -131,19 +130,17 @@ def build_radial(out: Path, seed: int = 0, *, size: int = 128, coils: int = 8, s
     readout = 2 * size if readout is None else int(readout)
     traj = radial_trajectory(spokes, readout, golden=True, image_size=size)
     files: list[dict[str, Any]] = []
-    for u, block in enumerate(plan):
-        for split in ("train", "val", "test"):
-            zs = block[split][:max_train_slices] if split == "train" and max_train_slices else block[split]
-            for contrast in contrasts:
-                name = f"rad_{contrast}_z{zs[0]:03d}.h5"
-                mag = anatomy.axial_slices(contrast, zs, FINE_FACTOR * size)
-                sim = simulate_radial(mag, traj, size, coils, snr_db, _rng(seed, name))
-                attrs = {"dims": "2d", "contrast": contrast, "snr_db": snr_db, "seed": seed, "block": u,
-                         "spokes": spokes, "readout": readout, "z_index_mm": np.asarray(zs, np.int32),
-                         "voxel_size_mm": [1.0, anatomy.axial_fov_mm() / size, anatomy.axial_fov_mm() / size]}
-                digest = _write(out / split / name, sim, traj, attrs)
-                files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "block": u,
-                              "z_index_mm": list(map(int, zs)), "slices": len(zs), "sha256": digest})
+    for u, split, zs in axial_blocks(plan, max_train_slices):
+        for contrast in contrasts:
+            name = f"rad_{contrast}_z{zs[0]:03d}.h5"
+            mag = anatomy.axial_slices(contrast, zs, FINE_FACTOR * size)
+            sim = simulate_radial(mag, traj, size, coils, snr_db, _rng(seed, name))
+            attrs = {"dims": "2d", "contrast": contrast, "snr_db": snr_db, "seed": seed, "block": u,
+                     "spokes": spokes, "readout": readout, "z_index_mm": np.asarray(zs, np.int32),
+                     "voxel_size_mm": [1.0, anatomy.axial_fov_mm() / size, anatomy.axial_fov_mm() / size]}
+            digest = _write(out / split / name, sim, traj, attrs)
+            files.append({"file": f"{split}/{name}", "split": split, "contrast": contrast, "block": u,
+                          "z_index_mm": list(map(int, zs)), "slices": len(zs), "sha256": digest})
     return {"files": files, "plan": plan}
 
 
@@ -162,10 +159,7 @@ def build_radial_dynamic(out: Path, seed: int = 0, *, size: int = 96, coils: int
         contrast = list(contrasts)[k % len(contrasts)]
         name = f"raddyn_{contrast}_z{z:03d}.h5"
         rng = _rng(seed, name)
-        hi = anatomy._square_axial(anatomy.contrast_volume(contrast), [z])[0]  # 1 mm grid
-        series = deform_series(hi, frames, rng, resp_mm, card_mm, card_cycles, pixel_mm=fov / hi.shape[-1])
-        fine = FINE_FACTOR * size
-        mag = F.interpolate(series[:, None], size=(fine, fine), mode="area")[:, 0].numpy()
+        mag = moving_series(contrast, z, frames, FINE_FACTOR * size, rng, resp_mm, card_mm, card_cycles)
         sim = simulate_radial(mag, traj, size, coils, snr_db, rng, dims="2d+t")
         attrs = {"dims": "2d+t", "contrast": contrast, "snr_db": snr_db, "seed": seed, "frames": frames,
                  "spokes": spokes_per_frame, "readout": readout, "z_index_mm": np.asarray([z], np.int32),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..physics import simulate_coil_maps
+from . import anatomy
 from .transforms import fname_seed
 
 
@@ -135,3 +136,13 @@ def deform_series(image: torch.Tensor, frames: int, rng: np.random.Generator, re
     grid = torch.stack(grids).to(torch.float32)
     src = image[None, None].expand(frames, 1, n, n).to(torch.float32)
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
+def moving_series(contrast: str, z: int, frames: int, size: int, rng: np.random.Generator, resp_mm: float = 3.0,
+                  card_mm: float = 2.5, card_cycles: int = 2) -> np.ndarray:
+    """Magnitude frames ``[T, size, size]`` of the axial slice ``z`` (1 mm index) of ``contrast`` under
+    :func:`deform_series` (deformed on the 1 mm grid, then area-resampled to ``size``)."""
+    hi = anatomy._square_axial(anatomy.contrast_volume(contrast), [z])[0]  # 1 mm grid
+    series = deform_series(hi, frames, rng, resp_mm, card_mm, card_cycles,
+                           pixel_mm=anatomy.axial_fov_mm() / hi.shape[-1])
+    return F.interpolate(series[:, None], size=(size, size), mode="area")[:, 0].numpy()
