@@ -33,7 +33,7 @@ def rows_for(models: list[dict]) -> list[dict]:
             "name": m["name"],
             "method": m.get("method", "-"),
             "dims": m.get("dims", "-"),
-            "accel": _fmt(m.get("acceleration"), "g"),
+            "sampling": m.get("trajectory") or f"{_fmt(m.get('acceleration'), 'g')}x",
             "params": _fmt((m.get("weights") or {}).get("num_parameters"), ","),
             "val PSNR (dB)": _fmt(val.get("psnr"), ".2f"),
             "val SSIM": _fmt(val.get("ssim"), ".4f"),
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"no pretrained model is shipped in this installation ({_root(None)})")
         return 0
     rows = rows_for(models)
-    columns = ["name", "method", "dims", "accel", "params", "val PSNR (dB)", "val SSIM", "trained on"]
+    columns = ["name", "method", "dims", "sampling", "params", "val PSNR (dB)", "val SSIM", "trained on"]
     print(markdown_table(rows, columns + (["command"] if args.verbose else [])), end="")
     print("\nload with: molrecon.load_pretrained(NAME)  or  molrecon recon --method METHOD --pretrained NAME")
     return 0
