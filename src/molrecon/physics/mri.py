@@ -61,7 +61,26 @@ def check_finite(t: torch.Tensor, what: str) -> None:
         raise InputError(f"{what} contains {bad} values")
 
 
-class MultiCoilMRI(LinearPhysics):
+class MultiCoilOperator(LinearPhysics):
+    """What every multi-coil operator derives from its coil maps ``self.maps`` ``[B or 1, C, *spatial]``: the image
+    grid, the number of coils and the device (Cartesian :class:`MultiCoilMRI`, NUFFT ``NonCartesianMRI``)."""
+
+    maps: torch.Tensor
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.maps.shape[2:])
+
+    @property
+    def num_coils(self) -> int:
+        return int(self.maps.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.maps.device
+
+
+class MultiCoilMRI(MultiCoilOperator):
     """Cartesian multi-coil MRI operator ``A = M · F · S`` (see the module docstring for the math); a
     :class:`~molrecon.physics.linear.LinearPhysics`.
 
@@ -107,18 +126,6 @@ class MultiCoilMRI(LinearPhysics):
         self._normal_centred = False
 
     # -- shapes ---------------------------------------------------------------------------------------------
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.maps.shape[2:])
-
-    @property
-    def num_coils(self) -> int:
-        return int(self.maps.shape[1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.maps.device
-
     def check_image(self, x: torch.Tensor, what: str = "image") -> None:
         if not x.is_complex():
             raise InputError(f"{what} must be complex, got dtype {x.dtype}")

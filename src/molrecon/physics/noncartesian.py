@@ -55,8 +55,7 @@ import math
 import torch
 
 from ..errors import InputError
-from .linear import LinearPhysics
-from .mri import check_finite, infer_dims
+from .mri import MultiCoilOperator, check_finite, infer_dims
 from .nufft_backend import quiet, torchkbnufft
 
 #: relative allowance on ‖A‖ for the NUFFT error of the Toeplitz kernel (measured NUFFT errors are ≤ 7.2e-4)
@@ -72,7 +71,7 @@ def _as_real_tensor(t, what: str) -> torch.Tensor:
     return t.to(torch.float32)
 
 
-class NonCartesianMRI(LinearPhysics):
+class NonCartesianMRI(MultiCoilOperator):
     """Multi-coil NUFFT operator ``A = F_NU · S`` (see the module docstring for the math, shapes and proofs); a
     :class:`~molrecon.physics.linear.LinearPhysics`.
 
@@ -158,14 +157,6 @@ class NonCartesianMRI(LinearPhysics):
 
     # -- shapes ---------------------------------------------------------------------------------------------
     @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.maps.shape[2:])
-
-    @property
-    def num_coils(self) -> int:
-        return int(self.maps.shape[1])
-
-    @property
     def num_samples(self) -> int:
         """Samples ``K`` per coil (per frame for 2D+time)."""
         return int(self.trajectory.shape[-2])
@@ -176,10 +167,6 @@ class NonCartesianMRI(LinearPhysics):
         if self.dims == "2d+t":
             return (self.num_coils, self.maps.shape[2], self.num_samples)
         return (self.num_coils, self.num_samples)
-
-    @property
-    def device(self) -> torch.device:
-        return self.maps.device
 
     def check_image(self, x: torch.Tensor, what: str = "image") -> None:
         if not isinstance(x, torch.Tensor) or not x.is_complex():
