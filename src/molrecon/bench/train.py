@@ -4,7 +4,8 @@ Every method trains with the project's own :class:`~molrecon.train.trainer.Train
 model's penalty, backward, clipping, AdamW, the MOL-LR safeguard) on the same data, batch, CNN (``channels`` ×
 ``layers``), seed and thread count; only the model section differs. Methods come from :data:`TRAIN_METHODS`
 (``"modl-k1"``, ``"modl-k5"``, ``"modl-k10"``, ``"deq"``, ``"mol-sn"``, ``"mol-lr"``, and the ``*-cached``
-variants with the training-speed levers on; ``"mol-lr@cg_iter=15"`` gives a method settings of its own); add
+variants with the training-speed levers on, and ``"mol-lr-residual"`` / ``"mol-sn-sll"``, the shipped 2D
+recipes; ``"mol-lr@cg_iter=15"`` gives a method settings of its own); add
 one with :func:`register_train_method` (a ``"_train"`` key holds train-section settings of that method).
 
 Interleaved. The methods of one dims train *side by side*: their trainers are built first and then take one
@@ -55,6 +56,12 @@ TRAIN_METHODS: dict[str, dict[str, Any]] = {
                       "_train": {"fixed_point_cache": True}},
     "mol-lr-cached": {"method": "mol-lr", "max_iter": 50, "tol": 1e-4, "cg_iter": 5, "lr_clip": 0.97,
                       "lr_warm_steps": 2, "_train": {"fixed_point_cache": True}},
+    # the shipped 2D recipes (configs/mol_lr_2d.yaml, configs/mol_sn_2d.yaml at 15 CG steps with the cache)
+    "mol-lr-residual": {"method": "mol-lr", "architecture": "residual", "residual_scale": 0.9, "max_iter": 50,
+                        "tol": 1e-4, "cg_iter": 15, "anderson_m": 8, "lr_weight": 1e-5, "lr_threshold": 0.95,
+                        "lr_clip": None, "_train": {"fixed_point_cache": True}},
+    "mol-sn-sll": {"method": "mol-sn", "architecture": "sll", "state_channels": 16, "lipschitz_target": 0.99,
+                   "max_iter": 80, "tol": 1e-4, "cg_iter": 15, "anderson_m": 8, "_train": {"fixed_point_cache": True}},
 }
 #: The reference of the step-time ratios (the unrolled network MOL replaces).
 REFERENCE = "modl-k10"
