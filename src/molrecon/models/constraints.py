@@ -262,7 +262,7 @@ class LipschitzPenalty(_Estimated):
         forward stops converging. For a ReLU network scaling all weights by ``s`` scales the product bound on
         ``Lip(H)`` by ``s^layers``; the local estimate follows closely. Why the shipped recipe
         (``configs/mol_lr_2d.yaml``) turns it off: every spike of the estimate made it shrink ``N`` by up to 80 %
-        in one step, which moved the fixed point and cost 1.5–2 dB of validation PSNR; a barrier at 0.95 with
+        in one step, which moved the fixed point and cost 1.5–2 dB of validation PSNR; a barrier at 0.90 with
         weight 1e-5 keeps the estimate below 1 on its own (benchmarks/README.md, "MOL training recipe").
         Still an estimate-driven constraint: MOL-SN remains the certified variant.
         """
