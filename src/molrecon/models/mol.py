@@ -22,7 +22,8 @@ a-posteriori bound :math:`\|x_{out} - x^\star\| \le c/(1-c)\,\|x_{out} - x_n\|`.
 
 Backward: implicit (:mod:`molrecon.solvers.implicit`) — one recorded exact block, an adjoint fixed-point solve
 with vector–Jacobian products, and an implicit CG backward of the DC solve. Memory does not depend on the
-number of forward iterations.
+number of forward iterations. With gradients the recorded block *is* the last exact block (it is not also run
+without gradients), and the bound of a training step omits the CG residual, so it is never certified.
 
 Example
 -------
@@ -37,7 +38,7 @@ Example
 >>> model.certificate(physics)["contraction"] < 1
 True
 
-Size: about 550 lines, above the project's ~500, because the model is one object whose solve, exact output
+Size: about 600 lines, above the project's ~500, because the model is one object whose solve, exact output
 step, implicit backward, certificate and training penalty must share the frozen weights of one
 reconstruction; the numerics live in :mod:`molrecon.solvers`, the constraints in
 :mod:`molrecon.models.constraints` and the networks in :mod:`molrecon.models.priors`.
@@ -402,9 +403,10 @@ class MOL(nn.Module):
 
     # -- solving --------------------------------------------------------------------------------------------
     def _run(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None, weights,
-             s: dict[str, Any]) -> tuple[torch.Tensor, SolverInfo]:
+             s: dict[str, Any], exact_output: bool = True) -> tuple[torch.Tensor, SolverInfo]:
         """Fixed-point solve under no_grad with per-sample stopping, then one exact block + error bound; ``s``
-        holds the solver settings of this call (:meth:`_settings`)."""
+        holds the solver settings of this call (:meth:`_settings`). Without ``exact_output`` the last iterate
+        is returned and no bound is computed: a differentiable caller records the exact block itself."""
         B = y.shape[0]
         with torch.no_grad():
             w_d = [w.detach() for w in weights] if weights is not None else None
@@ -425,6 +427,9 @@ class MOL(nn.Module):
 
             x_last, info = fixed_point_solve(T, x0.detach(), solver=s["solver"], max_iter=s["max_iter"],
                                              tol=s["tol"], min_iter=s["min_iter"], m=self.anderson_m)
+            if not exact_output:
+                self._warn_unconverged(info, s)
+                return x_last, info
             # one exact block: the output, and the a-posteriori bound ‖x_out − x*‖ ≤ c/(1−c)‖x_out − x_last‖
             # (CG to cg_tol; its residual r enters the bound as ‖r‖/(1−c) since ‖(I + μN)^{-1}‖ ≤ 1)
             hx = self._h(x_last, w_d)
@@ -434,32 +439,46 @@ class MOL(nn.Module):
             with region("final-dc", absorb=True):
                 x_out, cg_info = conjugate_gradient(lambda v: v + mu * physics.normal(v), rhs, x0=x_last,
                                                     max_iter=self.dc_exact_iter, tol=self.cg_tol)
-            step = batch_norms(x_out - x_last)
-            cg_err = cg_info.final_residual.to(step.dtype) * batch_norms(rhs)
+            cg_err = cg_info.final_residual.to(x_out.real.dtype) * batch_norms(rhs)
+        self._add_bound(info, x_out, x_last, w_d, cg_err, x0 is None)
+        self._warn_unconverged(info, s)
+        self._finish(x_out, info)
+        return x_out, info
+
+    def _add_bound(self, info: SolverInfo, x_out: torch.Tensor, x_last: torch.Tensor, weights,
+                   cg_err: torch.Tensor | None, from_start: bool) -> None:
+        """The a-posteriori bound ``‖x_out − x*‖ ≤ c/(1−c)‖x_out − x_last‖ + ‖r‖/(1−c)`` into ``info.extra``;
+        without the CG residual ``r`` (``cg_err`` None) the bound is reported but never certified."""
+        with torch.no_grad():
+            step = batch_norms(x_out.detach() - x_last)
         with region("error-bound", absorb=True):
-            L, certified = self._lipschitz_for_bound(x_out, w_d)
+            L, certified = self._lipschitz_for_bound(x_out.detach(), weights)
         c = contraction_factor(self.alpha, L) if math.isfinite(L) else math.nan
         if math.isfinite(c) and c < 1:
-            bound = step * (c / (1 - c)) + cg_err / (1 - c)
+            bound = step * (c / (1 - c)) + (0.0 if cg_err is None else cg_err / (1 - c))
         else:
             bound = torch.full_like(step, math.inf if math.isfinite(c) else math.nan)
-        xn = batch_norms(x_out).clamp_min(1e-30)
+        xn = batch_norms(x_out.detach()).clamp_min(1e-30)
         info.extra.update({"error_bound": bound, "error_bound_relative": bound / xn, "contraction": c,
-                           "lipschitz": L, "bound_certified": bool(certified and c < 1),
-                           "method": self.method_name, "final_step": step, "init": "cg-sense" if x0 is None else "x0"})
-        if not info.all_converged:
-            bad = (~info.converged).nonzero().flatten().tolist()
-            res = float(info.extra["best_residual"][~info.converged].max())
-            msg = (f"MOL ({self.method_name}) forward did not converge for sample(s) {bad}: relative change "
-                   f"{res:.2e} > tol {s['tol']:.1e} after {s['max_iter']} iterations")
-            if s["strict"]:
-                raise ConvergenceError(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+                           "lipschitz": L, "bound_certified": bool(certified and c < 1 and cg_err is not None),
+                           "method": self.method_name, "final_step": step, "init": "cg-sense" if from_start else "x0"})
+
+    def _warn_unconverged(self, info: SolverInfo, s: dict[str, Any]) -> None:
+        if info.all_converged:
+            return
+        bad = (~info.converged).nonzero().flatten().tolist()
+        res = float(info.extra["best_residual"][~info.converged].max())
+        msg = (f"MOL ({self.method_name}) forward did not converge for sample(s) {bad}: relative change "
+               f"{res:.2e} > tol {s['tol']:.1e} after {s['max_iter']} iterations")
+        if s["strict"]:
+            raise ConvergenceError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+    def _finish(self, x_out: torch.Tensor, info: SolverInfo) -> None:
         if not torch.isfinite(x_out).all():
             raise InputError(f"MOL ({self.method_name}): the reconstruction contains NaN/Inf (diverged)")
         self._last_x = x_out.detach()
         self.last_info = info
-        return x_out, info
 
     @scale_invariant
     def solve(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None = None,
@@ -488,8 +507,9 @@ class MOL(nn.Module):
         self._check_inputs(y, physics, x0)
         self._ensure_denoiser(physics)
         weights = self._weights(tuple(physics.spatial_shape))  # once: the same H for every iteration
-        x_star, info = self._run(y, physics, x0, weights, s)
         need_grad = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in self.parameters()))
+        # with gradients, the recorded exact block below is the output: the no-grad one of _run would be a copy
+        x_star, info = self._run(y, physics, x0, weights, s, exact_output=not need_grad)
         if not need_grad:
             return x_star
         mu = self.alpha * self.lam
@@ -508,7 +528,11 @@ class MOL(nn.Module):
                    "m": self.anderson_m, "on_info": record,
                    "steps": self.backward_steps, "damping": self.backward_damping}
         mine = BACKWARD_OPTIONS[self.backward]
-        return attach_backward(self.backward, step, x_star, **{k: v for k, v in options.items() if k in mine})
+        x_out = attach_backward(self.backward, step, x_star, **{k: v for k, v in options.items() if k in mine})
+        w_d = [w.detach() for w in weights] if weights is not None else None
+        self._add_bound(info, x_out, x_star, w_d, None, x0 is None)
+        self._finish(x_out, info)
+        return x_out
 
     def prior(self, x: torch.Tensor, inference: bool = True) -> torch.Tensor:
         """``H(x)``: the network the certificate speaks of, at inference settings (eval-mode weights: certified

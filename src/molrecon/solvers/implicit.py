@@ -57,6 +57,8 @@ class DCSolve(torch.autograd.Function):
 
         with torch.no_grad():
             u, _ = conjugate_gradient(op, rhs.detach(), None if x0 is None else x0.detach(), max_iter, tol)
+            if x0 is not None and u.data_ptr() == x0.data_ptr():
+                u = u.clone()  # a warm start that already solves the system comes back as is: never alias an input
         ctx.save_for_backward(u, mu_d)
         ctx.normal, ctx.max_iter, ctx.tol = normal, max_iter, tol
         return u
