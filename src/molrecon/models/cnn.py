@@ -44,16 +44,10 @@ def _conv_fns(nd: int):
     return (F.conv2d, F.conv_transpose2d) if nd == 2 else (F.conv3d, F.conv_transpose3d)
 
 
-def fast_layout(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (a 2D feature map or kernel) in channels-last memory order, the order in which oneDNN's CPU
-    convolutions are fastest: 0.57x the time of a 5 x 32 CNN forward, 0.71x forward + backward at 128², one thread
-    (benchmarks/README.md, "Training speed"). 3D tensors are returned as they are: channels-last-3d gained nothing
-    there. Values are unchanged; only the strides differ."""
-    return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
-
-
 def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
     """``[B, *sp]`` complex → ``[B, 2, *sp]`` real (real, imaginary)."""
+    # a view with the channels innermost: in 2D these are channels-last strides, which oneDNN's CPU convolutions
+    # keep through the network and run fastest on (an explicit conversion gained nothing, benchmarks/README.md)
     return torch.movedim(torch.view_as_real(x), -1, 1)
 
 
@@ -227,9 +221,9 @@ class ConvDenoiser(nn.Module):
         """``H(x)`` with the given effective weights."""
         conv = F.conv2d if self.nd == 2 else F.conv3d
         pad = self.kernel_size // 2
-        h = fast_layout(complex_to_channels(x))
+        h = complex_to_channels(x)
         for i, (c, w) in enumerate(zip(self.convs, weights)):
-            h = conv(h, fast_layout(w), c.bias, padding=pad)
+            h = conv(h, w, c.bias, padding=pad)
             if i < len(self.convs) - 1:
                 h = F.relu(h)
         return channels_to_complex(h)
@@ -276,5 +270,5 @@ def default_alpha_range(lipschitz: float) -> tuple[float, float]:
     return (0.0, 2.0 / (1.0 + lipschitz)) if lipschitz < 1 else (0.0, 0.0)
 
 
-__all__ = ["ConvDenoiser", "fast_layout", "conv_power_iteration", "conv_operator_norm_bound", "complex_to_channels",
+__all__ = ["ConvDenoiser", "conv_power_iteration", "conv_operator_norm_bound", "complex_to_channels",
            "channels_to_complex", "default_alpha_range"]

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..names import ARCHITECTURES
-from .cnn import DIMS, ConvDenoiser, channels_to_complex, complex_to_channels, fast_layout
+from .cnn import DIMS, ConvDenoiser, channels_to_complex, complex_to_channels
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -198,9 +198,9 @@ class SLLDenoiser(nn.Module):
         pad = self.kernel_size // 2
         view = (1, -1) + (1,) * self.nd
         z = complex_to_channels(x)
-        z = fast_layout(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)))  # E: append zero channels
+        z = F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2))  # E: append zero channels
         for i in range(self.layers):
-            w, inv_t = fast_layout(weights[2 * i]), weights[2 * i + 1]
+            w, inv_t = weights[2 * i], weights[2 * i + 1]
             h = F.relu(conv(z, w, self.biases[i], padding=pad)) * inv_t.view(view)
             z = z - 2.0 * convt(h, w, padding=pad)
         return self.lipschitz_target * channels_to_complex(z[:, :2])  # P: the image channels
