@@ -130,9 +130,9 @@ def test_mol_default_backward_is_the_previous_implicit_path_bit_for_bit():
     assert model.backward == "implicit" and model.config()["backward"] == "implicit"
     got = _param_grads(model, physics, y, tgt)
 
-    # the path MOL.forward took before backward modes existed, spelled out
+    # the path of MOL.forward, spelled out: the no-grad solve, then one recorded exact block
     weights = model._weights((16, 16))
-    x_star, _ = model._run(y, physics, None, weights, model._settings({}))
+    x_star, _ = model._run(y, physics, None, weights, model._settings({}), exact_output=False)
     x_in = x_star.detach().requires_grad_(True)
     mu = model.alpha * model.lam
     out = model._block(x_in, weights, physics.A_adjoint(y), physics, mu, exact=True, where="ref")
@@ -153,6 +153,38 @@ def test_mol_phantom_tends_to_implicit_and_jfb_differs():
     assert float((jfb - imp).norm() / imp.norm()) > 1e-3  # not the exact gradient: the check above can fail
 
 
+def test_capped_inner_cg_keeps_the_adjoint_fixed_point_with_less_cg_work(monkeypatch):
+    """``backward_cg_iter``: a few warm-started CG steps per DC backward inside the adjoint solve reach the same
+    gradient (the exact adjoint fixed point) with fewer CG iterations in all; the final backward still solves to
+    the tolerance."""
+    import molrecon.solvers.implicit as implicit
+
+    physics, y, tgt = _mol_problem()
+    work: list[int] = []
+    cg = implicit.conjugate_gradient
+
+    def counted(*args, **kwargs):
+        x, info = cg(*args, **kwargs)
+        work.append(int(info.iterations.max()))
+        return x, info
+
+    monkeypatch.setattr(implicit, "conjugate_gradient", counted)
+    grads, totals = {}, {}
+    for budget in (None, 3):
+        model = _mol(backward_cg_iter=budget)
+        out = model(y, physics)  # the forward's CG runs outside DCSolve's backward: not counted below
+        work.clear()
+        grads[budget] = torch.cat([g.flatten() for g in torch.autograd.grad(
+            (out - tgt).abs().pow(2).sum(), list(model.parameters()))])
+        totals[budget] = sum(work)
+        assert model.last_backward_info.all_converged
+    assert max(work[:-1]) <= 3, work  # capped inside the adjoint solve (the last, into the parameters, is not)
+    assert totals[3] < 0.8 * totals[None], totals
+    err = float((grads[3] - grads[None]).norm() / grads[None].norm())
+    assert err < 1e-4, err
+    assert _mol(backward_cg_iter=3).config()["backward_cg_iter"] == 3
+
+
 def test_backward_config_key_and_old_configs():
     cfg = validate_config({"model": {"method": "mol-lr", "backward": "phantom", "backward_steps": 3,
                                      "backward_damping": 0.5}})
@@ -163,8 +195,9 @@ def test_backward_config_key_and_old_configs():
 
     shipped = load_pretrained("mol-sn-2d-4x")  # stored before the key existed
     assert shipped.backward == "implicit" and shipped.config()["backward"] == "implicit"
+    assert shipped.backward_cg_iter is None  # DC backwards solved to the tolerance, as before the key
     for bad, match in [({"backward": "exact"}, "model.backward"), ({"backward_steps": 0}, "backward_steps"),
-                       ({"backward_damping": 1.5}, "backward_damping")]:
+                       ({"backward_damping": 1.5}, "backward_damping"), ({"backward_cg_iter": 0}, "backward_cg_iter")]:
         with pytest.raises(InputError, match=match):
             validate_config({"model": {"method": "mol-lr", **bad}})
     with pytest.raises(InputError, match="fixed-point methods"):

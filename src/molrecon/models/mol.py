@@ -112,7 +112,9 @@ class MOL(nn.Module):
     strict: raise :class:`ConvergenceError` instead of warning when the forward does not converge.
     cg_tol, dc_exact_iter: tolerance/cap of the exact DC solves (output step, recorded step, backward).
     anderson_m: Anderson memory. min_iter: minimum forward iterations.
-    backward_max_iter, backward_tol: adjoint solve (defaults: ``max_iter``, ``tol/10``).
+    backward_max_iter, backward_tol: adjoint solve (defaults: ``max_iter``, ``tol/10``). backward_cg_iter: CG
+        steps of each DC backward inside the adjoint solve, warm-started (``None``: to ``cg_tol``; the adjoint's
+        fixed point is the same either way, :mod:`molrecon.solvers.implicit`).
     backward: the backward mode (:mod:`molrecon.solvers.backward`): ``"implicit"`` (exact; default), ``"jfb"``
         (Jacobian-free) or ``"phantom"`` (``backward_steps`` damped unrolled steps of damping
         ``backward_damping`` from the fixed point). Changes only the gradient, never the forward solve.
@@ -129,7 +131,7 @@ class MOL(nn.Module):
                  cg_iter: int = 5, strict: bool = False, learn_lam: bool = True, kernel_size: int = 3,
                  cg_tol: float = 1e-6, dc_exact_iter: int = 100, anderson_m: int = 5, min_iter: int = 2,
                  backward_max_iter: int | None = None, backward_tol: float | None = None,
-                 init_lam: float = 100.0, init_cg_iter: int = 50, architecture: str = "plain",
+                 backward_cg_iter: int | None = None, init_lam: float = 100.0, init_cg_iter: int = 50, architecture: str = "plain",
                  residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0,
                  backward: str = "implicit", backward_steps: int = 5, backward_damping: float = 0.5,
                  **constraint_options: Any) -> None:
@@ -152,6 +154,8 @@ class MOL(nn.Module):
             raise InputError(f"MOL: lam must be a positive number, got {lam}")
         if max_iter < 1 or cg_iter < 1:
             raise InputError(f"MOL: max_iter and cg_iter must be >= 1, got {max_iter}, {cg_iter}")
+        if backward_cg_iter is not None and int(backward_cg_iter) < 1:
+            raise InputError(f"MOL: backward_cg_iter must be >= 1 or None, got {backward_cg_iter}")
         check_architecture(architecture, constraint)
         check_backward_options(backward, {}, where="MOL")
         check_backward_options("phantom", {"steps": backward_steps, "damping": backward_damping}, where="MOL")
@@ -166,6 +170,7 @@ class MOL(nn.Module):
         self.min_iter = int(min_iter)
         self.backward_max_iter = int(backward_max_iter) if backward_max_iter is not None else None
         self.backward_tol = float(backward_tol) if backward_tol is not None else None
+        self.backward_cg_iter = int(backward_cg_iter) if backward_cg_iter is not None else None
         self.backward = backward
         self.backward_steps, self.backward_damping = int(backward_steps), float(backward_damping)
         self.init_lam, self.init_cg_iter = float(init_lam), int(init_cg_iter)
@@ -222,6 +227,7 @@ class MOL(nn.Module):
                "kernel_size": self.kernel_size, "cg_tol": self.cg_tol, "dc_exact_iter": self.dc_exact_iter,
                "anderson_m": self.anderson_m, "min_iter": self.min_iter,
                "backward_max_iter": self.backward_max_iter, "backward_tol": self.backward_tol,
+               "backward_cg_iter": self.backward_cg_iter,
                "backward": self.backward, "backward_steps": self.backward_steps,
                "backward_damping": self.backward_damping,
                "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter,
@@ -525,7 +531,7 @@ class MOL(nn.Module):
         # every mode's settings; each mode takes the ones it declares
         options = {"solver": s["solver"], "max_iter": self.backward_max_iter or s["max_iter"],
                    "tol": self.backward_tol if self.backward_tol is not None else s["tol"] / 10,
-                   "m": self.anderson_m, "on_info": record,
+                   "m": self.anderson_m, "on_info": record, "inner_cg_iter": self.backward_cg_iter,
                    "steps": self.backward_steps, "damping": self.backward_damping}
         mine = BACKWARD_OPTIONS[self.backward]
         x_out = attach_backward(self.backward, step, x_star, **{k: v for k, v in options.items() if k in mine})

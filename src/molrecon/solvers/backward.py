@@ -56,7 +56,7 @@ def register_backward(name: str, options: tuple[str, ...] = ()) -> Callable[[Bac
     return deco
 
 
-@register_backward("implicit", ("solver", "max_iter", "tol", "m", "fallback_tol", "on_info"))
+@register_backward("implicit", ("solver", "max_iter", "tol", "m", "fallback_tol", "on_info", "inner_cg_iter"))
 def implicit_backward(step: Step, x_star: torch.Tensor, **options: Any) -> torch.Tensor:
     """Exact implicit gradient (adjoint fixed-point solve in a hook on one recorded step)."""
     x_in = x_star.detach().requires_grad_(True)

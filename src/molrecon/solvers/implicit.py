@@ -29,12 +29,20 @@ Data consistency (CG)
 
 so the backward of the CG solve is another CG solve with the same matrix (:class:`DCSolve`); the CG iterations
 are never recorded.
+
+Inside an adjoint solve that backward runs once per adjoint iteration, each time warm-started at the solution of
+the iteration before. With ``inner_cg_iter`` (:func:`attach_implicit_backward`) each of these runs at most that
+many CG steps instead of running to ``tol``: the adjoint iterates the pair :math:`(g, w)` with
+:math:`w \leftarrow \mathrm{CG}_k(M, g; w)` and :math:`g \leftarrow v + J^T w`, whose fixed point is the exact one
+(at :math:`M w = g` the warm start already solves the system), as the forward's truncated DC step keeps the
+forward's fixed points. The last backward, the one into the parameters, runs to ``tol`` again.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import torch
 
@@ -42,6 +50,11 @@ from ..tensor_utils import batch_dot
 from .cg import conjugate_gradient
 from .fixed_point import fixed_point_solve, indexed
 from .info import SolverInfo
+
+
+#: CG steps per DC backward while an adjoint solve runs (None: to the solve's tolerance); set by
+#: :func:`attach_implicit_backward` for the duration of its adjoint solve only.
+_ADJOINT_CG_BUDGET: ContextVar[int | None] = ContextVar("adjoint_cg_budget", default=None)
 
 
 class DCSolve(torch.autograd.Function):
@@ -76,8 +89,10 @@ class DCSolve(torch.autograd.Function):
         warm = getattr(ctx, "warm", None)
         if warm is not None and warm.shape != grad_u.shape:
             warm = None
+        budget = _ADJOINT_CG_BUDGET.get()
+        max_iter = ctx.max_iter if budget is None else min(budget, ctx.max_iter)
         with torch.no_grad():
-            grad_rhs, _ = conjugate_gradient(op, grad_u, warm, ctx.max_iter, ctx.tol)
+            grad_rhs, _ = conjugate_gradient(op, grad_u, warm, max_iter, ctx.tol)
         ctx.warm = grad_rhs
         with torch.no_grad():
             grad_mu = None
@@ -96,13 +111,15 @@ def dc_solve(rhs: torch.Tensor, mu: torch.Tensor | float, normal: Callable[[torc
 
 def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str = "anderson",
                              max_iter: int = 100, tol: float = 1e-6, m: int = 5, fallback_tol: float = 1e-2,
-                             on_info: Callable[[SolverInfo], None] | None = None) -> torch.Tensor:
+                             on_info: Callable[[SolverInfo], None] | None = None,
+                             inner_cg_iter: int | None = None) -> torch.Tensor:
     r"""Make gradients through ``out = T(x_in)`` equal those through the fixed point :math:`x^\star`.
 
     ``x_in`` must be the detached fixed point with ``requires_grad=True`` and ``out`` one step of ``T`` recorded
     from it. Registers a hook on ``out`` that solves :math:`g = v + J_T^T g` (per-sample stopping, ``solver``,
     ``tol``, ``max_iter``) and returns ``out``. ``on_info`` receives the adjoint solve's :class:`SolverInfo`
-    (``extra["fallback"]`` says whether and how it fell back).
+    (``extra["fallback"]`` says whether and how it fell back). ``inner_cg_iter`` caps the CG steps of every
+    :class:`DCSolve` backward inside the adjoint solve (module docstring; ``None``: each runs to its tolerance).
     """
     if not out.requires_grad:
         return out
@@ -125,9 +142,13 @@ def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str 
             (jtg,) = torch.autograd.grad(out, x_in, g, retain_graph=True)
             return v + jtg
 
-        with torch.enable_grad():
-            g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter, tol=tol,
-                                        m=m)
+        token = _ADJOINT_CG_BUDGET.set(None if inner_cg_iter is None else int(inner_cg_iter))
+        try:
+            with torch.enable_grad():
+                g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter, tol=tol,
+                                            m=m)
+        finally:
+            _ADJOINT_CG_BUDGET.reset(token)
         fallback = "none"
         bad = ~info.converged
         if bool(bad.any()):

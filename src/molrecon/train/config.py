@@ -296,9 +296,9 @@ def _check_types(cfg: dict, where: str) -> None:
 
 
 def _check_backward(m: dict, where: str) -> None:
-    """``model.backward`` (+ ``backward_steps``, ``backward_damping``): fixed-point methods only; absent means
+    """``model.backward`` (+ ``backward_steps``, ``backward_damping``, ``backward_cg_iter``): fixed-point methods only; absent means
     ``implicit``, so configs and checkpoints from before the key load unchanged."""
-    keys = [k for k in ("backward", "backward_steps", "backward_damping") if k in m]
+    keys = [k for k in ("backward", "backward_steps", "backward_damping", "backward_cg_iter") if k in m]
     if keys and m.get("method") not in FIXED_POINT_METHODS:
         raise InputError(f"{where}: model.{keys[0]} applies to the fixed-point methods "
                          f"({', '.join(FIXED_POINT_METHODS)}), not {m.get('method')!r}")
@@ -307,6 +307,9 @@ def _check_backward(m: dict, where: str) -> None:
     d = m.get("backward_damping", 0.5)
     if not (_is_num(d) and 0 < d <= 1):
         raise InputError(f"{where}: model.backward_damping must be a number in (0, 1], got {d!r}")
+    c = m.get("backward_cg_iter")
+    if c is not None and not _POS_INT(c):
+        raise InputError(f"{where}: model.backward_cg_iter must be a positive integer or null, got {c!r}")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
