@@ -131,7 +131,8 @@ class MOL(nn.Module):
                  cg_iter: int = 5, strict: bool = False, learn_lam: bool = True, kernel_size: int = 3,
                  cg_tol: float = 1e-6, dc_exact_iter: int = 100, anderson_m: int = 5, min_iter: int = 2,
                  backward_max_iter: int | None = None, backward_tol: float | None = None,
-                 backward_cg_iter: int | None = None, init_lam: float = 100.0, init_cg_iter: int = 50, architecture: str = "plain",
+                 backward_cg_iter: int | None = None, init_lam: float = 100.0, init_cg_iter: int = 50,
+                 architecture: str = "plain",
                  residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0,
                  backward: str = "implicit", backward_steps: int = 5, backward_damping: float = 0.5,
                  **constraint_options: Any) -> None:

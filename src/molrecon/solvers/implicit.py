@@ -51,7 +51,6 @@ from .cg import conjugate_gradient
 from .fixed_point import fixed_point_solve, indexed
 from .info import SolverInfo
 
-
 #: CG steps per DC backward while an adjoint solve runs (None: to the solve's tolerance); set by
 #: :func:`attach_implicit_backward` for the duration of its adjoint solve only.
 _ADJOINT_CG_BUDGET: ContextVar[int | None] = ContextVar("adjoint_cg_budget", default=None)

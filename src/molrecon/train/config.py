@@ -296,8 +296,8 @@ def _check_types(cfg: dict, where: str) -> None:
 
 
 def _check_backward(m: dict, where: str) -> None:
-    """``model.backward`` (+ ``backward_steps``, ``backward_damping``, ``backward_cg_iter``): fixed-point methods only; absent means
-    ``implicit``, so configs and checkpoints from before the key load unchanged."""
+    """``model.backward`` (+ ``backward_steps``, ``backward_damping``, ``backward_cg_iter``): fixed-point methods
+    only; absent means ``implicit``, so configs and checkpoints from before the key load unchanged."""
     keys = [k for k in ("backward", "backward_steps", "backward_damping", "backward_cg_iter") if k in m]
     if keys and m.get("method") not in FIXED_POINT_METHODS:
         raise InputError(f"{where}: model.{keys[0]} applies to the fixed-point methods "
