@@ -212,6 +212,7 @@ def test_bench_gradient_rows():
 
     assert parse_mode("phantom@steps=3,damping=0.5") == ("phantom", {"backward_steps": 3, "backward_damping": 0.5})
     assert parse_mode("implicit@tol=1e-3") == ("implicit", {"backward_tol": 1e-3})
+    assert parse_mode("implicit@cg_iter=8") == ("implicit", {"backward_cg_iter": 8})
     for bad in ("exact", "jfb@steps=2", "phantom@k=2", "implicit@steps=2"):
         with pytest.raises(InputError):
             parse_mode(bad)

@@ -11,7 +11,8 @@ tolerance (``reference_tol``); the model's own implicit setting is one of the me
 Per (model, slice, mode): cosine similarity and relative error ``‖g − g_ref‖ / ‖g_ref‖`` of the concatenated
 parameter gradient (CNN and λ), and the time of forward-from-the-fixed-point + backward. Modes are written
 ``"jfb"``, ``"phantom@steps=5,damping=0.5"`` (the model's ``backward_steps``/``backward_damping``) or
-``"implicit@tol=1e-3"`` (the adjoint solve's ``backward_tol``, and ``max_iter``: ``backward_max_iter``).
+``"implicit@tol=1e-3"`` (the adjoint solve's ``backward_tol``; ``max_iter``: ``backward_max_iter``; ``cg_iter``:
+``backward_cg_iter``).
 
 Example (a few minutes on one CPU thread; the command line is ``molrecon bench gradient``)::
 
@@ -43,12 +44,13 @@ DEFAULT_MODES: tuple[str, ...] = ("implicit", "jfb", "phantom@steps=2,damping=0.
 DEFAULT_MODELS: tuple[str, ...] = ("mol-lr-2d-4x", "mol-sn-2d-4x")
 #: per mode, the model attribute of each option written after '@'
 _OPTION_ATTR = {"phantom": {"steps": "backward_steps", "damping": "backward_damping"},
-                "implicit": {"tol": "backward_tol", "max_iter": "backward_max_iter"}}
+                "implicit": {"tol": "backward_tol", "max_iter": "backward_max_iter", "cg_iter": "backward_cg_iter"}}
 
 
 def parse_mode(text: str) -> tuple[str, dict[str, Any]]:
     """``"phantom@steps=5,damping=0.5"`` → ``("phantom", {"backward_steps": 5, "backward_damping": 0.5})``;
-    ``"implicit@tol=1e-3,max_iter=20"`` sets the adjoint solve's ``backward_tol``/``backward_max_iter``."""
+    ``"implicit@tol=1e-3,max_iter=20,cg_iter=8"`` sets the adjoint solve's ``backward_tol``/``backward_max_iter``
+    and the CG steps of each DC backward inside it (``backward_cg_iter``)."""
     name, _, rest = text.partition("@")
     if name not in BACKWARD_MODES:
         raise InputError(f"gradient benchmark: unknown backward mode {name!r}; known: {sorted(BACKWARD_MODES)}")
@@ -102,7 +104,8 @@ def gradient_errors(model: torch.nn.Module, examples: Sequence[tuple[torch.Tenso
     rows: list[dict[str, Any]] = []
     for i, (y, physics, target, max_value) in enumerate(examples):
         x_star, _ = model.solve(y, physics)
-        ref_settings = {"backward_tol": reference_tol, "backward_max_iter": reference_max_iter}
+        ref_settings = {"backward_tol": reference_tol, "backward_max_iter": reference_max_iter,
+                        "backward_cg_iter": None}
         args = (y, physics, x_star, target, max_value)
         g_ref, _ = _with_mode(model, "implicit", ref_settings, _flat_grad, *args)
         for text, name, settings in parsed:
@@ -163,7 +166,8 @@ def run_gradient_bench(models: Sequence[str] = DEFAULT_MODELS, slices: int = 4,
         for name in models:
             model = load_learned_model(pretrained=name)
             settings[name] = {k: getattr(model, k, None) for k in ("max_iter", "tol", "cg_iter", "solver",
-                                                                   "backward_tol", "backward_max_iter")}
+                                                                   "backward_tol", "backward_max_iter",
+                                                                   "backward_cg_iter")}
             rows += gradient_errors(model, batches, modes, reference_tol=reference_tol, label=name)
     finally:
         torch.set_num_threads(threads_before)

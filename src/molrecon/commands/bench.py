@@ -147,7 +147,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", type=Path, default=Path("bench-out"))
     g.add_argument("--pretrained", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME")
     g.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), metavar="MODE",
-                   help="implicit, implicit@tol=T,max_iter=N, jfb, phantom@steps=N,damping=D")
+                   help="implicit, implicit@tol=T,max_iter=N,cg_iter=K, jfb, phantom@steps=N,damping=D")
     g.add_argument("--slices", type=int, default=4)
     g.add_argument("--reference-tol", type=float, default=1e-7, help="adjoint tolerance of the reference")
     g.add_argument("--threads", type=int, default=1)
