@@ -76,6 +76,11 @@ _WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
 SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
 
 
+def _frozen(weights: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+    """The effective CNN weights detached: the no-grad solves and bounds must not record a graph."""
+    return None if weights is None else [w.detach() for w in weights]
+
+
 def contraction_factor(alpha: float, lipschitz: float) -> float:
     """Lipschitz bound ``|1−α| + αL`` of the MOL block (``‖(I + αλA^HA)^{-1}‖ ≤ 1``)."""
     return abs(1.0 - alpha) + alpha * lipschitz
@@ -306,7 +311,7 @@ class MOL(nn.Module):
         self._ensure_denoiser(physics)
         with torch.no_grad():
             weights = self._weights(tuple(physics.spatial_shape))
-            w_d = [w.detach() for w in weights] if weights is not None else None
+            w_d = _frozen(weights)
             mu = (self.alpha * self.lam).detach()
             c = model_normalization(self, physics).factors(y.detach(), physics)
             c = c.reshape(-1, *([1] * (y.ndim - 1)))
@@ -416,7 +421,7 @@ class MOL(nn.Module):
         is returned and no bound is computed: a differentiable caller records the exact block itself."""
         B = y.shape[0]
         with torch.no_grad():
-            w_d = [w.detach() for w in weights] if weights is not None else None
+            w_d = _frozen(weights)
             mu = (self.alpha * self.lam).detach()
             aty = physics.A_adjoint(y.detach())
             if x0 is None:
@@ -536,7 +541,7 @@ class MOL(nn.Module):
                    "steps": self.backward_steps, "damping": self.backward_damping}
         mine = BACKWARD_OPTIONS[self.backward]
         x_out = attach_backward(self.backward, step, x_star, **{k: v for k, v in options.items() if k in mine})
-        w_d = [w.detach() for w in weights] if weights is not None else None
+        w_d = _frozen(weights)
         self._add_bound(info, x_out, x_star, w_d, None, x0 is None)
         self._finish(x_out, info)
         return x_out
