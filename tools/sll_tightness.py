@@ -45,8 +45,7 @@ def main() -> None:
         raise SystemExit(f"{a.name}: H is not an SLL network ({type(h).__name__})")
     spatial = tuple(a.grid)
     torch.manual_seed(0)
-    fresh = SLLDenoiser(dims=h.dims, channels=h.channels, layers=h.layers, kernel_size=h.kernel_size,
-                        state_channels=h.state_channels, lipschitz_target=h.lipschitz_target)
+    fresh = SLLDenoiser(**h.config())
     print("layer  rho (trained)  rho (fresh init)")
     for i in range(h.layers):
         trained = layer_tightness(h.weights[i], sll_scaling(h.weights[i], h.log_q[i]), spatial)
