@@ -11,11 +11,12 @@ KILLABLE_CLI = textwrap.dedent("""
     from molrecon.cli import main
     kill_at = int(os.environ.get("KILL_AT_STEP", "0"))
     if kill_at and os.environ.get("RANK", "0") == os.environ.get("KILL_RANK", "0"):
+        from molrecon.data import physics_from_batch
         from molrecon.train import trainer as T
         original = T.Trainer.train_step
         def step_then_die(self, batch):
             if self.step + 1 == kill_at:
-                self.model(batch["kspace"], T._physics(batch))
+                self.model(batch["kspace"], physics_from_batch(batch))
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(self, batch)
         T.Trainer.train_step = step_then_die

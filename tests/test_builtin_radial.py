@@ -13,7 +13,7 @@ from molrecon.errors import InputError
 from molrecon.physics import NonCartesianMRI
 from molrecon.physics.trajectories import radial_trajectory
 from molrecon.recon import cg_sense
-from molrecon.train.trainer import build_datasets
+from molrecon.train.datasets import build_datasets
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from _killable import KILLABLE_CLI
+from molrecon.data import collate, physics_from_batch
 from molrecon.data.synthetic import SyntheticSliceDataset
 from molrecon.errors import CheckpointError, InputError
 from molrecon.models import MoDL
@@ -25,7 +26,6 @@ from molrecon.train import (
     validate_config,
 )
 from molrecon.train.health import HealthMonitor
-from molrecon.train.trainer import _collate, _physics
 from molrecon.weights.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +42,8 @@ def tiny_config(out_dir: Path, **train) -> dict:
 
 def _batch(n: int = 2, shape=(32, 32)):
     ds = SyntheticSliceDataset(num=n, shape=shape, num_coils=4, seed=3)
-    batch = _collate([ds[i] for i in range(n)])
-    return batch, _physics(batch)
+    batch = collate([ds[i] for i in range(n)])
+    return batch, physics_from_batch(batch)
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_trainer_step_reduces_loss(tmp_path):
     ds = SyntheticSliceDataset(num=1, shape=(32, 32), num_coils=4, seed=5)
     trainer = Trainer(cfg, train_dataset=ds, val_dataset=None)
     trainer.setup()
-    batch = _collate([ds[0]])
+    batch = collate([ds[0]])
     losses = [trainer.train_step(batch)["loss"] for _ in range(25)]
     assert losses[-1] < 0.7 * losses[0], losses
 

@@ -20,7 +20,7 @@ import torch
 from molrecon.data import collate, physics_from_batch
 from molrecon.normalization import DEFAULT_STATISTIC, STATISTICS
 from molrecon.train import load_config
-from molrecon.train.trainer import build_datasets
+from molrecon.train.datasets import build_datasets
 
 
 def measure(config_path: str, statistic: str = DEFAULT_STATISTIC) -> dict:

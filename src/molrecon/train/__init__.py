@@ -10,8 +10,9 @@
 """
 
 from .config import DEFAULTS, apply_overrides, load_config, validate_config
+from .datasets import ResumableSampler, build_datasets, seed_everything
 from .losses import mse_magnitude, training_loss
-from .trainer import ResumableSampler, Trainer, TrainingDivergedError, build_datasets, seed_everything, train
+from .trainer import Trainer, TrainingDivergedError, train
 
 __all__ = [
     "Trainer", "train", "TrainingDivergedError", "ResumableSampler", "build_datasets", "seed_everything",

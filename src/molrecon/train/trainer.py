@@ -30,34 +30,28 @@ an epoch is kept as *global* samples consumed (``epoch_samples``), so a run resu
 decision that changes control flow (non-finite loss, divergence guards) is taken on numbers reduced over the
 ranks, so all ranks always take the same branch.
 
-Size. This module is longer than the project's ~500 lines on purpose: :class:`Trainer` is one resumable state
+Size. This module is somewhat longer than the project's ~500 lines: :class:`Trainer` is one resumable state
 machine (step, position in the epoch, RNG, optimizer, scheduler, rollback, distributed hooks) whose bitwise
-resume depends on all of it together; what stands apart is already apart (configs, losses, the divergence
-guards in :mod:`molrecon.train.health`, checkpoints in :mod:`molrecon.weights`).
+resume depends on all of it together. What stands apart is apart: datasets, batch order and seeds in
+:mod:`molrecon.train.datasets`, the CSV logs in :mod:`molrecon.train.logs`, configs, losses, the divergence guards
+in :mod:`molrecon.train.health` and checkpoints in :mod:`molrecon.weights`.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
-import os
-import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .. import data as mdata
 from ..data import collate, physics_from_batch
-from ..data.synthetic import SyntheticSliceDataset
 from ..distributed import (
     all_reduce_logs,
     all_reduce_weighted_mean,
@@ -72,203 +66,25 @@ from ..errors import CheckpointError, ConvergenceError, InputError
 from ..io import atomic_write
 from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
 from ..models.factory import build_model, model_config
-from ..names import DIMS_OF_KIND, KIND_ALIASES, NONCARTESIAN_KINDS
-from ..physics import mask_for
 from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import validate_config
+from .datasets import DIMS_OF_KIND_ALIAS, ResumableSampler, build_datasets, seed_everything, to_device
 from .fixed_point_cache import FixedPointCache, IndexedDataset
 from .health import HealthMonitor
+from .logs import PRETRAIN_COLUMNS, TRAIN_COLUMNS, VAL_COLUMNS, CSVLog, info_logs, lam_of
 from .losses import training_loss
 from .pretrain import pretrain_prior
-
-TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "grad_norm", "fwd_iterations",
-                 "converged_frac", "final_residual", "lipschitz", "lipschitz_scale", "step_time"]
-VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterations", "val_time_per_slice"]
-
-
-_DIMS_OF_KIND = {alias: DIMS_OF_KIND[kind] for alias, kind in KIND_ALIASES.items()}
-
-
-PRETRAIN_COLUMNS = ["step", "mse", "psnr", "lipschitz", "lipschitz_scale"]
 
 
 class TrainingDivergedError(ConvergenceError):
     """Training produced NaN/Inf or a diverging forward; the last good checkpoint was kept."""
 
 
-# -- data --------------------------------------------------------------------------------------------------------
-class ResumableSampler(Sampler[int]):
-    """Per-epoch shuffled indices, reproducible from ``(seed, epoch)`` and able to start mid-epoch.
-
-    With ``world_size > 1`` each rank gets the slice ``perm[rank::world_size]`` of a permutation padded to a
-    multiple of ``world_size`` (as ``DistributedSampler`` does), so the same class serves DDP.
-
-    ``skip`` counts *global* positions of the permutation already consumed (by all ranks together): rank ``r``
-    then gets ``perm[skip:][r::world_size]`` (the remainder padded to a multiple of ``world_size``). This makes
-    the position independent of the world size: ``skip`` samples consumed by ``W`` ranks are resumed by ``W'``.
-    On one process ``skip`` is simply the number of indices to skip.
-    """
-
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if num_samples < 1:
-            raise InputError("the training set is empty")
-        self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), bool(shuffle)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Select the epoch's permutation and skip its first ``skip`` global positions (already consumed)."""
-        if skip < 0:
-            raise InputError(f"ResumableSampler: skip must be >= 0, got {skip}")
-        self.epoch, self.skip = int(epoch), int(skip)
-
-    def indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            perm = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            perm = list(range(self.num_samples))
-        rest = perm[self.skip:]
-        if not rest:
-            return []
-        per_rank = math.ceil(len(rest) / self.world_size)
-        # pad by repeating the epoch's permutation from its start (as DistributedSampler does)
-        pad = per_rank * self.world_size - len(rest)
-        rest = rest + (perm * math.ceil(pad / len(perm) + 1))[:pad]
-        return rest[self.rank::self.world_size]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        return math.ceil(max(0, self.num_samples - self.skip) / self.world_size)
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return collate(items)
-
-
-def _physics(batch: dict[str, Any]) -> Any:
-    return physics_from_batch(batch)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def build_datasets(data_cfg: dict[str, Any], seed: int = 0) -> tuple[Dataset, Dataset | None]:
-    """The training and validation datasets described by the ``data`` section of a config."""
-    source = data_cfg["source"]
-    if source == "synthetic":
-        common = dict(shape=data_cfg["shape"], num_coils=data_cfg["num_coils"],
-                      acceleration=data_cfg["acceleration"], center_fraction=data_cfg["center_fraction"])
-        train = SyntheticSliceDataset(num=data_cfg["num_train"], seed=seed, **common)
-        val = SyntheticSliceDataset(num=data_cfg["num_val"], seed=seed + 7919, **common) \
-            if data_cfg["num_val"] else None
-    else:
-        kind = data_cfg["kind"]
-        dims = _DIMS_OF_KIND.get(kind)
-        if dims is None:
-            raise InputError(f"data.kind must be one of {', '.join(DIMS_OF_KIND)}, got {kind!r}")
-        if KIND_ALIASES[kind] in NONCARTESIAN_KINDS:
-            sampling = {} if data_cfg["spokes"] is None else {"spokes": data_cfg["spokes"]}
-        else:
-            sampling = {"mask_func": mask_for(dims, data_cfg["acceleration"], data_cfg["center_fraction"],
-                                              kind=data_cfg["mask"])}
-        if source == "builtin":
-            train = mdata.builtin_dataset(kind=kind, split="train", root=data_cfg["root"], **sampling)
-            val = mdata.builtin_dataset(kind=kind, split="val", root=data_cfg["root"], **sampling)
-        elif KIND_ALIASES[kind] in NONCARTESIAN_KINDS:
-            train = mdata.RadialDataset(data_cfg["train_path"], **sampling)
-            val = mdata.RadialDataset(data_cfg["val_path"], **sampling) if data_cfg["val_path"] else None
-        else:
-            mask_func = sampling["mask_func"]
-            train = mdata.SliceDataset(data_cfg["train_path"], mask_func=mask_func)
-            val = mdata.SliceDataset(data_cfg["val_path"], mask_func=mask_func) if data_cfg["val_path"] else None
-    if data_cfg["limit_train"] is not None and len(train) > data_cfg["limit_train"]:
-        train = Subset(train, range(data_cfg["limit_train"]))
-    if val is not None and data_cfg["limit_val"] is not None and len(val) > data_cfg["limit_val"]:
-        val = Subset(val, range(data_cfg["limit_val"]))
-    if len(train) == 0:
-        raise InputError("the training set is empty (check data.root / data.limit_train)")
-    return train, val
-
-
 # -- helpers -----------------------------------------------------------------------------------------------------
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; with ``deterministic`` ask torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: a few kernels (e.g. some CUDA scatter ops) have no deterministic version; warn, don't fail.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
 def is_lam_param(name: str) -> bool:
     """λ-like parameters (data-consistency weights) get their own learning rate and no weight decay."""
     leaf = name.rsplit(".", 1)[-1]
     return leaf in ("lam", "log_lam", "lam_raw", "lambda_", "log_lambda")
-
-
-def lam_of(model: torch.nn.Module) -> float | None:
-    """The effective (positive) λ of a model, for the logs."""
-    if hasattr(model, "lam_value"):
-        return float(model.lam_value().detach())
-    lam = getattr(model, "lam", None)
-    return float(lam.detach().reshape(-1)[0]) if isinstance(lam, torch.Tensor) else None
-
-
-def _float(v: Any) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.detach().float().mean())
-    return float(v)
-
-
-def info_logs(model: torch.nn.Module) -> dict[str, float]:
-    """Per-step solver numbers from ``model.last_info`` (iterations, converged fraction, final residual)."""
-    info = getattr(model, "last_info", None)
-    if info is None:
-        return {}
-    out = {"fwd_iterations": _float(info.iterations), "converged_frac": _float(info.converged.float())}
-    if info.residuals:
-        out["final_residual"] = float(info.residuals[-1].detach().float().max())
-    lip = info.extra.get("lipschitz") if isinstance(info.extra, dict) else None
-    if lip is not None and math.isfinite(_float(lip)):  # NaN = "not estimated in this mode"
-        out["lipschitz"] = _float(lip)
-    return out
-
-
-class _CSVLog:
-    """Append-only CSV log with a fixed header; on resume rows after the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, columns: list[str], resume_step: int | None) -> None:
-        self.path, self.columns = path, columns
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if r.get("step") and int(r["step"]) <= resume_step]
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-            with atomic_write(path, "w") as fh:
-                fh.write(buf.getvalue())
-        else:
-            with atomic_write(path, "w") as fh:
-                fh.write(",".join(columns) + "\n")
-        self.fh = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, columns, extrasaction="ignore")
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 # -- the trainer ------------------------------------------------------------------------------------------------
@@ -354,7 +170,7 @@ class Trainer:
             self.train_set, self.val_set = build_datasets(self.dcfg, seed=self.tcfg["seed"])
         mcfg = dict(self.config["model"])
         # the CNN must exist before the optimiser is built: give the data's dimensionality if unset
-        mcfg.setdefault("dims", _DIMS_OF_KIND.get(self.dcfg["kind"], "2d") if self.dcfg["source"] != "synthetic"
+        mcfg.setdefault("dims", DIMS_OF_KIND_ALIAS.get(self.dcfg["kind"], "2d") if self.dcfg["source"] != "synthetic"
                         else "2d")
         self.model = build_model(mcfg).to(self.device)
         if getattr(self.model, "denoiser", True) is None:
@@ -380,7 +196,7 @@ class Trainer:
             else None
         loader_set = IndexedDataset(self.train_set) if self.fp_cache is not None else self.train_set
         self.loader = DataLoader(loader_set, batch_size=self.dcfg["batch_size"], sampler=self.sampler,
-                                 collate_fn=_collate, num_workers=self.dcfg["num_workers"],
+                                 collate_fn=collate, num_workers=self.dcfg["num_workers"],
                                  generator=self.loader_gen, drop_last=False)
         # = ceil(ceil(N / W) / b): the global batch is b·W slices
         self.batches_per_epoch = math.ceil(len(self.train_set) / self.global_batch)
@@ -468,8 +284,8 @@ class Trainer:
         non-finite) so the caller can stop or roll back.
         """
         self.model.train()
-        batch = _to_device(batch, self.device)
-        physics = _physics(batch)
+        batch = to_device(batch, self.device)
+        physics = physics_from_batch(batch)
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         cache, warm = self.fp_cache, {}
@@ -547,12 +363,12 @@ class Trainer:
         # each rank validates the slices rank, rank+W, ...; _reduce weights the means by the slice counts
         val_set = self.val_set if self.world_size == 1 else \
             Subset(self.val_set, range(self.rank, len(self.val_set), self.world_size))
-        loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=_collate, num_workers=0)
+        loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=collate, num_workers=0)
         vals: dict[str, list[float]] = {"val_psnr": [], "val_ssim": [], "val_nmse": [], "val_iterations": []}
         t0 = time.perf_counter()
         for batch in loader:
-            batch = _to_device(batch, self.device)
-            x_hat = self.model(batch["kspace"], _physics(batch))
+            batch = to_device(batch, self.device)
+            x_hat = self.model(batch["kspace"], physics_from_batch(batch))
             for i in range(x_hat.shape[0]):
                 pred, tgt = x_hat[i].abs().cpu().numpy(), batch["target"][i].abs().cpu().numpy()
                 dr = float(batch["max_value"][i])
@@ -642,8 +458,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.out_dir / "config.yaml", "w") as fh:
                 yaml.safe_dump(self.config, fh, sort_keys=False)
-            self.train_log = _CSVLog(self.out_dir / "train_log.csv", TRAIN_COLUMNS, self.resumed_from)
-            self.val_log = _CSVLog(self.out_dir / "val_log.csv", VAL_COLUMNS, self.resumed_from)
+            self.train_log = CSVLog(self.out_dir / "train_log.csv", TRAIN_COLUMNS, self.resumed_from)
+            self.val_log = CSVLog(self.out_dir / "val_log.csv", VAL_COLUMNS, self.resumed_from)
             self.tb = None
             if self.tcfg["tensorboard"]:
                 from torch.utils.tensorboard import SummaryWriter
@@ -718,10 +534,10 @@ class Trainer:
         ``pretrain_log.csv``; every rank runs the same seeded steps, so the replicas stay identical."""
         if not hasattr(self.model, "prior"):
             raise InputError(f"train.pretrain_steps: {self.method} has no MOL prior to pre-train")
-        log = _CSVLog(self.out_dir / "pretrain_log.csv", PRETRAIN_COLUMNS, None) if self.is_main else None
+        log = CSVLog(self.out_dir / "pretrain_log.csv", PRETRAIN_COLUMNS, None) if self.is_main else None
         try:
             summary = pretrain_prior(self.model, self.train_set, int(self.tcfg["pretrain_steps"]),
-                                     float(self.tcfg["pretrain_lr"]), self.tcfg["seed"], _collate, _physics,
+                                     float(self.tcfg["pretrain_lr"]), self.tcfg["seed"], collate, physics_from_batch,
                                      self.device, self.tcfg["grad_clip"], log.write if log else None)
         finally:
             if log is not None:
