@@ -79,6 +79,16 @@ class MultiCoilOperator(LinearPhysics):
     def device(self) -> torch.device:
         return self.maps.device
 
+    def check_image(self, x: torch.Tensor, what: str = "image") -> None:
+        """One line naming the problem when ``x`` is not a complex ``[B, *spatial]`` batch for these coil maps."""
+        if not isinstance(x, torch.Tensor) or not x.is_complex():
+            raise InputError(f"{what} must be a complex tensor, got {getattr(x, 'dtype', type(x))}")
+        if tuple(x.shape[1:]) != self.spatial_shape:
+            expected = ", ".join(map(str, self.spatial_shape))
+            raise InputError(f"{what} has shape {tuple(x.shape)}, expected [B, {expected}] to match the coil maps")
+        if self.maps.shape[0] not in (1, x.shape[0]):
+            raise InputError(f"{what} batch {x.shape[0]} does not match coil-map batch {self.maps.shape[0]}")
+
 
 class MultiCoilMRI(MultiCoilOperator):
     """Cartesian multi-coil MRI operator ``A = M · F · S`` (see the module docstring for the math); a
@@ -126,15 +136,6 @@ class MultiCoilMRI(MultiCoilOperator):
         self._normal_centred = False
 
     # -- shapes ---------------------------------------------------------------------------------------------
-    def check_image(self, x: torch.Tensor, what: str = "image") -> None:
-        if not x.is_complex():
-            raise InputError(f"{what} must be complex, got dtype {x.dtype}")
-        if tuple(x.shape[1:]) != self.spatial_shape:
-            expected = ", ".join(map(str, self.spatial_shape))
-            raise InputError(f"{what} has shape {tuple(x.shape)}, expected [B, {expected}] to match the coil maps")
-        if self.maps.shape[0] not in (1, x.shape[0]):
-            raise InputError(f"{what} batch {x.shape[0]} does not match coil-map batch {self.maps.shape[0]}")
-
     def check_kspace(self, y: torch.Tensor, what: str = "k-space") -> None:
         if not y.is_complex():
             raise InputError(f"{what} must be complex, got dtype {y.dtype}")

@@ -168,15 +168,6 @@ class NonCartesianMRI(MultiCoilOperator):
             return (self.num_coils, self.maps.shape[2], self.num_samples)
         return (self.num_coils, self.num_samples)
 
-    def check_image(self, x: torch.Tensor, what: str = "image") -> None:
-        if not isinstance(x, torch.Tensor) or not x.is_complex():
-            raise InputError(f"{what} must be a complex tensor, got {getattr(x, 'dtype', type(x))}")
-        if tuple(x.shape[1:]) != self.spatial_shape:
-            expected = ", ".join(map(str, self.spatial_shape))
-            raise InputError(f"{what} has shape {tuple(x.shape)}, expected [B, {expected}] to match the coil maps")
-        if self.maps.shape[0] not in (1, x.shape[0]):
-            raise InputError(f"{what} batch {x.shape[0]} does not match coil-map batch {self.maps.shape[0]}")
-
     def check_kspace(self, y: torch.Tensor, what: str = "k-space") -> None:
         if not isinstance(y, torch.Tensor) or not y.is_complex():
             raise InputError(f"{what} must be a complex tensor, got {getattr(y, 'dtype', type(y))}")
