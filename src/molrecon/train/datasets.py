@@ -26,6 +26,7 @@ from ..physics import mask_for
 # every accepted spelling of data.kind -> the dimensionality of its CNN
 DIMS_OF_KIND_ALIAS = {alias: DIMS_OF_KIND[kind] for alias, kind in KIND_ALIASES.items()}
 
+
 class ResumableSampler(Sampler[int]):
     """Per-epoch shuffled indices, reproducible from ``(seed, epoch)`` and able to start mid-epoch.
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .datasets import to_device
 from .losses import mse_magnitude
 
 
@@ -51,7 +52,7 @@ def pretrain_prior(model: torch.nn.Module, dataset: Dataset, steps: int, lr: flo
         index = int(torch.randint(len(dataset), (1,), generator=g))
         if index not in cache:
             batch = collate([dataset[index]])
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, device)
             with torch.no_grad():
                 x0 = model.initial_image(batch["kspace"], physics_of(batch))
             cache[index] = (x0, batch["target"], batch["max_value"])
