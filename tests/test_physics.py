@@ -47,6 +47,21 @@ def test_normal_equals_adjoint_of_forward(dims, spatial):
     torch.testing.assert_close(P.normal(x), P.A_adjoint(P.A(x)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("spatial", [(24, 20), (15, 21)])
+def test_normal_transforms_only_the_axes_on_which_the_mask_varies(spatial):
+    maps = simulate_coil_maps(spatial, 4)[None]
+    x = torch.randn(2, *spatial, dtype=torch.complex64)
+    lines = RandomMask(0.1, 3)(spatial, seed=1)
+    cases = [(lines, (-1,)),  # phase-encode lines: the readout FFT pair cancels
+             (lines.expand(spatial).clone(), (-1,)),  # the same mask stored as a full 2D grid
+             (VariableDensity2DMask(4)(spatial, seed=1), (-2, -1)),  # varies along both axes
+             (torch.ones(spatial), ())]  # fully sampled: A^H A = S^H S
+    for mask, dims in cases:
+        P = MultiCoilMRI(maps, mask)
+        assert P.normal_fft_dims() == dims
+        torch.testing.assert_close(P.normal(x), P.A_adjoint(P.A(x)), rtol=1e-5, atol=1e-6)
+
+
 def test_fft_is_centred_orthonormal_and_matches_numpy_convention():
     x = torch.randn(8, 6, dtype=torch.complex64)
     k = fft_centered(x, (-2, -1))

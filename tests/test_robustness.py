@@ -11,6 +11,7 @@ import torch
 
 from molrecon.errors import InputError
 from molrecon.evaluate import robustness as R
+from molrecon.evaluate.robustness.report import FIGURE_LABELS
 from molrecon.models import MOL
 from molrecon.models.modl import MoDL
 from molrecon.normalization import Normalization
@@ -181,6 +182,18 @@ def test_run_robustness_and_report(problem, tmp_path):
     assert "MOL-SN measured amplification within its certificate" in md
     for name in ("amplification_vs_eps", "convergence", "adversarial_examples", "distribution_shift"):
         assert paths[name].read_bytes()[:4] == b"\x89PNG"
+        assert f"]({name}.png)" in md
+
+
+def test_the_report_links_only_the_figures_it_wrote(problem, tmp_path):
+    cfg = R.RobustnessConfig(eps=(0.01,), attack_steps=1, random_draws=1, parts=("attack",))
+    res = R.run_robustness({"mol-sn": _mol("sn")}, [problem[0]], cfg)
+    paths = R.write_report(res, tmp_path / "rep")
+    md = paths["markdown"].read_text()
+    written = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert "convergence.png" not in written and "distribution_shift.png" not in written
+    assert sorted(n for n in FIGURE_LABELS if f"]({n})" in md) == written
+    assert sorted(json.loads(paths["json"].read_text())["figures"]) == written
 
 
 def test_bad_inputs(problem):

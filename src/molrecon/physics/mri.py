@@ -134,6 +134,7 @@ class MultiCoilMRI(MultiCoilOperator):
         self.fft_dims = (-2, -1) if self.dims in ("2d", "2d+t") else (-3, -2, -1)
         self._normal_maps: torch.Tensor | None = None  # maps times the FFT's centring signs (see normal)
         self._normal_centred = False
+        self._normal_dims: tuple[int, ...] = self.fft_dims
 
     # -- shapes ---------------------------------------------------------------------------------------------
     def check_kspace(self, y: torch.Tensor, what: str = "k-space") -> None:
@@ -160,23 +161,42 @@ class MultiCoilMRI(MultiCoilOperator):
         return (self.maps.conj() * ifft_centered(self.mask * y, self.fft_dims)).sum(dim=1)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """Normal operator ``A^H A`` (the mask is 0/1, so it is applied once).
+        r"""Normal operator ``A^H A`` (the mask is 0/1, so it is applied once).
 
-        For even sizes the centring signs cancel between the FFT and its inverse
-        (``F_c^H M F_c = s F^H M F s``), so the maps carry ``s`` and the plain FFTs run between: the conjugate
-        gradient applies this operator in every step.
+        Two exact shortcuts, because the conjugate gradient applies this operator in every step:
+
+        * along an FFT axis on which the mask does not vary (the readout of Cartesian line masks, of 3D
+          Poisson-disc masks and of 2D+time masks), :math:`\mathcal{F}_a` commutes with :math:`M` and
+          :math:`\mathcal{F}_a^H \mathcal{F}_a = I`, so the FFT pair along ``a`` cancels and is not computed
+          (:meth:`normal_fft_dims`): half the FFT work of a 2D line mask;
+        * for even sizes the centring signs cancel between the FFT and its inverse
+          (``F_c^H M F_c = s F^H M F s``), so the maps carry ``s`` and the plain FFTs run between.
         """
         if self._normal_maps is None:
-            signs = input_signs(self.maps, self.fft_dims)
+            dims = self.normal_fft_dims()
+            signs = input_signs(self.maps, dims) if dims else None
             self._normal_maps = self.maps if signs is None else signs * self.maps
-            self._normal_centred = signs is None
-        maps = self._normal_maps
+            self._normal_centred = bool(dims) and signs is None
+            self._normal_dims = dims
+        maps, dims = self._normal_maps, self._normal_dims
         coil_images = maps * x.unsqueeze(1)
-        if self._normal_centred:
-            k = self.mask * fft_centered(coil_images, self.fft_dims)
-            return (maps.conj() * ifft_centered(k, self.fft_dims)).sum(dim=1)
-        k = self.mask * torch.fft.fftn(coil_images, dim=self.fft_dims, norm="ortho")
-        return (maps.conj() * torch.fft.ifftn(k, dim=self.fft_dims, norm="ortho")).sum(dim=1)
+        if not dims:
+            k = self.mask * coil_images
+        elif self._normal_centred:
+            k = ifft_centered(self.mask * fft_centered(coil_images, dims), dims)
+        else:
+            k = torch.fft.ifftn(self.mask * torch.fft.fftn(coil_images, dim=dims, norm="ortho"), dim=dims,
+                                norm="ortho")
+        return (maps.conj() * k).sum(dim=1)
+
+    def normal_fft_dims(self) -> tuple[int, ...]:
+        """The FFT axes along which the mask varies: :meth:`normal` transforms only these (see there)."""
+        weights = self.sampling_weights()
+        varying = []
+        for d in self.fft_dims:
+            if weights.shape[d] > 1 and not torch.equal(weights, weights.narrow(d, 0, 1).expand_as(weights)):
+                varying.append(d)
+        return tuple(varying)
 
     def norm_bound(self) -> float:
         """Certified ``‖A‖ ≤ max|M| · ‖F‖ · ‖S‖ = max|M| · max_pixels sqrt(Σ_c |S_c|²)`` (``F`` orthonormal)."""

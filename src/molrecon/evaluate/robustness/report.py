@@ -51,6 +51,11 @@ def summary_rows(res: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+#: figure file -> its label in the report, in the order the report shows them
+FIGURE_LABELS = {"amplification_vs_eps.png": "amplification", "convergence.png": "convergence",
+                 "adversarial_examples.png": "examples", "distribution_shift.png": "shift"}
+
+
 def markdown_report(res: Mapping[str, Any], title: str = "molrecon robustness report") -> str:
     """The human-readable report: acceptance answers first, then one table per measurement."""
 
@@ -144,8 +149,13 @@ def markdown_report(res: Mapping[str, Any], title: str = "molrecon robustness re
         lines += ["## Distribution shift (PSNR dB / SSIM, mean over slices)", "", markdown_table(srow, list(srow[0]))]
     if res.get("errors"):
         lines += ["## Failures", ""] + [f"- {lb}: {e}" for lb, errs in res["errors"].items() for e in errs] + [""]
-    lines += ["## Figures", "", "![amplification](amplification_vs_eps.png)", "", "![convergence](convergence.png)",
-              "", "![examples](adversarial_examples.png)", "", "![shift](distribution_shift.png)", ""]
+    figures = res.get("figures")
+    if figures is None:
+        figures = list(FIGURE_LABELS)
+    if figures:
+        lines += ["## Figures", ""]
+        for name in figures:
+            lines += [f"![{FIGURE_LABELS.get(name, Path(name).stem)}]({name})", ""]
     return "\n".join(lines)
 
 
@@ -159,8 +169,8 @@ def write_report(res: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     res.setdefault("machine", machine_info())
     res.setdefault("command", res["machine"].get("command"))
     plots = write_plots(res, out)
+    res["figures"] = [p.name for p in plots]  # the report links only the figures that the results allowed
     clean = {k: v for k, v in res.items() if not k.startswith("_")}
-    clean["figures"] = [p.name for p in plots]
     write_json_atomic(out / "robustness.json", clean)
     write_text_atomic(out / "robustness.md", markdown_report(res))
     return {"json": out / "robustness.json", "markdown": out / "robustness.md",
