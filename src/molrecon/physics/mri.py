@@ -133,6 +133,7 @@ class MultiCoilMRI(MultiCoilOperator):
         self.mask = mask
         self.fft_dims = (-2, -1) if self.dims in ("2d", "2d+t") else (-3, -2, -1)
         self._normal_maps: torch.Tensor | None = None  # maps times the FFT's centring signs (see normal)
+        self._normal_maps_conj: torch.Tensor | None = None
         self._normal_centred = False
         self._normal_dims: tuple[int, ...] = self.fft_dims
 
@@ -176,6 +177,7 @@ class MultiCoilMRI(MultiCoilOperator):
             dims = self.normal_fft_dims()
             signs = input_signs(self.maps, dims) if dims else None
             self._normal_maps = self.maps if signs is None else signs * self.maps
+            self._normal_maps_conj = self._normal_maps.conj().resolve_conj()  # a lazy conj costs a copy per call
             self._normal_centred = bool(dims) and signs is None
             self._normal_dims = dims
         maps, dims = self._normal_maps, self._normal_dims
@@ -187,7 +189,7 @@ class MultiCoilMRI(MultiCoilOperator):
         else:
             k = torch.fft.ifftn(self.mask * torch.fft.fftn(coil_images, dim=dims, norm="ortho"), dim=dims,
                                 norm="ortho")
-        return (maps.conj() * k).sum(dim=1)
+        return (self._normal_maps_conj * k).sum(dim=1)
 
     def normal_fft_dims(self) -> tuple[int, ...]:
         """The FFT axes along which the mask varies: :meth:`normal` transforms only these (see there)."""
