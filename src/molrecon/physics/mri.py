@@ -132,10 +132,8 @@ class MultiCoilMRI(MultiCoilOperator):
             raise InputError("mask is empty: no k-space sample is acquired")
         self.mask = mask
         self.fft_dims = (-2, -1) if self.dims in ("2d", "2d+t") else (-3, -2, -1)
-        self._normal_maps: torch.Tensor | None = None  # maps times the FFT's centring signs (see normal)
-        self._normal_maps_conj: torch.Tensor | None = None
-        self._normal_centred = False
-        self._normal_dims: tuple[int, ...] = self.fft_dims
+        # (maps with the centring signs, their conjugate, the FFT axes, whether those FFTs centre): see normal
+        self._normal_plan: tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool] | None = None
 
     # -- shapes ---------------------------------------------------------------------------------------------
     def check_kspace(self, y: torch.Tensor, what: str = "k-space") -> None:
@@ -173,23 +171,22 @@ class MultiCoilMRI(MultiCoilOperator):
         * for even sizes the centring signs cancel between the FFT and its inverse
           (``F_c^H M F_c = s F^H M F s``), so the maps carry ``s`` and the plain FFTs run between.
         """
-        if self._normal_maps is None:
+        if self._normal_plan is None:
             dims = self.normal_fft_dims()
             signs = input_signs(self.maps, dims) if dims else None
-            self._normal_maps = self.maps if signs is None else signs * self.maps
-            self._normal_maps_conj = self._normal_maps.conj().resolve_conj()  # a lazy conj costs a copy per call
-            self._normal_centred = bool(dims) and signs is None
-            self._normal_dims = dims
-        maps, dims = self._normal_maps, self._normal_dims
+            maps = self.maps if signs is None else signs * self.maps
+            # resolved once: a lazy conj would be materialised again in every call
+            self._normal_plan = (maps, maps.conj().resolve_conj(), dims, signs is None)
+        maps, maps_conj, dims, centred = self._normal_plan
         coil_images = maps * x.unsqueeze(1)
         if not dims:
             k = self.mask * coil_images
-        elif self._normal_centred:
+        elif centred:
             k = ifft_centered(self.mask * fft_centered(coil_images, dims), dims)
         else:
             k = torch.fft.ifftn(self.mask * torch.fft.fftn(coil_images, dim=dims, norm="ortho"), dim=dims,
                                 norm="ortho")
-        return (self._normal_maps_conj * k).sum(dim=1)
+        return (maps_conj * k).sum(dim=1)
 
     def normal_fft_dims(self) -> tuple[int, ...]:
         """The FFT axes along which the mask varies: :meth:`normal` transforms only these (see there)."""
