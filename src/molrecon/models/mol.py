@@ -106,8 +106,9 @@ class MOL(nn.Module):
         ``lr_weight``, ``lr_threshold``, ``lr_eps``, ``lr_steps``, ``lr_noise``, ``lr_step_size`` (MOL-LR
         penalty; authors: 1e-6, 0.98, 1e-3, 10 ascent steps, 0.01, 1.0), ``lr_clip`` (the rescaling safeguard,
         :meth:`enforce_lipschitz`; ``None`` disables it), ``lr_warm_steps`` (amortised estimate from the slice's
-        last adversarial point, ``train.fixed_point_cache``). Keys of the other strategies are ignored (stored
-        configs carry all of them).
+        last adversarial point, ``train.fixed_point_cache``), ``lr_jacobian_steps`` and ``lr_jacobian_threshold``
+        (also penalise the Jacobian power-iteration estimate, warm-started per slice). Keys of the other
+        strategies are ignored (stored configs carry all of them).
     max_iter, tol: forward fixed-point iterations and relative-change tolerance.
     alpha: step of the block (default 1: the smallest contraction factor; any ``0 < α < 2/(1+L)`` contracts).
     lam: data-consistency weight λ (learnable when ``learn_lam``; stored as ``log_lam``).
@@ -183,6 +184,7 @@ class MOL(nn.Module):
         self.architecture, self.residual_scale = architecture, float(residual_scale)
         self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
         self.last_lip_point: torch.Tensor | None = None
+        self.last_lip_points: dict[str, torch.Tensor] = {}
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
         self._custom_denoiser = denoiser is not None
         self.denoiser: nn.Module | None = denoiser
@@ -579,14 +581,17 @@ class MOL(nn.Module):
 
     # -- training penalty -----------------------------------------------------------------------------------
     def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None,
-                   v0: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                   v0: torch.Tensor | None = None,
+                   warm: dict[str, torch.Tensor | None] | None = None) -> tuple[torch.Tensor, dict]:
         """MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate around ``x_hat``
-        (detached); logs ``lipschitz`` (max over the batch) and ``lipschitz_penalty``. Zero for SN / DEQ.
+        (detached), plus the Jacobian term with ``lr_jacobian_steps``; logs ``lipschitz`` (max over the batch
+        and the estimators) and ``lipschitz_penalty``. Zero for SN / DEQ.
 
-        Amortised estimate: with ``v0`` (the adversarial point this slice reached last time, kept by the
-        trainer's fixed-point cache) and ``lr_warm_steps`` set, the ascent continues from ``v0`` for
-        ``lr_warm_steps`` steps instead of ``lr_steps`` from a fresh noisy start. The point reached is left in
-        ``last_lip_point``."""
+        Amortised estimates: ``warm`` holds the vectors named by the strategy's ``warm_keys()`` for this batch
+        (kept by the trainer's fixed-point cache): the adversarial point this slice reached last time
+        (``"lip_v"``, also accepted as ``v0``; used with ``lr_warm_steps``) and the power-iteration vector
+        (``"lip_u"``). The new vectors are left in ``last_lip_points`` (the adversarial one also in
+        ``last_lip_point``)."""
         zero = self.log_lam.new_zeros(())
         if not self.constraint_strategy.has_penalty:
             return zero, {}
@@ -594,8 +599,13 @@ class MOL(nn.Module):
             raise InputError("MOL.extra_loss: call the model once (or pass dims=) before the penalty")
         if not torch.isfinite(x_hat).all():
             raise InputError("MOL.extra_loss: x_hat contains NaN/Inf")
+        warm = dict(warm or {})
+        if v0 is not None:
+            warm["lip_v"] = v0
         weights = self._weights(tuple(x_hat.shape[1:]))
-        pen, logs, self.last_lip_point = self.constraint_strategy.penalty(lambda v: self._h(v, weights), x_hat, v0)
+        pen, logs, self.last_lip_points = self.constraint_strategy.penalty(lambda v: self._h(v, weights), x_hat,
+                                                                           warm)
+        self.last_lip_point = self.last_lip_points.get("lip_v")
         self._lip_estimate = logs["lipschitz"]
         return pen, logs
 

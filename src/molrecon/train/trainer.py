@@ -297,12 +297,16 @@ class Trainer:
         extra_kwargs = None
         if cache is not None:
             cache.put(batch["index"], "x", x_hat)
-            if getattr(getattr(self.model, "constraint_strategy", None), "lr_warm_steps", None):
-                extra_kwargs = {"v0": cache.get(batch["index"], "lip_v", physics.spatial_shape, self.device)}
+            strategy = getattr(self.model, "constraint_strategy", None)
+            keys = strategy.warm_keys() if strategy is not None else ()
+            if keys:
+                extra_kwargs = {"warm": {k: cache.get(batch["index"], k, physics.spatial_shape, self.device)
+                                         for k in keys}}
         loss, logs = training_loss(self.model, x_hat, batch["target"],
                                    batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
-        if extra_kwargs is not None and getattr(self.model, "last_lip_point", None) is not None:
-            cache.put(batch["index"], "lip_v", self.model.last_lip_point)
+        if extra_kwargs is not None:
+            for k, point in getattr(self.model, "last_lip_points", {}).items():
+                cache.put(batch["index"], k, point)
         for k, v in info_logs(self.model).items():
             logs.setdefault(k, v)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
         # agreed by all ranks before backward (DDP's all-reduce would deadlock if one rank stopped here alone)
