@@ -12,6 +12,10 @@ from molrecon.models.constraints import (
     LipschitzPenalty,
     SpectralNormalization,
     Unconstrained,
+    adversarial_lipschitz,
+    jacobian_norm_along,
+    jacobian_spectral_norm,
+    lipschitz_barrier,
     make_constraint,
 )
 from molrecon.names import CONSTRAINTS
@@ -81,3 +85,74 @@ def test_a_checkpoint_with_every_strategys_keys_resumes(tmp_path):
     save_checkpoint(last, state)
     cfg["train"]["max_steps"] = 2
     assert train(cfg, resume=True)["step"] == 2
+
+
+def test_jacobian_norm_along_is_the_directional_derivative_and_carries_the_weight_gradient():
+    torch.manual_seed(0)
+    model = MOL(constraint="lr", dims="2d", channels=4, layers=3, architecture="residual",
+                residual_init_gain=1.0)
+    w = model._weights((12, 12))
+    h = lambda v: model._h(v, w)  # noqa: E731
+    x = torch.randn(1, 12, 12, dtype=torch.complex64)
+    v = torch.randn(1, 12, 12, dtype=torch.complex64)
+    got = jacobian_norm_along(h, x, v)
+    eps = 1e-3
+    with torch.no_grad():
+        fd = (h(x + eps * v) - h(x - eps * v)).abs().pow(2).sum().sqrt() / (2 * eps * v.abs().pow(2).sum().sqrt())
+    assert float(got.detach()) == pytest.approx(float(fd), rel=2e-3)
+    # a linear h = a * v: ||J v|| / ||v|| = |a| with d/da = sign(a)
+    a = torch.tensor(-0.6, requires_grad=True)
+    lin = jacobian_norm_along(lambda z: a * z, x, v)
+    lin.sum().backward()
+    assert float(lin.detach()) == pytest.approx(0.6, rel=1e-5) and float(a.grad) == pytest.approx(-1.0, rel=1e-5)
+
+
+def test_jacobian_penalty_adds_a_barrier_on_the_power_iteration_estimate_and_continues_it():
+    opts = dict(dims="2d", channels=4, layers=3, architecture="residual", residual_init_gain=1.0, lr_steps=2,
+                lr_weight=1e-3, lr_threshold=0.9, lr_jacobian_threshold=0.8)
+    model = MOL(constraint="lr", lr_jacobian_steps=3, **opts)
+    assert model.config()["lr_jacobian_steps"] == 3 and "lr_jacobian_steps" not in MOL(constraint="lr").config()
+    assert model.constraint_strategy.warm_keys() == ("lip_u",)
+    x = torch.randn(1, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    loss, logs = model.extra_loss(x)
+    w = model._weights((12, 12))
+    h = lambda v: model._h(v, w)  # noqa: E731
+    torch.manual_seed(0)  # the same random starts as inside the penalty
+    adv = adversarial_lipschitz(h, x, steps=2)
+    _, u = jacobian_spectral_norm(h, x, n_iter=3, return_vector=True)
+    jac = jacobian_norm_along(h, x, u)
+    ref = 1e-3 * (lipschitz_barrier(adv, 0.9) + lipschitz_barrier(jac, 0.8)).mean().detach()
+    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-5)
+    assert logs["lipschitz_jacobian"] == pytest.approx(float(jac.detach()), rel=1e-5)
+    assert logs["lipschitz"] == max(logs["lipschitz_adversarial"], logs["lipschitz_jacobian"])
+    assert torch.equal(model.last_lip_points["lip_u"], u)
+    # continued from its vector the power iteration only climbs (Rayleigh quotients of J^T J do not decrease)
+    _, again = model.extra_loss(x, warm={"lip_u": u})
+    assert again["lipschitz_jacobian"] >= logs["lipschitz_jacobian"] * (1 - 1e-6)
+    without = MOL(constraint="lr", **opts)
+    without.load_state_dict(model.state_dict())
+    torch.manual_seed(0)
+    base, base_logs = without.extra_loss(x)
+    assert "lipschitz_jacobian" not in base_logs and float(base.detach()) < float(loss.detach())
+    with pytest.raises(InputError, match="lr_jacobian_steps"):
+        MOL(constraint="lr", lr_jacobian_steps=0)
+
+
+def test_power_iteration_stops_once_it_no_longer_rises():
+    weight = torch.linspace(0.1, 0.8, 64).reshape(1, 8, 8)
+    steps = []
+
+    def h(v: torch.Tensor) -> torch.Tensor:
+        out = weight * v
+        if out.requires_grad:
+            out.register_hook(lambda g: steps.append(1))
+        return out
+
+    x = torch.randn(1, 8, 8, dtype=torch.complex64)
+    full = jacobian_spectral_norm(h, x, n_iter=400, generator=torch.Generator().manual_seed(0))
+    calls_full = len(steps)
+    steps.clear()
+    early = jacobian_spectral_norm(h, x, n_iter=400, generator=torch.Generator().manual_seed(0), tol=1e-4)
+    assert len(steps) < calls_full / 2
+    assert float(early) == pytest.approx(float(full), rel=2e-3) and float(full) == pytest.approx(0.8, rel=1e-3)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from molrecon.train import Trainer, validate_config
-from molrecon.train.fixed_point_cache import FixedPointCache
+from molrecon.train.fixed_point_cache import SHARED_SLOT, FixedPointCache
 from molrecon.weights.checkpoint import load_checkpoint
 
 MOL_LR = {"method": "mol-lr", "dims": "2d", "channels": 4, "layers": 3, "max_iter": 15, "tol": 1e-4, "lam": 10.0,
@@ -66,20 +66,26 @@ def test_warm_start_same_fixed_point_fewer_iterations():
     assert float((warm - cold).abs().max() / cold.abs().max()) < 1e-4
 
 
-def test_resume_with_the_cache_is_bitwise_exact_and_needs_the_cache(tmp_path):
-    whole = _fit(_config(tmp_path / "whole", 4))
-    assert len(whole.fp_cache) == 2 and whole.fp_cache.hits > 0
-    _fit(_config(tmp_path / "cut", 2))
+@pytest.mark.parametrize("extra", [{}, {"lr_jacobian_steps": 2}], ids=["adversarial", "with-jacobian"])
+def test_resume_with_the_cache_is_bitwise_exact_and_needs_the_cache(tmp_path, extra):
+    whole = _fit(_config(tmp_path / "whole", 4, **extra))
+    slices = {k: v for k, v in whole.fp_cache.entries.items() if k != SHARED_SLOT}
+    assert len(slices) == 2 and whole.fp_cache.hits > 0
+    names = {"x", "lip_v"} | ({"lip_u"} if extra else set())
+    assert all(set(entry) == names for entry in slices.values())
+    # the Jacobian vector of the last step is kept for the next slice's first visit
+    assert (SHARED_SLOT in whole.fp_cache.entries) == bool(extra)
+    _fit(_config(tmp_path / "cut", 2, **extra))
     ck = load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert sorted(ck["fixed_point_cache"]["entries"]) == [0, 1]
-    resumed = _fit(_config(tmp_path / "cut", 4), resume=True)
+    assert sorted(ck["fixed_point_cache"]["entries"]) == ([SHARED_SLOT] if extra else []) + [0, 1]
+    resumed = _fit(_config(tmp_path / "cut", 4, **extra), resume=True)
     for key, v in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], v), key
     # without the cache in the checkpoint the second epoch starts cold: not the same run (the test can fail)
     del ck["fixed_point_cache"]
     (tmp_path / "cold").mkdir()
     torch.save(ck, tmp_path / "cold" / "last.pt")
-    cold = _fit(_config(tmp_path / "cold", 4), resume=True)
+    cold = _fit(_config(tmp_path / "cold", 4, **extra), resume=True)
     assert any(not torch.equal(cold.model.state_dict()[k], v) for k, v in whole.model.state_dict().items())
 
 

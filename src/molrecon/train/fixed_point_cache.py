@@ -13,7 +13,9 @@ rank's new entries are all-gathered at each store, so all ranks hold the same gl
 trained on (rank 0's copy, in the checkpoint, is the whole of it; a run resumes on any world size).
 
 Entries are keyed by the slice's position in the training set (:class:`IndexedDataset` adds it to every item as
-``"index"``) and kept on the CPU, so device memory does not grow with the data set.
+``"index"``) and kept on the CPU, so device memory does not grow with the data set. The key
+:data:`SHARED_SLOT` (-1, no slice's) holds vectors shared across slices: the last Jacobian power-iteration
+vector of MOL-LR, which starts a slice's first estimate.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from ..errors import CheckpointError
+
+
+#: the cache key of entries that belong to no slice
+SHARED_SLOT = -1
 
 
 class IndexedDataset(Dataset):

@@ -69,7 +69,7 @@ from ..models.factory import build_model, model_config
 from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import validate_config
 from .datasets import DIMS_OF_KIND_ALIAS, ResumableSampler, build_datasets, seed_everything, to_device
-from .fixed_point_cache import FixedPointCache, IndexedDataset
+from .fixed_point_cache import SHARED_SLOT, FixedPointCache, IndexedDataset
 from .health import HealthMonitor
 from .logs import PRETRAIN_COLUMNS, TRAIN_COLUMNS, VAL_COLUMNS, CSVLog, info_logs, lam_of
 from .losses import training_loss
@@ -299,14 +299,21 @@ class Trainer:
             cache.put(batch["index"], "x", x_hat)
             strategy = getattr(self.model, "constraint_strategy", None)
             keys = strategy.warm_keys() if strategy is not None else ()
+            shared = strategy.shared_warm_keys() if strategy is not None else ()
             if keys:
-                extra_kwargs = {"warm": {k: cache.get(batch["index"], k, physics.spatial_shape, self.device)
-                                         for k in keys}}
+                warm_points = {k: cache.get(batch["index"], k, physics.spatial_shape, self.device) for k in keys}
+                for k in shared:
+                    if warm_points[k] is None:
+                        warm_points[k] = cache.get([SHARED_SLOT] * len(batch["index"]), k, physics.spatial_shape,
+                                                   self.device)
+                extra_kwargs = {"warm": warm_points}
         loss, logs = training_loss(self.model, x_hat, batch["target"],
                                    batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
         if extra_kwargs is not None:
             for k, point in getattr(self.model, "last_lip_points", {}).items():
                 cache.put(batch["index"], k, point)
+                if k in shared:
+                    cache.put([SHARED_SLOT], k, point[-1:])
         for k, v in info_logs(self.model).items():
             logs.setdefault(k, v)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
         # agreed by all ranks before backward (DDP's all-reduce would deadlock if one rank stopped here alone)
