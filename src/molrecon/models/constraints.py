@@ -257,17 +257,18 @@ class Unconstrained(_Estimated):
 @register_constraint("lr")
 @dataclass
 class LipschitzPenalty(_Estimated):
-    """MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate (``lr_threshold``,
+    r"""MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate (``lr_threshold``,
     ``lr_eps``; ``lr_steps`` ascent steps, or ``lr_warm_steps`` from the slice's last point), and the rescaling
     safeguard at ``lr_clip`` (``None``: off).
 
     ``lr_jacobian_steps``: also penalise the Jacobian's spectral norm at ``x_hat``, the estimate the certificate
     takes its maximum with. That many power-iteration steps on :math:`J^T J` per training step, continued from
-    the slice's vector of its last visit (``"lip_u"``; on a first visit, from the last vector of any slice), then a differentiable :math:`\|J u\|`
-    (:func:`jacobian_norm_along`) under its own barrier at ``lr_jacobian_threshold`` (default
-    ``lr_threshold``). Why: the adversarial ascent explores only where its noisy start leads, and training
-    learns to contract there; on the shipped 450-step model it reads 0.90 (its barrier) at test reconstructions
-    where the power iteration finds 0.95–1.00 (benchmarks/README.md, "Jacobian penalty").
+    the slice's vector of its last visit (``"lip_u"``; on a first visit, from the last vector of any slice),
+    then a differentiable :math:`\|J u\|` (:func:`jacobian_norm_along`) under its own barrier at
+    ``lr_jacobian_threshold`` (default ``lr_threshold``). Why: the adversarial ascent explores only where its
+    noisy start leads, and training learns to contract there; on the model trained without this term it reads
+    0.90 (its barrier) at test reconstructions where the power iteration finds 0.95–1.00 (benchmarks/README.md,
+    "Jacobian penalty").
     """
 
     has_penalty: ClassVar[bool] = True

@@ -29,7 +29,6 @@ from torch.utils.data import Dataset
 
 from ..errors import CheckpointError
 
-
 #: the cache key of entries that belong to no slice
 SHARED_SLOT = -1
 
