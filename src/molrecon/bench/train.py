@@ -59,7 +59,8 @@ TRAIN_METHODS: dict[str, dict[str, Any]] = {
     # the shipped 2D recipes (configs/mol_lr_2d.yaml, configs/mol_sn_2d.yaml at 15 CG steps with the cache)
     "mol-lr-residual": {"method": "mol-lr", "architecture": "residual", "residual_scale": 0.9, "max_iter": 50,
                         "tol": 1e-4, "cg_iter": 15, "anderson_m": 8, "lr_weight": 1e-5, "lr_threshold": 0.90,
-                        "lr_clip": None, "_train": {"fixed_point_cache": True}},
+                        "lr_clip": None, "lr_jacobian_steps": 3, "lr_jacobian_threshold": 0.95,
+                        "_train": {"fixed_point_cache": True}},
     "mol-sn-sll": {"method": "mol-sn", "architecture": "sll", "state_channels": 16, "lipschitz_target": 0.99,
                    "max_iter": 80, "tol": 1e-4, "cg_iter": 15, "anderson_m": 8, "_train": {"fixed_point_cache": True}},
 }
