@@ -189,3 +189,18 @@ def test_shipped_mol_lr_is_monotone_by_its_own_estimate():
     assert math.isfinite(cert["robustness_constant"])
     jac = jacobian_spectral_norm(model.prior, x_rec, n_iter=15, generator=torch.Generator().manual_seed(1))
     assert float(jac.max()) <= cert["L"] * (1 + 1e-4)
+
+
+@pytest.mark.slow
+def test_shipped_mol_lr_is_monotone_by_its_own_estimate_at_every_test_slice():
+    """The same at the reconstruction of each of the 16 built-in test slices (the claim of the README's shipped
+    models table; ``tools/lipschitz_at_test.py`` prints these figures)."""
+    from molrecon import load_pretrained
+
+    model = load_pretrained("mol-lr-2d-4x")
+    estimates = []
+    for index in range(16):
+        y, physics, _ = builtin_test_example(index)
+        model(y, physics)
+        estimates.append(model.certificate(physics)["L"])
+    assert max(estimates) < 1, estimates
