@@ -122,8 +122,8 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     element's estimate rose by more than ``tol`` (relative) over the last 10 steps.
 
     The top of a CNN Jacobian's spectrum on a whole image is crowded, so the iteration creeps upwards: on the
-    shipped ``mol-lr-2d-4x`` at a test reconstruction it reads 0.86 / 0.91 / 0.985 / 1.0006 after
-    3 / 10 / 30 / 60 steps from a random start.
+    ``mol-lr-2d-4x`` shipped before the Jacobian barrier, at a test reconstruction, it reads 0.86 / 0.91 /
+    0.985 / 1.0006 after 3 / 10 / 30 / 60 steps from a random start.
     """
     x = x.detach()
     if v0 is not None:
@@ -304,8 +304,9 @@ class LipschitzPenalty(_Estimated):
         return (("lip_v",) if self.lr_warm_steps is not None else ()) + self.shared_warm_keys()
 
     def shared_warm_keys(self) -> tuple[str, ...]:
-        # the top singular vectors of the CNN's Jacobian at different images have much in common: on the shipped
-        # model 5 steps from another test image's vector read 0.944 where 5 from a random start read 0.884
+        # the top singular vectors of the CNN's Jacobian at different images have much in common: on the model
+        # shipped before this term, 5 steps from another test image's vector read 0.944 where 5 from a random start
+        # read 0.884
         return ("lip_u",) if self.lr_jacobian_steps is not None else ()
 
     def penalty(self, h: Callable[[torch.Tensor], torch.Tensor], x_hat: torch.Tensor,
