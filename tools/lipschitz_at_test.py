@@ -17,27 +17,23 @@ from pathlib import Path
 
 from molrecon.data.builtin import builtin_dataset, ensure_builtin
 from molrecon.data.slice_dataset import collate, physics_from_batch
+from molrecon.errors import MolreconError
 from molrecon.io import machine_info, write_json_atomic
-from molrecon.weights.checkpoint import load_model_from_checkpoint
-from molrecon.weights.pretrained import available_names, load_pretrained
-
-
-def load(spec: str):
-    if spec in available_names():
-        return load_pretrained(spec)
-    if not Path(spec).is_file():
-        sys.exit(f"error: {spec}: neither a shipped model ({', '.join(available_names())}) nor a checkpoint file")
-    return load_model_from_checkpoint(spec)
+from molrecon.weights.loading import resolve_model
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="shipped model name or checkpoint path")
+    p.add_argument("model", help="shipped model name, learned method name or checkpoint path")
     p.add_argument("--kind", default="2d")
     p.add_argument("--slices", type=int, default=None, help="the first N test slices (default: all)")
     p.add_argument("--out", type=Path, default=None, help="write the per-slice figures as JSON")
     a = p.parse_args()
-    model = load(a.model).eval()
+    try:
+        model = resolve_model(a.model).model  # in eval mode
+    except MolreconError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ensure_builtin(a.kind)
     dataset = builtin_dataset(a.kind, "test", mask_func=None)  # the stored masks, as `make demo`
     n = len(dataset) if a.slices is None else min(a.slices, len(dataset))
