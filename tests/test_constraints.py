@@ -139,6 +139,48 @@ def test_jacobian_penalty_adds_a_barrier_on_the_power_iteration_estimate_and_con
         MOL(constraint="lr", lr_jacobian_steps=0)
 
 
+def test_lr_steps_zero_trains_the_jacobian_term_alone_and_the_certificate_still_ascends(monkeypatch):
+    opts = dict(dims="2d", channels=4, layers=3, architecture="residual", residual_init_gain=1.0, lr_weight=1e-3,
+                lr_threshold=0.9, lr_jacobian_threshold=0.8)
+    model = MOL(constraint="lr", lr_steps=0, lr_jacobian_steps=3, **opts)
+    x = torch.randn(1, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    loss, logs = model.extra_loss(x)
+    w = model._weights((12, 12))
+    h = lambda v: model._h(v, w)  # noqa: E731
+    torch.manual_seed(0)
+    _, u = jacobian_spectral_norm(h, x, n_iter=3, return_vector=True)
+    jac = jacobian_norm_along(h, x, u)
+    assert float(loss.detach()) == pytest.approx(float(1e-3 * lipschitz_barrier(jac.detach(), 0.8).mean()), rel=1e-5)
+    assert "lipschitz_adversarial" not in logs and logs["lipschitz"] == logs["lipschitz_jacobian"]
+    loss.backward()  # the Jacobian term alone carries a gradient into the weights
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.denoiser.parameters())
+    with pytest.raises(InputError, match="lr_jacobian_steps"):
+        MOL(constraint="lr", lr_steps=0)
+    with pytest.raises(InputError, match="lr_steps"):
+        MOL(constraint="lr", lr_steps=-1)
+    # the certificate's adversarial ascent takes at least the authors' 10 steps, whatever the training used
+    import molrecon.models.mol as mol_module
+
+    seen = []
+    real = mol_module.adversarial_lipschitz
+    monkeypatch.setattr(mol_module, "adversarial_lipschitz", lambda *a, **k: seen.append(k["steps"]) or real(*a, **k))
+    physics = _physics_12()
+    for steps in (0, 2, 25):
+        extra = {"lr_jacobian_steps": 1} if steps == 0 else {}
+        MOL(constraint="lr", lr_steps=steps, **extra, **opts).certificate(physics, x=x, power_iterations=5)
+    assert seen == [mol_module.CERTIFICATE_ASCENT_STEPS, mol_module.CERTIFICATE_ASCENT_STEPS, 25]
+
+
+def _physics_12():
+    from molrecon.physics import MultiCoilMRI
+
+    maps = torch.ones(1, 1, 12, 12, dtype=torch.complex64)
+    mask = torch.zeros(1, 12, 12)
+    mask[..., ::2] = 1
+    return MultiCoilMRI(maps, mask)
+
+
 def test_power_iteration_stops_once_it_no_longer_rises():
     weight = torch.linspace(0.1, 0.8, 64).reshape(1, 8, 8)
     steps = []

@@ -243,6 +243,8 @@ class _Estimated(Constraint):
     def __post_init__(self) -> None:
         self.lr_steps, self.lr_noise, self.lr_step_size = int(self.lr_steps), float(self.lr_noise), float(
             self.lr_step_size)
+        if self.lr_steps < 0:
+            raise InputError(f"MOL: lr_steps must be >= 0, got {self.lr_steps}")
 
     def estimate_kwargs(self) -> dict[str, Any]:
         return {"steps": self.lr_steps, "noise": self.lr_noise, "step_size": self.lr_step_size}
@@ -258,7 +260,8 @@ class Unconstrained(_Estimated):
 @dataclass
 class LipschitzPenalty(_Estimated):
     r"""MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate (``lr_threshold``,
-    ``lr_eps``; ``lr_steps`` ascent steps, or ``lr_warm_steps`` from the slice's last point), and the rescaling
+    ``lr_eps``; ``lr_steps`` ascent steps, or ``lr_warm_steps`` from the slice's last point; ``lr_steps = 0``
+    turns this term off), and the rescaling
     safeguard at ``lr_clip`` (``None``: off).
 
     ``lr_jacobian_steps``: also penalise the Jacobian's spectral norm at ``x_hat``, the estimate the certificate
@@ -289,6 +292,9 @@ class LipschitzPenalty(_Estimated):
             setattr(self, key, None if value is None else int(value))
         if self.lr_jacobian_threshold is not None:
             self.lr_jacobian_threshold = float(self.lr_jacobian_threshold)
+        if self.lr_steps == 0 and self.lr_jacobian_steps is None:
+            raise InputError("MOL-LR: lr_steps = 0 turns the adversarial term off; it needs lr_jacobian_steps, or "
+                             "nothing would constrain Lip(H)")
         self.lr_weight, self.lr_threshold, self.lr_eps = float(self.lr_weight), float(self.lr_threshold), float(
             self.lr_eps)
         self.lr_clip = None if self.lr_clip is None else float(self.lr_clip)
@@ -316,20 +322,28 @@ class LipschitzPenalty(_Estimated):
         x_hat = x_hat.detach()
         # recompute: the ratio's two CNN graphs would otherwise be held until backward, doubling what MOL keeps
         v0 = warm.get("lip_v") if self.lr_warm_steps is not None else None
-        lip, point = adversarial_lipschitz(h, x_hat, steps=self.lr_steps if v0 is None else self.lr_warm_steps,
-                                           noise=self.lr_noise, step_size=self.lr_step_size, recompute=True,
-                                           v0=v0, return_point=True)
-        pen = self.lr_weight * lipschitz_barrier(lip, self.lr_threshold, self.lr_eps).mean()
-        logs = {"lipschitz": float(lip.detach().max())}
-        points = {"lip_v": point} if self.lr_warm_steps is not None else {}
+        steps = self.lr_steps if v0 is None else self.lr_warm_steps
+        pen = x_hat.real.new_zeros(())
+        logs: dict[str, float] = {}
+        points: dict[str, torch.Tensor] = {}
+        if steps > 0:
+            lip, point = adversarial_lipschitz(h, x_hat, steps=steps, noise=self.lr_noise,
+                                               step_size=self.lr_step_size, recompute=True, v0=v0,
+                                               return_point=True)
+            pen = pen + self.lr_weight * lipschitz_barrier(lip, self.lr_threshold, self.lr_eps).mean()
+            logs["lipschitz"] = float(lip.detach().max())
+            if self.lr_warm_steps is not None:
+                points["lip_v"] = point
         if self.lr_jacobian_steps is not None:
             _, u = jacobian_spectral_norm(h, x_hat, n_iter=self.lr_jacobian_steps, return_vector=True,
                                           v0=warm.get("lip_u"))
             jac = jacobian_norm_along(h, x_hat, u)
             threshold = self.lr_threshold if self.lr_jacobian_threshold is None else self.lr_jacobian_threshold
             pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).mean()
-            logs["lipschitz_adversarial"], logs["lipschitz_jacobian"] = logs["lipschitz"], float(jac.detach().max())
-            logs["lipschitz"] = max(logs["lipschitz"], logs["lipschitz_jacobian"])
+            logs["lipschitz_jacobian"] = float(jac.detach().max())
+            if "lipschitz" in logs:
+                logs["lipschitz_adversarial"] = logs["lipschitz"]
+            logs["lipschitz"] = max(logs.get("lipschitz", 0.0), logs["lipschitz_jacobian"])
             points["lip_u"] = u
         logs["lipschitz_penalty"] = float(pen.detach())
         return pen, logs, points

@@ -73,6 +73,8 @@ from .priors import SLLDenoiser, build_prior, check_architecture
 #: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
 _WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
 #: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
+#: ascent steps of the adversarial estimate in :meth:`MOL.certificate` at the least (the authors' estimator)
+CERTIFICATE_ASCENT_STEPS = 10
 SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
 
 
@@ -374,7 +376,9 @@ class MOL(nn.Module):
         proven bound < 1: MOL-SN), ``estimator``, ``lam``, ``norm_A_bound``, ``method``.
         For MOL-LR / DEQ, L is the larger of the adversarial and Jacobian power-iteration estimates at ``x``
         (default: the last reconstruction of matching shape, else the CG-SENSE-free random image); the power
-        iteration runs until it rises by less than 1e-4 over 10 steps, at most ``power_iterations`` steps.
+        iteration runs until it rises by less than 1e-4 over 10 steps, at most ``power_iterations`` steps, and
+        the ascent takes ``max(lr_steps, CERTIFICATE_ASCENT_STEPS)`` steps, so that a model trained with a
+        cheaper estimate is not certified with it.
         """
         den = self.denoiser if self.denoiser is not None else None
         if den is None:
@@ -404,6 +408,9 @@ class MOL(nn.Module):
             jac = float(jacobian_spectral_norm(h, x, n_iter=power_iterations, tol=1e-4,
                                                generator=torch.Generator().manual_seed(0)).max())
             settings = getattr(self.constraint_strategy, "estimate_kwargs", dict)()
+            # at least as many ascent steps as the authors' estimator, whatever the training used (lr_steps can
+            # be fewer, or 0 when only the Jacobian term trains the constraint)
+            settings["steps"] = max(int(settings.get("steps", 0)), CERTIFICATE_ASCENT_STEPS)
             adv = float(adversarial_lipschitz(h, x, **settings,
                                               generator=torch.Generator().manual_seed(0)).detach().max())
             L = max(jac, adv)
