@@ -59,6 +59,11 @@ def test_config_overrides_and_errors(tmp_path):
     evil.write_text("model: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(InputError, match="not a valid YAML"):
         load_config(evil)
+    assert load_config(TINY, ["model.lr_steps=0"])["model"]["lr_steps"] == 0  # 0: no adversarial term
+    with pytest.raises(InputError, match="lr_steps must be an integer >= 0"):
+        load_config(TINY, ["model.lr_steps=-2"])
+    with pytest.raises(InputError, match="model.channels must be a positive integer"):
+        load_config(TINY, ["model.channels=0"])
     shipped = sorted((REPO / "configs").glob("**/*.yaml"))
     assert {"mol_lr_2d.yaml", "mol_lr_3d.yaml", "modl_3d.yaml", "modl_dynamic.yaml"} <= {p.name for p in shipped}
     for path in shipped:

@@ -269,7 +269,9 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
 }
 #: model keys of every family that are counts / positive sizes (the others go to the constructor as given)
 _MODEL_INTS = ("channels", "layers", "K", "cg_iter", "max_iter", "kernel_size", "anderson_m", "dc_exact_iter",
-               "init_cg_iter", "lr_steps", "backward_steps")
+               "init_cg_iter", "backward_steps")
+#: model keys that are counts where 0 turns something off (lr_steps = 0: no adversarial term in MOL-LR's penalty)
+_MODEL_COUNTS = ("lr_steps",)
 _MODEL_NUMS = ("lam", "tol", "alpha", "cg_tol", "init_lam", "lipschitz_target", "lr_clip")
 
 
@@ -285,6 +287,9 @@ def _check_types(cfg: dict, where: str) -> None:
     for key in _MODEL_INTS:
         if key in m and not _POS_INT(m[key]):
             raise InputError(f"{where}: model.{key} must be a positive integer, got {m[key]!r}")
+    for key in _MODEL_COUNTS:
+        if key in m and not _NONNEG_INT(m[key]):
+            raise InputError(f"{where}: model.{key} must be an integer >= 0, got {m[key]!r}")
     for key in _MODEL_NUMS:
         if key in m and m[key] is not None and not _POS_NUM(m[key]):
             raise InputError(f"{where}: model.{key} must be a positive number, got {m[key]!r}")
