@@ -270,6 +270,20 @@ def test_bench_train_rejects_unknown_methods_before_training():
         parse_method("mol-lr@cg_iter")
 
 
+def test_shipped_recipe_entries_follow_the_shipped_models_training_configs():
+    from molrecon.bench.train import _model_section
+    from molrecon.weights.pretrained import pretrained_info
+
+    for name, shipped, changed in (("mol-lr-residual", "mol-lr-2d-4x", {}),
+                                   ("mol-sn-sll", "mol-sn-2d-4x", {"cg_iter": 15})):
+        config = pretrained_info(shipped)["training"]["config"]
+        model, train = _model_section(name, "2d", None, None, None)
+        assert model == {**config["model"], **changed}  # the bench's 2D size is the shipped CNN
+        assert train == {"fixed_point_cache": True}
+    model, _ = _model_section("mol-lr-residual@lr_jacobian_steps=null", "2d", None, None, None)
+    assert model["lr_jacobian_steps"] is None and model["lr_threshold"] == 0.9
+
+
 def test_time_to_psnr_first_crossing():
     from molrecon.bench.train import time_to_psnr
 

@@ -41,6 +41,7 @@ from ..names import FIXED_POINT_METHODS
 from ..train.config import parse_scalar
 from ..train.trainer import Trainer
 from ..weights.checkpoint import capture_rng_state, restore_rng_state
+from ..weights.pretrained import pretrained_info
 
 # name -> model section (without dims/channels/layers, which the run sets the same for every method)
 TRAIN_METHODS: dict[str, dict[str, Any]] = {
@@ -56,13 +57,12 @@ TRAIN_METHODS: dict[str, dict[str, Any]] = {
                       "_train": {"fixed_point_cache": True}},
     "mol-lr-cached": {"method": "mol-lr", "max_iter": 50, "tol": 1e-4, "cg_iter": 5, "lr_clip": 0.97,
                       "lr_warm_steps": 2, "_train": {"fixed_point_cache": True}},
-    # the shipped 2D recipes (configs/mol_lr_2d.yaml, configs/mol_sn_2d.yaml at 15 CG steps with the cache)
-    "mol-lr-residual": {"method": "mol-lr", "architecture": "residual", "residual_scale": 0.9, "max_iter": 50,
-                        "tol": 1e-4, "cg_iter": 15, "anderson_m": 8, "lr_weight": 1e-5, "lr_threshold": 0.90,
-                        "lr_clip": None, "lr_jacobian_steps": 3, "lr_jacobian_threshold": 0.95,
-                        "_train": {"fixed_point_cache": True}},
-    "mol-sn-sll": {"method": "mol-sn", "architecture": "sll", "state_channels": 16, "lipschitz_target": 0.99,
-                   "max_iter": 80, "tol": 1e-4, "cg_iter": 15, "anderson_m": 8, "_train": {"fixed_point_cache": True}},
+}
+#: The shipped 2D recipes: name -> (shipped model, changes). Each is the training config stored with that model
+#: (so the entry follows whatever is shipped), MOL-SN at the 15 CG steps per block it runs at inference, with the cache.
+SHIPPED_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "mol-lr-residual": ("mol-lr-2d-4x", {}),
+    "mol-sn-sll": ("mol-sn-2d-4x", {"cg_iter": 15, "_train": {"fixed_point_cache": True}}),
 }
 #: The reference of the step-time ratios (the unrolled network MOL replaces).
 REFERENCE = "modl-k10"
@@ -74,6 +74,17 @@ DEFAULT_SIZES: dict[str, dict[str, Any]] = {
     "3d": {"data": {"source": "builtin", "kind": "3d", "mask": "poisson"}, "channels": 16, "layers": 5},
     "2d+t": {"data": {"source": "builtin", "kind": "dynamic", "mask": "random"}, "channels": 16, "layers": 5},
 }
+
+
+def shipped_recipe(name: str) -> dict[str, Any]:
+    """The entry of :data:`SHIPPED_RECIPES` ``name``: the shipped model's training config (model section without
+    dims/channels/layers, and its ``fixed_point_cache``) with the entry's changes."""
+    shipped, changes = SHIPPED_RECIPES[name]
+    config = pretrained_info(shipped)["training"]["config"]
+    model = {k: v for k, v in config["model"].items() if k not in ("dims", "channels", "layers")}
+    train = {"fixed_point_cache": bool(config.get("train", {}).get("fixed_point_cache", False))}
+    train.update(changes.get("_train", {}))
+    return {**model, **{k: v for k, v in changes.items() if k != "_train"}, "_train": train}
 
 
 def register_train_method(name: str, model_section: dict[str, Any]) -> None:
@@ -99,8 +110,9 @@ def parse_method(name: str) -> tuple[str, dict[str, Any]]:
     method with model settings of its own (so that several settings train side by side)."""
 
     base, _, rest = name.partition("@")
-    if base not in TRAIN_METHODS:
-        raise InputError(f"train benchmark: unknown method {base!r}; known: {sorted(TRAIN_METHODS)}")
+    if base not in TRAIN_METHODS and base not in SHIPPED_RECIPES:
+        known = sorted([*TRAIN_METHODS, *SHIPPED_RECIPES])
+        raise InputError(f"train benchmark: unknown method {base!r}; known: {known}")
     own: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         if "=" not in item:
@@ -114,7 +126,7 @@ def _model_section(name: str, dims: str, channels: int | None, layers: int | Non
                    model_overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     base, own = parse_method(name)
     size = DEFAULT_SIZES[dims]
-    entry = {**TRAIN_METHODS[base], **own}
+    entry = {**(TRAIN_METHODS[base] if base in TRAIN_METHODS else shipped_recipe(base)), **own}
     train = dict(entry.pop("_train", {}))
     model = {**entry, "dims": dims, "channels": channels or size["channels"], "layers": layers or size["layers"]}
     if model["method"] != "modl":
@@ -281,6 +293,6 @@ def train_markdown(rows: Sequence[dict[str, Any]], settings: dict[str, Any] | No
     return head + "\n" + markdown_table(table, list(table[0]) if table else [])
 
 
-__all__ = ["TRAIN_METHODS", "DEFAULT_SIZES", "parse_method", "register_train_method", "train_side_by_side",
-           "run_train_bench",
-           "summarize_train", "time_to_psnr", "train_markdown"]
+__all__ = ["TRAIN_METHODS", "SHIPPED_RECIPES", "shipped_recipe", "DEFAULT_SIZES", "parse_method",
+           "register_train_method", "train_side_by_side", "run_train_bench", "summarize_train", "time_to_psnr",
+           "train_markdown"]
