@@ -236,6 +236,32 @@ def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs(
     assert out[True][2] < 0.25 * out[False][2]
 
 
+def test_jacobian_penalty_recompute_same_value_and_gradient_without_the_graph():
+    """The Jacobian term's forward-mode JVP is recomputed in backward: bitwise the same norm and gradient, and
+    a small part of the bytes kept (the meter also counts forward-mode AD's storage-less zero tangents)."""
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.models import MOL
+    from molrecon.models.constraints import jacobian_norm_along, jacobian_spectral_norm
+
+    torch.manual_seed(0)
+    model = MOL(constraint="lr", dims="2d", channels=8, layers=4, architecture="residual", residual_init_gain=1.0)
+    u = torch.randn(2, 24, 24, dtype=torch.complex64)
+    w = model._weights((24, 24))
+    h = lambda v: model._h(v, w)  # noqa: E731
+    _, vec = jacobian_spectral_norm(h, u, n_iter=3, return_vector=True)
+    out = {}
+    for recompute in (False, True):
+        model.zero_grad()
+        with SavedTensorMeter() as meter:
+            jac = jacobian_norm_along(h, u, vec, recompute=recompute)
+        kept = meter.live_bytes
+        jac.sum().backward()
+        out[recompute] = (jac.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], kept)
+    assert torch.equal(out[False][0], out[True][0]) and len(out[True][1]) == len(out[False][1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(out[False][1], out[True][1]))
+    assert out[True][2] < 0.25 * out[False][2]
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_bench_train_smoke_rows_ratios_and_time_to_target(tmp_path):
     from molrecon.cli import main

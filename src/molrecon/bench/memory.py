@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..errors import InputError, MolreconError
 from ..evaluate.report import markdown_table
@@ -265,14 +266,16 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                      sizes: dict[str, dict] | None = None, batch: int = 1, acceleration: float = 4.0,
                      device: str = "cpu", seed: int = 0, threads: int = 1, repeats: int = 1,
                      force_iters: bool = True, timeout: float = 3600.0,
-                     on_row: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
+                     on_row: Callable[[dict, list[dict]], None] | None = None,
+                     model_settings: dict[str, Any] | None = None) -> list[dict]:
     """Measure :func:`measure_step_memory` over ``dims × method × iterations``, sequentially.
 
     Every row follows the ``memory.json`` contract ``{"method", "iters", "dims", "shape", "peak_mib",
     "device"}`` plus diagnostics (coils, channels, layers, the forward/backward iterations actually run,
     seconds of the step, and the running peak after each phase: forward, loss, backward, optimiser step).
     ``on_row(row, rows_so_far)`` is called after each measurement (the CLI rewrites the JSON there, so a long
-    sweep that is interrupted keeps what it measured).
+    sweep that is interrupted keeps what it measured). ``model_settings``: model keys for every method but MoDL
+    (e.g. the shipped MOL-LR recipe's ``architecture``, ``lr_jacobian_steps``).
     """
     iters = {**DEFAULT_ITERS, **(iters or {})}
     sizes = {d: {**DEFAULT_SIZES.get(d, {}), **(sizes or {}).get(d, {})} for d in dims_list}
@@ -290,7 +293,8 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                 r = measure_step_memory(method, int(k), shape=sz["shape"], dims=dims, coils=sz["coils"],
                                         channels=sz["channels"], layers=sz["layers"], batch=batch,
                                         acceleration=acceleration, device=device, seed=seed, threads=threads,
-                                        model_kwargs=_mol_kwargs(method, force_iters), timeout=timeout,
+                                        model_kwargs={**(model_settings if method != "modl" else {}),
+                                                      **_mol_kwargs(method, force_iters)}, timeout=timeout,
                                         repeats=repeats)
                 row = {"method": method, "iters": int(k), "dims": dims, "shape": list(sz["shape"]),
                        "peak_mib": r["peak_bytes"] / MIB, "device": r["device"], "coils": sz["coils"],

@@ -59,7 +59,11 @@ class SavedTensorMeter:
     @staticmethod
     def _key(t: torch.Tensor) -> tuple[tuple, int]:
         st = t.untyped_storage()
-        return (t.device.type, t.device.index, st.data_ptr()), int(st.nbytes())
+        try:
+            ptr = st.data_ptr()
+        except RuntimeError:  # a tensor without storage (forward-mode AD's zero tangents) holds no memory
+            return ("no storage", id(t)), 0
+        return (t.device.type, t.device.index, ptr), int(st.nbytes())
 
     def _pack(self, t: torch.Tensor) -> _Handle:
         key, nbytes = self._key(t)

@@ -73,6 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-force-iters", action="store_true",
                    help="let MOL stop at its tolerance (default: tol 1e-12 so that max_iter iterations run)")
     m.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement")
+    m.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model setting of the MOL/DEQ methods (e.g. architecture=residual, lr_jacobian_steps=3: "
+                   "the shipped MOL-LR recipe's terms)")
     m.set_defaults(func=run_memory)
 
     s = bsub.add_parser("speed", help="inference time, iterations to tol (plain vs Anderson), CNN share",
@@ -193,13 +196,15 @@ def run_memory(args: argparse.Namespace) -> int:
         if args.layers is not None:
             sz["layers"] = args.layers
         sizes[dims] = sz
+    model_settings = _settings(args.model_set, "--set")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     settings = {"batch": args.batch, "acceleration": args.accel, "threads": args.threads,
                 "repeats": args.repeats, "force_iters": not args.no_force_iters, "budget_gib": args.budget_gib,
                 "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step",
-                "data": "random complex target, simulated coil maps, default mask of the dims (mask_for)"}
+                "data": "random complex target, simulated coil maps, default mask of the dims (mask_for)",
+                "model_set": model_settings}
 
     def save(rows: list[dict], final: bool = False) -> None:
         summary = summarize_memory(rows, args.budget_gib)
@@ -216,7 +221,8 @@ def run_memory(args: argparse.Namespace) -> int:
 
     rows = run_memory_sweep(args.methods, args.dims, iters, sizes, batch=args.batch, acceleration=args.accel,
                             device=args.device, threads=args.threads, repeats=args.repeats,
-                            force_iters=not args.no_force_iters, timeout=args.timeout, on_row=on_row)
+                            force_iters=not args.no_force_iters, timeout=args.timeout, on_row=on_row,
+                            model_settings=model_settings)
     save(rows, final=True)
     print()
     print((out / "memory.md").read_text())
@@ -284,7 +290,7 @@ def _settings(items: list[str], what: str) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise InputError(f"bench train: {what} expects KEY=VALUE, got {item!r}")
+            raise InputError(f"bench: {what} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = parse_scalar(v)
     return out

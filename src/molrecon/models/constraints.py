@@ -155,18 +155,23 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
 
 
 def jacobian_norm_along(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                        v: torch.Tensor) -> torch.Tensor:
+                        v: torch.Tensor, recompute: bool = False) -> torch.Tensor:
     r""":math:`\|J_h(x)\,v\| / \|v\|` per batch element, differentiable w.r.t. the parameters of ``h``.
 
     A forward-mode JVP at the detached ``x`` along the detached ``v``; its tangent carries the reverse-mode
     graph of the weights, so a penalty on it pushes down the Jacobian in that direction. With ``v`` the
     power-iteration vector of :func:`jacobian_spectral_norm` this is a differentiable estimate of the local
-    Lipschitz constant.
+    Lipschitz constant. ``recompute``: the JVP's graph (the CNN's activations and their tangents) is not kept
+    for backward but recomputed there: the same value and gradient, one JVP more.
     """
     x, v = x.detach(), v.detach().to(x.dtype)
-    with torch.enable_grad(), forward_ad.dual_level():
-        jv = forward_ad.unpack_dual(h(forward_ad.make_dual(x, v))).tangent
-    return batch_norms(jv) / batch_norms(v).clamp_min(1e-30)
+
+    def norm_along(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad(), forward_ad.dual_level():
+            jv = forward_ad.unpack_dual(h(forward_ad.make_dual(a, b))).tangent
+        return batch_norms(jv) / batch_norms(b).clamp_min(1e-30)
+
+    return checkpoint(norm_along, x, v, use_reentrant=False) if recompute else norm_along(x, v)
 
 
 #: ``name -> Constraint class``; MOL builds its strategy from here (:func:`make_constraint`).
@@ -337,7 +342,8 @@ class LipschitzPenalty(_Estimated):
         if self.lr_jacobian_steps is not None:
             _, u = jacobian_spectral_norm(h, x_hat, n_iter=self.lr_jacobian_steps, return_vector=True,
                                           v0=warm.get("lip_u"))
-            jac = jacobian_norm_along(h, x_hat, u)
+            # recompute: the JVP's graph would otherwise be held until backward, twice what the rest of MOL keeps
+            jac = jacobian_norm_along(h, x_hat, u, recompute=True)
             threshold = self.lr_threshold if self.lr_jacobian_threshold is None else self.lr_jacobian_threshold
             pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).mean()
             logs["lipschitz_jacobian"] = float(jac.detach().max())
