@@ -115,8 +115,8 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
                            v0: torch.Tensor | None = None, tol: float | None = None):
     r"""Spectral norm of the Jacobian :math:`J_h(x)` per batch element by power iteration on :math:`J^T J`.
 
-    Uses one forward-mode JVP and one VJP per step (``torch.func``-free: a double-backward trick keeps it
-    generic), returns ``[B]`` (detached). For piecewise-linear ``h`` (ReLU CNN) this is the norm of the local
+    Uses one forward-mode JVP (under ``no_grad``: it keeps no graph) and one VJP through the graph of
+    :math:`h(x)`, built once, per step; returns ``[B]`` (detached). For piecewise-linear ``h`` (ReLU CNN) this is the norm of the local
     linear map at ``x``, a lower bound on ``Lip(h)``. ``v0``: start from this vector (e.g. the one a previous
     call returned with ``return_vector``) instead of a random one. ``tol``: stop before ``n_iter`` once no
     element's estimate rose by more than ``tol`` (relative) over the last 10 steps.
@@ -142,10 +142,10 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
             if tol is not None and len(history) > 10 and bool(
                     (history[-1] - history[-11] <= tol * history[-1].abs()).all()):
                 break
-            # J v via the double-vjp trick: d/dw <J^T w, v> = J v
-            w = torch.zeros_like(y, requires_grad=True)
-            (jtw,) = torch.autograd.grad(y, xr, w, create_graph=True)
-            (jv,) = torch.autograd.grad(jtw, w, v, retain_graph=True)
+            # J v in forward mode: the double-backward trick (d/dw <J^T w, v>) would hold a second graph of h
+            # while it runs, which set MOL-LR's peak training memory (benchmarks/README.md, "Memory")
+            with torch.no_grad(), forward_ad.dual_level():
+                jv = forward_ad.unpack_dual(h(forward_ad.make_dual(x, v))).tangent
             (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
             sigma = batch_norms(jv).detach()
             history.append(sigma)
