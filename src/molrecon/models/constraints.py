@@ -116,8 +116,8 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     r"""Spectral norm of the Jacobian :math:`J_h(x)` per batch element by power iteration on :math:`J^T J`.
 
     Uses one forward-mode JVP (under ``no_grad``: it keeps no graph) and one VJP through the graph of
-    :math:`h(x)`, built once, per step; returns ``[B]`` (detached). For piecewise-linear ``h`` (ReLU CNN) this is the norm of the local
-    linear map at ``x``, a lower bound on ``Lip(h)``. ``v0``: start from this vector (e.g. the one a previous
+    :math:`h(x)`, built once, per step; returns ``[B]`` (detached). For piecewise-linear ``h`` (ReLU CNN) this
+    is the norm of the local linear map at ``x``, a lower bound on ``Lip(h)``. ``v0``: start from this vector (e.g. the one a previous
     call returned with ``return_vector``) instead of a random one. ``tol``: stop before ``n_iter`` once no
     element's estimate rose by more than ``tol`` (relative) over the last 10 steps.
 
@@ -266,8 +266,7 @@ class Unconstrained(_Estimated):
 class LipschitzPenalty(_Estimated):
     r"""MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate (``lr_threshold``,
     ``lr_eps``; ``lr_steps`` ascent steps, or ``lr_warm_steps`` from the slice's last point; ``lr_steps = 0``
-    turns this term off), and the rescaling
-    safeguard at ``lr_clip`` (``None``: off).
+    turns this term off), and the rescaling safeguard at ``lr_clip`` (``None``: off).
 
     ``lr_jacobian_steps``: also penalise the Jacobian's spectral norm at ``x_hat``, the estimate the certificate
     takes its maximum with. That many power-iteration steps on :math:`J^T J` per training step, continued from
@@ -325,13 +324,13 @@ class LipschitzPenalty(_Estimated):
                 ) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
         warm = {k: v for k, v in (warm or {}).items() if v is not None and v.shape == x_hat.shape}
         x_hat = x_hat.detach()
-        # recompute: the ratio's two CNN graphs would otherwise be held until backward, doubling what MOL keeps
         v0 = warm.get("lip_v") if self.lr_warm_steps is not None else None
         steps = self.lr_steps if v0 is None else self.lr_warm_steps
         pen = x_hat.real.new_zeros(())
         logs: dict[str, float] = {}
         points: dict[str, torch.Tensor] = {}
         if steps > 0:
+            # recompute: the ratio's two CNN graphs would otherwise be held until backward, doubling what MOL keeps
             lip, point = adversarial_lipschitz(h, x_hat, steps=steps, noise=self.lr_noise,
                                                step_size=self.lr_step_size, recompute=True, v0=v0,
                                                return_point=True)
