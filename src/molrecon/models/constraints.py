@@ -117,9 +117,9 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
 
     Uses one forward-mode JVP (under ``no_grad``: it keeps no graph) and one VJP through the graph of
     :math:`h(x)`, built once, per step; returns ``[B]`` (detached). For piecewise-linear ``h`` (ReLU CNN) this
-    is the norm of the local linear map at ``x``, a lower bound on ``Lip(h)``. ``v0``: start from this vector (e.g. the one a previous
-    call returned with ``return_vector``) instead of a random one. ``tol``: stop before ``n_iter`` once no
-    element's estimate rose by more than ``tol`` (relative) over the last 10 steps.
+    is the norm of the local linear map at ``x``, a lower bound on ``Lip(h)``. ``v0``: start from this vector
+    (e.g. the one a previous call returned with ``return_vector``) instead of a random one. ``tol``: stop before
+    ``n_iter`` once no element's estimate rose by more than ``tol`` (relative) over the last 10 steps.
 
     The top of a CNN Jacobian's spectrum on a whole image is crowded, so the iteration creeps upwards: on the
     ``mol-lr-2d-4x`` shipped before the Jacobian barrier, at a test reconstruction, it reads 0.86 / 0.91 /
