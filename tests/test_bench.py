@@ -212,34 +212,44 @@ def test_saved_tensor_meter_counts_storages_once_and_releases_freed_graphs():
     assert meter.live_bytes == 0
 
 
+def _with_and_without_recompute(model, estimate):
+    """``{recompute: (value, weight gradients, bytes autograd keeps after the forward)}`` of ``estimate(recompute)``."""
+    from molrecon.bench.saved import SavedTensorMeter
+
+    out = {}
+    for recompute in (False, True):
+        model.zero_grad()
+        with SavedTensorMeter() as meter:
+            value = estimate(recompute)
+        kept = meter.live_bytes
+        value.sum().backward()
+        out[recompute] = (value.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], kept)
+    assert torch.equal(out[False][0], out[True][0]) and len(out[True][1]) == len(out[False][1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(out[False][1], out[True][1]))
+    return out
+
+
 def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs():
     """The MOL-LR penalty's CNN graphs are recomputed in backward: bitwise the same estimate and gradient,
     and only the two input images are kept."""
-    from molrecon.bench.saved import SavedTensorMeter
     from molrecon.models import MOL
     from molrecon.models.constraints import adversarial_lipschitz
 
     model = MOL(constraint="lr", dims="2d", channels=8, layers=4)
     u = torch.randn(2, 24, 24, dtype=torch.complex64)
-    out = {}
-    for recompute in (False, True):
-        model.zero_grad()
+
+    def estimate(recompute: bool) -> torch.Tensor:
         w = model._weights((24, 24))
-        with SavedTensorMeter() as meter:
-            lip = adversarial_lipschitz(lambda v, w=w: model._h(v, w), u, steps=3, recompute=recompute,
-                                        generator=torch.Generator().manual_seed(1))
-        kept = meter.live_bytes
-        lip.sum().backward()
-        out[recompute] = (lip.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], kept)
-    assert torch.equal(out[False][0], out[True][0])
-    assert all(torch.equal(a, b) for a, b in zip(out[False][1], out[True][1]))
+        return adversarial_lipschitz(lambda v: model._h(v, w), u, steps=3, recompute=recompute,
+                                     generator=torch.Generator().manual_seed(1))
+
+    out = _with_and_without_recompute(model, estimate)
     assert out[True][2] < 0.25 * out[False][2]
 
 
 def test_jacobian_penalty_recompute_same_value_and_gradient_without_the_graph():
     """The Jacobian term's forward-mode JVP is recomputed in backward: bitwise the same norm and gradient, and
     a small part of the bytes kept (the meter also counts forward-mode AD's storage-less zero tangents)."""
-    from molrecon.bench.saved import SavedTensorMeter
     from molrecon.models import MOL
     from molrecon.models.constraints import jacobian_norm_along, jacobian_spectral_norm
 
@@ -249,16 +259,7 @@ def test_jacobian_penalty_recompute_same_value_and_gradient_without_the_graph():
     w = model._weights((24, 24))
     h = lambda v: model._h(v, w)  # noqa: E731
     _, vec = jacobian_spectral_norm(h, u, n_iter=3, return_vector=True)
-    out = {}
-    for recompute in (False, True):
-        model.zero_grad()
-        with SavedTensorMeter() as meter:
-            jac = jacobian_norm_along(h, u, vec, recompute=recompute)
-        kept = meter.live_bytes
-        jac.sum().backward()
-        out[recompute] = (jac.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None], kept)
-    assert torch.equal(out[False][0], out[True][0]) and len(out[True][1]) == len(out[False][1]) > 0
-    assert all(torch.equal(a, b) for a, b in zip(out[False][1], out[True][1]))
+    out = _with_and_without_recompute(model, lambda recompute: jacobian_norm_along(h, u, vec, recompute=recompute))
     assert out[True][2] < 0.25 * out[False][2]
 
 

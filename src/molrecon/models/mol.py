@@ -72,9 +72,9 @@ from .priors import SLLDenoiser, build_prior, check_architecture
 
 #: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
 _WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
-#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
 #: ascent steps of the adversarial estimate in :meth:`MOL.certificate` at the least (the authors' estimator)
 CERTIFICATE_ASCENT_STEPS = 10
+#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
 SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
 
 
