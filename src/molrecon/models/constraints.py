@@ -110,6 +110,74 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
     return (lip, v) if return_point else lip
 
 
+def _jvp_no_graph(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """:math:`J_h(x)\,v` in forward mode, keeping no graph."""
+    # the double-backward trick (d/dw <J^T w, v>) would hold a second graph of h while it runs, which set
+    # MOL-LR's peak training memory (benchmarks/README.md, "Memory")
+    with torch.no_grad(), forward_ad.dual_level():
+        return forward_ad.unpack_dual(h(forward_ad.make_dual(x, v))).tangent
+
+
+def _orthonormal_rows(block: torch.Tensor) -> torch.Tensor:
+    """``[B, k, ...]`` with each element's k vectors orthonormalised in the *real* inner product (QR).
+
+    A CNN acting on real and imaginary channels is only real-linear, so its Jacobian is a real matrix on
+    :math:`\mathbb{R}^{2n}`: the complex inner product would be the wrong one.
+    """
+    real = torch.view_as_real(block) if block.is_complex() else block
+    flat = real.reshape(real.shape[0], real.shape[1], -1)
+    q, _ = torch.linalg.qr(flat.transpose(1, 2))
+    out = q.transpose(1, 2).reshape(real.shape)
+    return torch.view_as_complex(out.contiguous()) if block.is_complex() else out
+
+
+def _real_gram(a: torch.Tensor) -> torch.Tensor:
+    """``[B, k, k]`` real Gram matrices of the k vectors of each element of ``a`` ``[B, k, ...]``."""
+    real = torch.view_as_real(a) if a.is_complex() else a
+    flat = real.reshape(real.shape[0], real.shape[1], -1)
+    return flat @ flat.transpose(1, 2)
+
+
+def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, k: int, n_iter: int = 3,
+                          v0: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The top ``k`` singular values and right singular vectors of :math:`J_h(x)` by subspace iteration.
+
+    ``n_iter`` steps of :math:`V \leftarrow \operatorname{orth}(J^T J V)` on ``k`` vectors per batch element at
+    once (the ``k`` copies of ``x`` run as one batch of ``h``), then a Rayleigh–Ritz step: the eigenvectors of
+    :math:`(JV)^T (JV)` rotate ``V`` onto the Ritz vectors. Returns ``(sigma [B, k], V [B, k, ...])``, both
+    detached, in decreasing order. ``v0`` ``[B, k, ...]``: continue from these vectors.
+
+    Why a block: the top of a CNN Jacobian's spectrum is crowded. One power-iteration vector converges at the rate
+    :math:`\sigma_2/\sigma_1`, close to 1, and a barrier on that one direction lets its neighbours rise; ``k``
+    vectors converge at :math:`\sigma_{k+1}/\sigma_1` and a barrier can hold all ``k``.
+    """
+    x = x.detach()
+    b, shape = x.shape[0], x.shape[1:]
+    if v0 is not None:
+        v = v0.detach().to(x.dtype)
+    elif generator is not None:
+        v = torch.randn((b, k, *shape), generator=generator, dtype=x.dtype).to(x.device)
+    else:
+        v = torch.randn((b, k, *shape), dtype=x.dtype, device=x.device)
+    v = _orthonormal_rows(v)
+    xs = x.repeat_interleave(k, dim=0)
+    with torch.enable_grad():
+        xr = xs.clone().requires_grad_(True)
+        y = h(xr)
+        for _ in range(n_iter):
+            jv = _jvp_no_graph(h, xs, v.reshape(b * k, *shape))
+            (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
+            v = _orthonormal_rows(jtjv.detach().reshape(b, k, *shape))
+    jv = _jvp_no_graph(h, xs, v.reshape(b * k, *shape)).reshape(b, k, *shape)
+    evals, evecs = torch.linalg.eigh(_real_gram(jv))
+    evals, evecs = evals.flip(-1), evecs.flip(-1)
+    real = torch.view_as_real(v) if v.is_complex() else v
+    ritz = torch.einsum("bij,bi...->bj...", evecs.to(real.dtype), real)
+    ritz = torch.view_as_complex(ritz.contiguous()) if v.is_complex() else ritz
+    return evals.clamp_min(0).sqrt().detach(), ritz.detach()
+
+
 def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_iter: int = 20,
                            generator: torch.Generator | None = None, return_vector: bool = False,
                            v0: torch.Tensor | None = None, tol: float | None = None):
@@ -142,10 +210,7 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
             if tol is not None and len(history) > 10 and bool(
                     (history[-1] - history[-11] <= tol * history[-1].abs()).all()):
                 break
-            # J v in forward mode: the double-backward trick (d/dw <J^T w, v>) would hold a second graph of h
-            # while it runs, which set MOL-LR's peak training memory (benchmarks/README.md, "Memory")
-            with torch.no_grad(), forward_ad.dual_level():
-                jv = forward_ad.unpack_dual(h(forward_ad.make_dual(x, v))).tangent
+            jv = _jvp_no_graph(h, x, v)
             (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
             sigma = batch_norms(jv).detach()
             history.append(sigma)
@@ -209,6 +274,10 @@ class Constraint:
         """Those of :meth:`warm_keys` for which, on a slice's first visit, the vector last computed for any
         slice is a better start than none."""
         return ()
+
+    def warm_shape(self, name: str, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one slice's ``name`` vector: an image, unless the strategy keeps several per slice."""
+        return tuple(spatial_shape)
 
     def penalty(self, h: Callable[[torch.Tensor], torch.Tensor], x_hat: torch.Tensor,
                 warm: dict[str, torch.Tensor | None] | None = None
@@ -286,10 +355,11 @@ class LipschitzPenalty(_Estimated):
     lr_warm_steps: int | None = None
     lr_jacobian_steps: int | None = None
     lr_jacobian_threshold: float | None = None
+    lr_jacobian_block: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("lr_warm_steps", "lr_jacobian_steps"):
+        for key in ("lr_warm_steps", "lr_jacobian_steps", "lr_jacobian_block"):
             value = getattr(self, key)
             if value is not None and int(value) < 1:
                 raise InputError(f"MOL: {key} must be >= 1 or None, got {value}")
@@ -299,13 +369,16 @@ class LipschitzPenalty(_Estimated):
         if self.lr_steps == 0 and self.lr_jacobian_steps is None:
             raise InputError("MOL-LR: lr_steps = 0 turns the adversarial term off; it needs lr_jacobian_steps, or "
                              "nothing would constrain Lip(H)")
+        if self.lr_jacobian_block is not None and self.lr_jacobian_steps is None:
+            raise InputError("MOL-LR: lr_jacobian_block sets how many Jacobian directions the Jacobian term "
+                             "penalises; it needs lr_jacobian_steps")
         self.lr_weight, self.lr_threshold, self.lr_eps = float(self.lr_weight), float(self.lr_threshold), float(
             self.lr_eps)
         self.lr_clip = None if self.lr_clip is None else float(self.lr_clip)
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        for key in ("lr_warm_steps", "lr_jacobian_steps", "lr_jacobian_threshold"):
+        for key in ("lr_warm_steps", "lr_jacobian_steps", "lr_jacobian_threshold", "lr_jacobian_block"):
             if cfg[key] is None:  # only when set: configs stored before these existed stay equal
                 cfg.pop(key)
         return cfg
@@ -319,10 +392,16 @@ class LipschitzPenalty(_Estimated):
         # read 0.884
         return ("lip_u",) if self.lr_jacobian_steps is not None else ()
 
+    def warm_shape(self, name: str, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if name == "lip_u" and self.lr_jacobian_block is not None:
+            return (self.lr_jacobian_block, *spatial_shape)
+        return tuple(spatial_shape)
+
     def penalty(self, h: Callable[[torch.Tensor], torch.Tensor], x_hat: torch.Tensor,
                 warm: dict[str, torch.Tensor | None] | None = None
                 ) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
-        warm = {k: v for k, v in (warm or {}).items() if v is not None and v.shape == x_hat.shape}
+        warm = {k: v for k, v in (warm or {}).items()
+                if v is not None and tuple(v.shape) == (x_hat.shape[0], *self.warm_shape(k, x_hat.shape[1:]))}
         x_hat = x_hat.detach()
         v0 = warm.get("lip_v") if self.lr_warm_steps is not None else None
         steps = self.lr_steps if v0 is None else self.lr_warm_steps
@@ -339,12 +418,21 @@ class LipschitzPenalty(_Estimated):
             if self.lr_warm_steps is not None:
                 points["lip_v"] = point
         if self.lr_jacobian_steps is not None:
-            _, u = jacobian_spectral_norm(h, x_hat, n_iter=self.lr_jacobian_steps, return_vector=True,
-                                          v0=warm.get("lip_u"))
-            # recompute: the JVP's graph would otherwise be held until backward, twice what the rest of MOL keeps
-            jac = jacobian_norm_along(h, x_hat, u, recompute=True)
             threshold = self.lr_threshold if self.lr_jacobian_threshold is None else self.lr_jacobian_threshold
-            pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).mean()
+            if self.lr_jacobian_block is None:
+                _, u = jacobian_spectral_norm(h, x_hat, n_iter=self.lr_jacobian_steps, return_vector=True,
+                                              v0=warm.get("lip_u"))
+                # recompute: the JVP's graph would otherwise be held until backward, twice what the rest of MOL
+                # keeps
+                jac = jacobian_norm_along(h, x_hat, u, recompute=True)
+                pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).mean()
+            else:
+                k, b = self.lr_jacobian_block, x_hat.shape[0]
+                _, u = jacobian_top_subspace(h, x_hat, k, n_iter=self.lr_jacobian_steps, v0=warm.get("lip_u"))
+                jac = jacobian_norm_along(h, x_hat.repeat_interleave(k, dim=0), u.flatten(0, 1),
+                                          recompute=True).reshape(b, k)
+                # each direction under its own barrier: the ones well below it add little
+                pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).sum(1).mean()
             logs["lipschitz_jacobian"] = float(jac.detach().max())
             if "lipschitz" in logs:
                 logs["lipschitz_adversarial"] = logs["lipschitz"]
@@ -396,6 +484,7 @@ def make_constraint(name: str, options: dict[str, Any]) -> Constraint:
     return cls(**{k: v for k, v in options.items() if k in mine})
 
 
-__all__ = ["lipschitz_barrier", "adversarial_lipschitz", "jacobian_spectral_norm", "jacobian_norm_along", "Constraint",
+__all__ = ["lipschitz_barrier", "adversarial_lipschitz", "jacobian_spectral_norm", "jacobian_top_subspace",
+           "jacobian_norm_along", "Constraint",
            "SpectralNormalization", "LipschitzPenalty", "Unconstrained", "CONSTRAINT_STRATEGIES",
            "register_constraint", "make_constraint"]

@@ -109,7 +109,8 @@ class MOL(nn.Module):
         penalty; authors: 1e-6, 0.98, 1e-3, 10 ascent steps, 0.01, 1.0), ``lr_clip`` (the rescaling safeguard,
         :meth:`enforce_lipschitz`; ``None`` disables it), ``lr_warm_steps`` (amortised estimate from the slice's
         last adversarial point, ``train.fixed_point_cache``), ``lr_jacobian_steps`` and ``lr_jacobian_threshold``
-        (also penalise the Jacobian power-iteration estimate, warm-started per slice). Keys of the other
+        (also penalise the Jacobian power-iteration estimate, warm-started per slice), ``lr_jacobian_block``
+        (penalise the top k Jacobian directions found by subspace iteration instead of one). Keys of the other
         strategies are ignored (stored configs carry all of them).
     max_iter, tol: forward fixed-point iterations and relative-change tolerance.
     alpha: step of the block (default 1: the smallest contraction factor; any ``0 < α < 2/(1+L)`` contracts).

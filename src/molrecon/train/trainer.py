@@ -301,11 +301,11 @@ class Trainer:
             keys = strategy.warm_keys() if strategy is not None else ()
             shared = strategy.shared_warm_keys() if strategy is not None else ()
             if keys:
-                warm_points = {k: cache.get(batch["index"], k, physics.spatial_shape, self.device) for k in keys}
+                shapes = {k: strategy.warm_shape(k, tuple(physics.spatial_shape)) for k in keys}
+                warm_points = {k: cache.get(batch["index"], k, shapes[k], self.device) for k in keys}
                 for k in shared:
                     if warm_points[k] is None:
-                        warm_points[k] = cache.get([SHARED_SLOT] * len(batch["index"]), k, physics.spatial_shape,
-                                                   self.device)
+                        warm_points[k] = cache.get([SHARED_SLOT] * len(batch["index"]), k, shapes[k], self.device)
                 extra_kwargs = {"warm": warm_points}
         loss, logs = training_loss(self.model, x_hat, batch["target"],
                                    batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
