@@ -15,6 +15,7 @@ from molrecon.models.constraints import (
     adversarial_lipschitz,
     jacobian_norm_along,
     jacobian_spectral_norm,
+    jacobian_top_subspace,
     lipschitz_barrier,
     make_constraint,
 )
@@ -170,6 +171,72 @@ def test_lr_steps_zero_trains_the_jacobian_term_alone_and_the_certificate_still_
         extra = {"lr_jacobian_steps": 1} if steps == 0 else {}
         MOL(constraint="lr", lr_steps=steps, **extra, **opts).certificate(physics, x=x, power_iterations=5)
     assert seen == [mol_module.CERTIFICATE_ASCENT_STEPS, mol_module.CERTIFICATE_ASCENT_STEPS, 25]
+
+
+def _real_matrix(h, shape) -> torch.Tensor:
+    """The Jacobian of a real-linear ``h`` on complex images as a real (2n x 2n) matrix, column by column."""
+    n = 2 * int(torch.tensor(shape).prod())
+    cols = []
+    for i in range(n):
+        e = torch.zeros(n)
+        e[i] = 1
+        cols.append(torch.view_as_real(h(torch.view_as_complex(e.reshape(*shape, 2))[None])[0]).reshape(-1))
+    return torch.stack(cols, 1).detach()
+
+
+def test_subspace_iteration_finds_the_top_singular_values_of_a_real_linear_map():
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1, bias=False)
+    torch.nn.init.normal_(conv.weight, generator=torch.Generator().manual_seed(0))
+
+    def h(x: torch.Tensor) -> torch.Tensor:  # real-linear, not complex-linear: mixes real and imaginary parts
+        out = conv(torch.stack([x.real, x.imag], 1))
+        return torch.complex(out[:, 0], out[:, 1])
+
+    exact = torch.linalg.svdvals(_real_matrix(h, (6, 6)))
+    x = torch.randn(2, 6, 6, dtype=torch.complex64)
+    sigma, v = jacobian_top_subspace(h, x, 3, n_iter=300, generator=torch.Generator().manual_seed(0))
+    assert sigma.shape == (2, 3) and v.shape == (2, 3, 6, 6)
+    assert torch.allclose(sigma, exact[:3].expand(2, 3), rtol=1e-3)
+    rows = torch.view_as_real(v).reshape(2, 3, -1)
+    assert torch.allclose(rows @ rows.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-5)
+    # each returned vector is its singular direction: ||J v_i|| = sigma_i
+    along = jacobian_norm_along(h, x.repeat_interleave(3, 0), v.flatten(0, 1)).reshape(2, 3)
+    assert torch.allclose(along, sigma, rtol=1e-4)
+    # with the top singular value crowded, one vector after a few steps reads lower than the block's top
+    few_one = jacobian_spectral_norm(h, x, n_iter=4, generator=torch.Generator().manual_seed(1))
+    few_block, _ = jacobian_top_subspace(h, x, 4, n_iter=4, generator=torch.Generator().manual_seed(1))
+    assert bool((few_block[:, 0] >= few_one - 1e-6).all())
+
+
+def test_block_jacobian_penalty_puts_each_direction_under_the_barrier_and_is_cached_per_slice():
+    opts = dict(dims="2d", channels=4, layers=3, architecture="residual", residual_init_gain=1.0, lr_steps=0,
+                lr_weight=1e-3, lr_jacobian_threshold=0.8, lr_jacobian_steps=2)
+    model = MOL(constraint="lr", lr_jacobian_block=3, **opts)
+    strategy = model.constraint_strategy
+    assert model.config()["lr_jacobian_block"] == 3 and "lr_jacobian_block" not in MOL(constraint="lr").config()
+    assert strategy.warm_shape("lip_u", (12, 12)) == (3, 12, 12) and strategy.warm_shape("lip_v", (12, 12)) == (12, 12)
+    x = torch.randn(2, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    loss, logs = model.extra_loss(x)
+    w = model._weights((12, 12))
+    h = lambda v: model._h(v, w)  # noqa: E731
+    torch.manual_seed(0)
+    _, u = jacobian_top_subspace(h, x, 3, n_iter=2)
+    jac = jacobian_norm_along(h, x.repeat_interleave(3, 0), u.flatten(0, 1)).reshape(2, 3)
+    ref = 1e-3 * lipschitz_barrier(jac, 0.8).sum(1).mean()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    assert logs["lipschitz_jacobian"] == pytest.approx(float(jac.detach().max()), rel=1e-5)
+    assert model.last_lip_points["lip_u"].shape == (2, 3, 12, 12)
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.denoiser.parameters())
+    # continued from its vectors; a vector of the wrong shape (one direction) is ignored, not broadcast
+    _, again = model.extra_loss(x, warm={"lip_u": model.last_lip_points["lip_u"]})
+    assert again["lipschitz_jacobian"] >= logs["lipschitz_jacobian"] * (1 - 1e-4)
+    model.extra_loss(x, warm={"lip_u": torch.randn(2, 12, 12, dtype=torch.complex64)})
+    with pytest.raises(InputError, match="lr_jacobian_steps"):
+        MOL(constraint="lr", lr_jacobian_block=2)
+    with pytest.raises(InputError, match="lr_jacobian_block"):
+        MOL(constraint="lr", lr_jacobian_steps=2, lr_jacobian_block=0)
 
 
 def _physics_12():

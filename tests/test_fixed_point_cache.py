@@ -66,13 +66,16 @@ def test_warm_start_same_fixed_point_fewer_iterations():
     assert float((warm - cold).abs().max() / cold.abs().max()) < 1e-4
 
 
-@pytest.mark.parametrize("extra", [{}, {"lr_jacobian_steps": 2}], ids=["adversarial", "with-jacobian"])
+@pytest.mark.parametrize("extra", [{}, {"lr_jacobian_steps": 2}, {"lr_jacobian_steps": 2, "lr_jacobian_block": 2}],
+                         ids=["adversarial", "with-jacobian", "with-jacobian-block"])
 def test_resume_with_the_cache_is_bitwise_exact_and_needs_the_cache(tmp_path, extra):
     whole = _fit(_config(tmp_path / "whole", 4, **extra))
     slices = {k: v for k, v in whole.fp_cache.entries.items() if k != SHARED_SLOT}
     assert len(slices) == 2 and whole.fp_cache.hits > 0
     names = {"x", "lip_v"} | ({"lip_u"} if extra else set())
     assert all(set(entry) == names for entry in slices.values())
+    if "lr_jacobian_block" in extra:  # k vectors per slice, kept and continued as one block
+        assert all(entry["lip_u"].shape == (extra["lr_jacobian_block"], 12, 12) for entry in slices.values())
     # the Jacobian vector of the last step is kept for the next slice's first visit
     assert (SHARED_SLOT in whole.fp_cache.entries) == bool(extra)
     _fit(_config(tmp_path / "cut", 2, **extra))

@@ -111,7 +111,7 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
 
 
 def _jvp_no_graph(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """:math:`J_h(x)\,v` in forward mode, keeping no graph."""
+    r""":math:`J_h(x)\,v` in forward mode, keeping no graph."""
     # the double-backward trick (d/dw <J^T w, v>) would hold a second graph of h while it runs, which set
     # MOL-LR's peak training memory (benchmarks/README.md, "Memory")
     with torch.no_grad(), forward_ad.dual_level():
@@ -119,7 +119,7 @@ def _jvp_no_graph(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v:
 
 
 def _orthonormal_rows(block: torch.Tensor) -> torch.Tensor:
-    """``[B, k, ...]`` with each element's k vectors orthonormalised in the *real* inner product (QR).
+    r"""``[B, k, ...]`` with each element's k vectors orthonormalised in the *real* inner product (QR).
 
     A CNN acting on real and imaginary channels is only real-linear, so its Jacobian is a real matrix on
     :math:`\mathbb{R}^{2n}`: the complex inner product would be the wrong one.
