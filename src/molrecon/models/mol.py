@@ -110,7 +110,8 @@ class MOL(nn.Module):
         :meth:`enforce_lipschitz`; ``None`` disables it), ``lr_warm_steps`` (amortised estimate from the slice's
         last adversarial point, ``train.fixed_point_cache``), ``lr_jacobian_steps`` and ``lr_jacobian_threshold``
         (also penalise the Jacobian power-iteration estimate, warm-started per slice), ``lr_jacobian_block``
-        (penalise the top k Jacobian directions found by subspace iteration instead of one). Keys of the other
+        (penalise the top k Jacobian directions found by subspace iteration instead of one),
+        ``lr_zero_jacobian_steps`` (also penalise the Jacobian at x = 0, the empty background's). Keys of the other
         strategies are ignored (stored configs carry all of them).
     max_iter, tol: forward fixed-point iterations and relative-change tolerance.
     alpha: step of the block (default 1: the smallest contraction factor; any ``0 < α < 2/(1+L)`` contracts).

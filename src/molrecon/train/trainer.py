@@ -300,17 +300,23 @@ class Trainer:
             strategy = getattr(self.model, "constraint_strategy", None)
             keys = strategy.warm_keys() if strategy is not None else ()
             shared = strategy.shared_warm_keys() if strategy is not None else ()
-            if keys:
-                shapes = {k: strategy.warm_shape(k, tuple(physics.spatial_shape)) for k in keys}
+            single = strategy.global_warm_keys() if strategy is not None else ()
+            if keys or single:
+                shapes = {k: strategy.warm_shape(k, tuple(physics.spatial_shape)) for k in keys + single}
                 warm_points = {k: cache.get(batch["index"], k, shapes[k], self.device) for k in keys}
                 for k in shared:
                     if warm_points[k] is None:
                         warm_points[k] = cache.get([SHARED_SLOT] * len(batch["index"]), k, shapes[k], self.device)
+                for k in single:
+                    warm_points[k] = cache.get([SHARED_SLOT], k, shapes[k], self.device)
                 extra_kwargs = {"warm": warm_points}
         loss, logs = training_loss(self.model, x_hat, batch["target"],
                                    batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
         if extra_kwargs is not None:
             for k, point in getattr(self.model, "last_lip_points", {}).items():
+                if k in single:
+                    cache.put([SHARED_SLOT], k, point)
+                    continue
                 cache.put(batch["index"], k, point)
                 if k in shared:
                     cache.put([SHARED_SLOT], k, point[-1:])
