@@ -239,6 +239,36 @@ def test_block_jacobian_penalty_puts_each_direction_under_the_barrier_and_is_cac
         MOL(constraint="lr", lr_jacobian_steps=2, lr_jacobian_block=0)
 
 
+def test_zero_jacobian_penalty_is_a_barrier_at_the_origin_continued_from_one_vector():
+    opts = dict(dims="2d", channels=4, layers=3, architecture="residual", residual_init_gain=1.0, lr_steps=0,
+                lr_weight=1e-3, lr_jacobian_threshold=0.8)
+    model = MOL(constraint="lr", lr_zero_jacobian_steps=3, **opts)
+    strategy = model.constraint_strategy
+    assert strategy.global_warm_keys() == ("lip_z",) and strategy.warm_keys() == ()
+    assert model.config()["lr_zero_jacobian_steps"] == 3
+    assert "lr_zero_jacobian_steps" not in MOL(constraint="lr").config()
+    x = torch.randn(2, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    loss, logs = model.extra_loss(x)
+    w = model._weights((12, 12))
+    h = lambda v: model._h(v, w)  # noqa: E731
+    torch.manual_seed(0)
+    zero = torch.zeros(1, 12, 12, dtype=torch.complex64)
+    _, z = jacobian_spectral_norm(h, zero, n_iter=3, return_vector=True)
+    jac = jacobian_norm_along(h, zero, z)
+    assert float(loss.detach()) == pytest.approx(float(1e-3 * lipschitz_barrier(jac.detach(), 0.8).mean()), rel=1e-5)
+    assert logs["lipschitz"] == logs["lipschitz_zero"] == pytest.approx(float(jac.detach()), rel=1e-5)
+    # one vector whatever the batch, and it does not depend on the images: only on the weights
+    assert model.last_lip_points["lip_z"].shape == (1, 12, 12)
+    torch.manual_seed(0)
+    _, other = model.extra_loss(2 * x)
+    assert other["lipschitz_zero"] == logs["lipschitz_zero"]
+    _, again = model.extra_loss(x, warm={"lip_z": model.last_lip_points["lip_z"]})
+    assert again["lipschitz_zero"] >= logs["lipschitz_zero"] * (1 - 1e-6)
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.denoiser.parameters())
+
+
 def _physics_12():
     from molrecon.physics import MultiCoilMRI
 

@@ -66,14 +66,18 @@ def test_warm_start_same_fixed_point_fewer_iterations():
     assert float((warm - cold).abs().max() / cold.abs().max()) < 1e-4
 
 
-@pytest.mark.parametrize("extra", [{}, {"lr_jacobian_steps": 2}, {"lr_jacobian_steps": 2, "lr_jacobian_block": 2}],
-                         ids=["adversarial", "with-jacobian", "with-jacobian-block"])
+@pytest.mark.parametrize("extra", [{}, {"lr_jacobian_steps": 2}, {"lr_jacobian_steps": 2, "lr_jacobian_block": 2},
+                                   {"lr_zero_jacobian_steps": 2}],
+                         ids=["adversarial", "with-jacobian", "with-jacobian-block", "with-zero-jacobian"])
 def test_resume_with_the_cache_is_bitwise_exact_and_needs_the_cache(tmp_path, extra):
     whole = _fit(_config(tmp_path / "whole", 4, **extra))
     slices = {k: v for k, v in whole.fp_cache.entries.items() if k != SHARED_SLOT}
     assert len(slices) == 2 and whole.fp_cache.hits > 0
-    names = {"x", "lip_v"} | ({"lip_u"} if extra else set())
+    names = {"x", "lip_v"} | ({"lip_u"} if "lr_jacobian_steps" in extra else set())
     assert all(set(entry) == names for entry in slices.values())
+    if "lr_zero_jacobian_steps" in extra:  # one vector for the whole training, in the shared slot only
+        assert set(whole.fp_cache.entries[SHARED_SLOT]) == {"lip_z"}
+        assert whole.fp_cache.entries[SHARED_SLOT]["lip_z"].shape == (12, 12)
     if "lr_jacobian_block" in extra:  # k vectors per slice, kept and continued as one block
         assert all(entry["lip_u"].shape == (extra["lr_jacobian_block"], 12, 12) for entry in slices.values())
     # the Jacobian vector of the last step is kept for the next slice's first visit
