@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "pretrain_steps": 0,          # MOL: denoiser pre-training of H under its constraint (train/pretrain.py)
         "pretrain_lr": 1e-3,
         "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point
+        "init_from": None,            # start from these weights: a checkpoint path or a shipped model name
     },
 }
 
@@ -190,6 +191,9 @@ def validate_config(config: dict, where: str = "config") -> dict:
         raise InputError(f"{where}: train.fixed_point_cache must be true or false, got {t['fixed_point_cache']!r}")
     if not isinstance(t["checkpoint_every"], int) or t["checkpoint_every"] < 1:
         raise InputError(f"{where}: train.checkpoint_every must be a positive integer")
+    if t["init_from"] is not None and (not isinstance(t["init_from"], str) or not t["init_from"].strip()):
+        raise InputError(f"{where}: train.init_from must be a checkpoint path or a shipped model name, "
+                         f"got {t['init_from']!r}")
     if not isinstance(t["seed"], int):
         raise InputError(f"{where}: train.seed must be an integer, got {t['seed']!r}")
     if d["source"] not in ("builtin", "files", "synthetic"):

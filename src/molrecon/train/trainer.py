@@ -66,7 +66,14 @@ from ..errors import CheckpointError, ConvergenceError, InputError
 from ..io import atomic_write
 from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
 from ..models.factory import build_model, model_config
-from ..weights.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ..weights.checkpoint import (
+    capture_rng_state,
+    check_state_dict,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..weights.loading import resolve_model
 from .config import validate_config
 from .datasets import DIMS_OF_KIND_ALIAS, ResumableSampler, build_datasets, seed_everything, to_device
 from .fixed_point_cache import SHARED_SLOT, FixedPointCache, IndexedDataset
@@ -175,6 +182,8 @@ class Trainer:
         self.model = build_model(mcfg).to(self.device)
         if getattr(self.model, "denoiser", True) is None:
             raise InputError(f"model {mcfg['method']!r} has no CNN yet: set model.dims")
+        if self.tcfg["init_from"] is not None:
+            self._init_weights(self.tcfg["init_from"])
         # kept from construction (not re-read later): MOL.config() reports the current λ, which trains
         self.model_config = model_config(self.model)
         self.method = self.model_config["method"]
@@ -545,6 +554,19 @@ class Trainer:
                     self.tb.close()
         return {"step": self.step, "epoch": self.epoch, **self.last_logs, **self.last_val,
                 "best_val_psnr": self.best_psnr, "psnr_definition": PSNR_WHOLE_IMAGE, "out_dir": str(self.out_dir)}
+
+    def _init_weights(self, spec: str) -> None:
+        """Start from the weights (λ included) of a checkpoint or shipped model of the same architecture, e.g. to
+        fine-tune a model under another constraint setting; its training state (optimiser, step) is not taken.
+        A resumed run then loads its own ``last.pt`` over them."""
+        # a throw-away build of the source model must not move the run's random state
+        with torch.random.fork_rng(devices=[]):
+            source = resolve_model(spec).model
+        if getattr(source, "method_name", None) != getattr(self.model, "method_name", None):
+            raise InputError(f"train.init_from: {spec} holds a {getattr(source, 'method_name', '?')} model, this "
+                             f"config trains {self.config['model']['method']}")
+        check_state_dict(self.model, source.state_dict(), spec)
+        self.model.load_state_dict(source.state_dict())
 
     def _pretrain(self) -> None:
         """Denoiser pre-training of a MOL model's H (:mod:`molrecon.train.pretrain`), logged to
