@@ -113,6 +113,29 @@ def test_trainer_fit_writes_logs_and_checkpoints(tmp_path):
         Trainer(tiny_config(out, max_steps=6)).fit()
 
 
+def test_init_from_starts_from_the_weights_of_another_run_and_refuses_what_does_not_fit(tmp_path):
+    source = Trainer(tiny_config(tmp_path / "source", max_steps=2, checkpoint_every=2))
+    source.fit()
+    start = Trainer(tiny_config(tmp_path / "fine", max_steps=2, init_from=str(tmp_path / "source" / "last.pt")))
+    start.setup()
+    for key, value in source.model.state_dict().items():
+        assert torch.equal(start.model.state_dict()[key], value), key
+    after_init = torch.rand(4)
+    Trainer(tiny_config(tmp_path / "fresh", max_steps=2)).setup()
+    # the throw-away build of the source model left the run's random state where a fresh run has it
+    assert torch.equal(torch.rand(4), after_init)
+    wider = tiny_config(tmp_path / "wider", max_steps=2, init_from=str(tmp_path / "source" / "last.pt"))
+    wider["model"]["channels"] = 16
+    with pytest.raises(CheckpointError, match="last.pt: weights do not fit"):
+        Trainer(wider).setup()
+    with pytest.raises(CheckpointError, match="not found"):
+        Trainer(tiny_config(tmp_path / "x", init_from=str(tmp_path / "missing.pt"))).setup()
+    with pytest.raises(InputError, match="init_from"):
+        tiny_config(tmp_path / "x", init_from=3)
+    with pytest.raises(InputError, match="holds a mol-lr model"):
+        Trainer(tiny_config(tmp_path / "x", init_from="mol-lr-2d-4x")).setup()
+
+
 def test_checkpoint_round_trip(tmp_path):
     out = tmp_path / "run"
     trainer = Trainer(tiny_config(out, max_steps=2, checkpoint_every=1))

@@ -83,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "pretrain_steps": 0,          # MOL: denoiser pre-training of H under its constraint (train/pretrain.py)
         "pretrain_lr": 1e-3,
         "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point
-        "init_from": None,            # start from these weights: a checkpoint path or a shipped model name
+        "init_from": None,            # start from these weights (checkpoint path or shipped model name)
     },
 }
 
