@@ -60,14 +60,8 @@ def main() -> int:
     physics = physics_from_batch(batch)
     with torch.no_grad():
         x, _ = model.solve(batch["kspace"], physics)
-    spatial = tuple(physics.spatial_shape)
-    weights = model._weights(spatial)
-
-    def h(v: torch.Tensor) -> torch.Tensor:
-        return model._h(v, weights)
-
     def top(at: torch.Tensor) -> tuple[float, torch.Tensor]:
-        sigma, u = jacobian_spectral_norm(h, at, n_iter=300, tol=1e-4, return_vector=True,
+        sigma, u = jacobian_spectral_norm(model.prior, at, n_iter=300, tol=1e-4, return_vector=True,
                                           generator=torch.Generator().manual_seed(0))
         return float(sigma.max()), u[0]
 

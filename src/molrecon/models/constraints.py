@@ -436,8 +436,8 @@ class LipschitzPenalty(_Estimated):
             logs["lipschitz"] = float(lip.detach().max())
             if self.lr_warm_steps is not None:
                 points["lip_v"] = point
+        threshold = self.lr_threshold if self.lr_jacobian_threshold is None else self.lr_jacobian_threshold
         if self.lr_jacobian_steps is not None:
-            threshold = self.lr_threshold if self.lr_jacobian_threshold is None else self.lr_jacobian_threshold
             if self.lr_jacobian_block is None:
                 _, u = jacobian_spectral_norm(h, x_hat, n_iter=self.lr_jacobian_steps, return_vector=True,
                                               v0=warm.get("lip_u"))
@@ -458,7 +458,6 @@ class LipschitzPenalty(_Estimated):
             logs["lipschitz"] = max(logs.get("lipschitz", 0.0), logs["lipschitz_jacobian"])
             points["lip_u"] = u
         if self.lr_zero_jacobian_steps is not None:
-            threshold = self.lr_threshold if self.lr_jacobian_threshold is None else self.lr_jacobian_threshold
             # at x = 0 the Jacobian is the one of every flat, empty region (the background outside the object),
             # the same for every slice: one vector, continued from step to step, tracks its top direction
             zero = torch.zeros_like(x_hat[:1])
