@@ -108,6 +108,15 @@ def test_jacobian_norm_along_is_the_directional_derivative_and_carries_the_weigh
     assert float(lin.detach()) == pytest.approx(0.6, rel=1e-5) and float(a.grad) == pytest.approx(-1.0, rel=1e-5)
 
 
+def _penalty_and_h(model: MOL, x: torch.Tensor):
+    """The model's penalty at ``x`` (seed 0 for its random starts), its H, and the seed reset for a reference."""
+    torch.manual_seed(0)
+    loss, logs = model.extra_loss(x)
+    w = model._weights(tuple(x.shape[1:]))
+    torch.manual_seed(0)  # the same random starts as inside the penalty
+    return loss, logs, lambda v: model._h(v, w)
+
+
 def test_jacobian_penalty_adds_a_barrier_on_the_power_iteration_estimate_and_continues_it():
     opts = dict(dims="2d", channels=4, layers=3, architecture="residual", residual_init_gain=1.0, lr_steps=2,
                 lr_weight=1e-3, lr_threshold=0.9, lr_jacobian_threshold=0.8)
@@ -115,11 +124,7 @@ def test_jacobian_penalty_adds_a_barrier_on_the_power_iteration_estimate_and_con
     assert model.config()["lr_jacobian_steps"] == 3 and "lr_jacobian_steps" not in MOL(constraint="lr").config()
     assert model.constraint_strategy.warm_keys() == ("lip_u",)
     x = torch.randn(1, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    loss, logs = model.extra_loss(x)
-    w = model._weights((12, 12))
-    h = lambda v: model._h(v, w)  # noqa: E731
-    torch.manual_seed(0)  # the same random starts as inside the penalty
+    loss, logs, h = _penalty_and_h(model, x)
     adv = adversarial_lipschitz(h, x, steps=2)
     _, u = jacobian_spectral_norm(h, x, n_iter=3, return_vector=True)
     jac = jacobian_norm_along(h, x, u)
@@ -145,11 +150,7 @@ def test_lr_steps_zero_trains_the_jacobian_term_alone_and_the_certificate_still_
                 lr_threshold=0.9, lr_jacobian_threshold=0.8)
     model = MOL(constraint="lr", lr_steps=0, lr_jacobian_steps=3, **opts)
     x = torch.randn(1, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    loss, logs = model.extra_loss(x)
-    w = model._weights((12, 12))
-    h = lambda v: model._h(v, w)  # noqa: E731
-    torch.manual_seed(0)
+    loss, logs, h = _penalty_and_h(model, x)
     _, u = jacobian_spectral_norm(h, x, n_iter=3, return_vector=True)
     jac = jacobian_norm_along(h, x, u)
     assert float(loss.detach()) == pytest.approx(float(1e-3 * lipschitz_barrier(jac.detach(), 0.8).mean()), rel=1e-5)
@@ -216,11 +217,7 @@ def test_block_jacobian_penalty_puts_each_direction_under_the_barrier_and_is_cac
     assert model.config()["lr_jacobian_block"] == 3 and "lr_jacobian_block" not in MOL(constraint="lr").config()
     assert strategy.warm_shape("lip_u", (12, 12)) == (3, 12, 12) and strategy.warm_shape("lip_v", (12, 12)) == (12, 12)
     x = torch.randn(2, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    loss, logs = model.extra_loss(x)
-    w = model._weights((12, 12))
-    h = lambda v: model._h(v, w)  # noqa: E731
-    torch.manual_seed(0)
+    loss, logs, h = _penalty_and_h(model, x)
     _, u = jacobian_top_subspace(h, x, 3, n_iter=2)
     jac = jacobian_norm_along(h, x.repeat_interleave(3, 0), u.flatten(0, 1)).reshape(2, 3)
     ref = 1e-3 * lipschitz_barrier(jac, 0.8).sum(1).mean()
@@ -248,11 +245,7 @@ def test_zero_jacobian_penalty_is_a_barrier_at_the_origin_continued_from_one_vec
     assert model.config()["lr_zero_jacobian_steps"] == 3
     assert "lr_zero_jacobian_steps" not in MOL(constraint="lr").config()
     x = torch.randn(2, 12, 12, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
-    torch.manual_seed(0)
-    loss, logs = model.extra_loss(x)
-    w = model._weights((12, 12))
-    h = lambda v: model._h(v, w)  # noqa: E731
-    torch.manual_seed(0)
+    loss, logs, h = _penalty_and_h(model, x)
     zero = torch.zeros(1, 12, 12, dtype=torch.complex64)
     _, z = jacobian_spectral_norm(h, zero, n_iter=3, return_vector=True)
     jac = jacobian_norm_along(h, zero, z)
