@@ -15,7 +15,9 @@ trained on (rank 0's copy, in the checkpoint, is the whole of it; a run resumes 
 Entries are keyed by the slice's position in the training set (:class:`IndexedDataset` adds it to every item as
 ``"index"``) and kept on the CPU, so device memory does not grow with the data set. The key
 :data:`SHARED_SLOT` (-1, no slice's) holds vectors shared across slices: the last Jacobian power-iteration
-vector of MOL-LR, which starts a slice's first estimate.
+vector of MOL-LR, which starts a slice's first estimate, and the vectors that belong to no slice (MOL-LR's
+power iteration at x = 0). :meth:`FixedPointCache.penalty_points` and :meth:`~FixedPointCache.store_penalty_points`
+hand a constraint's penalty its vectors and keep the new ones.
 """
 
 from __future__ import annotations
@@ -94,6 +96,35 @@ class FixedPointCache:
         for ks, vs in pairs:
             for k, v in zip(ks, vs):
                 self.entries.setdefault(k, {})[name] = v.clone()
+
+    def penalty_points(self, strategy: Any, keys: Sequence[int], spatial_shape: Sequence[int],
+                       device: torch.device | str) -> dict[str, torch.Tensor | None] | None:
+        """The vectors a constraint ``strategy``'s penalty continues from, for this batch (``None``: it keeps
+        none). Per slice for ``strategy.warm_keys()`` (the shared slot on a slice's first visit for those of
+        ``shared_warm_keys()``), and the shared slot's one vector for ``global_warm_keys()``."""
+        per_slice, shared, single = strategy.warm_keys(), strategy.shared_warm_keys(), strategy.global_warm_keys()
+        if not (per_slice or single):
+            return None
+        shapes = {k: strategy.warm_shape(k, tuple(spatial_shape)) for k in per_slice + single}
+        points = {k: self.get(keys, k, shapes[k], device) for k in per_slice}
+        for k in shared:
+            if points[k] is None:
+                points[k] = self.get([SHARED_SLOT] * len(keys), k, shapes[k], device)
+        for k in single:
+            points[k] = self.get([SHARED_SLOT], k, shapes[k], device)
+        return points
+
+    def store_penalty_points(self, strategy: Any, keys: Sequence[int], points: dict[str, torch.Tensor]) -> None:
+        """Keep the penalty's new vectors: per slice, and the last of the batch in the shared slot for the
+        strategy's shared keys; its slice-free vectors in the shared slot only."""
+        shared, single = strategy.shared_warm_keys(), strategy.global_warm_keys()
+        for k, point in points.items():
+            if k in single:
+                self.put([SHARED_SLOT], k, point)
+                continue
+            self.put(keys, k, point)
+            if k in shared:
+                self.put([SHARED_SLOT], k, point[-1:])
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.VERSION, "entries": {k: dict(v) for k, v in self.entries.items()}}

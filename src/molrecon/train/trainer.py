@@ -76,7 +76,7 @@ from ..weights.checkpoint import (
 from ..weights.loading import resolve_model
 from .config import validate_config
 from .datasets import DIMS_OF_KIND_ALIAS, ResumableSampler, build_datasets, seed_everything, to_device
-from .fixed_point_cache import SHARED_SLOT, FixedPointCache, IndexedDataset
+from .fixed_point_cache import FixedPointCache, IndexedDataset
 from .health import HealthMonitor
 from .logs import PRETRAIN_COLUMNS, TRAIN_COLUMNS, VAL_COLUMNS, CSVLog, info_logs, lam_of
 from .losses import training_loss
@@ -304,31 +304,16 @@ class Trainer:
             warm = {} if x0 is None else {"x0": x0}
         x_hat = self.train_model(batch["kspace"], physics, **warm)
         extra_kwargs = None
+        strategy = getattr(self.model, "constraint_strategy", None)
         if cache is not None:
             cache.put(batch["index"], "x", x_hat)
-            strategy = getattr(self.model, "constraint_strategy", None)
-            keys = strategy.warm_keys() if strategy is not None else ()
-            shared = strategy.shared_warm_keys() if strategy is not None else ()
-            single = strategy.global_warm_keys() if strategy is not None else ()
-            if keys or single:
-                shapes = {k: strategy.warm_shape(k, tuple(physics.spatial_shape)) for k in keys + single}
-                warm_points = {k: cache.get(batch["index"], k, shapes[k], self.device) for k in keys}
-                for k in shared:
-                    if warm_points[k] is None:
-                        warm_points[k] = cache.get([SHARED_SLOT] * len(batch["index"]), k, shapes[k], self.device)
-                for k in single:
-                    warm_points[k] = cache.get([SHARED_SLOT], k, shapes[k], self.device)
-                extra_kwargs = {"warm": warm_points}
+            if strategy is not None:
+                points = cache.penalty_points(strategy, batch["index"], tuple(physics.spatial_shape), self.device)
+                extra_kwargs = None if points is None else {"warm": points}
         loss, logs = training_loss(self.model, x_hat, batch["target"],
                                    batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
         if extra_kwargs is not None:
-            for k, point in getattr(self.model, "last_lip_points", {}).items():
-                if k in single:
-                    cache.put([SHARED_SLOT], k, point)
-                    continue
-                cache.put(batch["index"], k, point)
-                if k in shared:
-                    cache.put([SHARED_SLOT], k, point[-1:])
+            cache.store_penalty_points(strategy, batch["index"], getattr(self.model, "last_lip_points", {}))
         for k, v in info_logs(self.model).items():
             logs.setdefault(k, v)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
         # agreed by all ranks before backward (DDP's all-reduce would deadlock if one rank stopped here alone)
