@@ -118,24 +118,37 @@ def _jvp_no_graph(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v:
         return forward_ad.unpack_dual(h(forward_ad.make_dual(x, v))).tangent
 
 
-def _orthonormal_rows(block: torch.Tensor) -> torch.Tensor:
-    r"""``[B, k, ...]`` with each element's k vectors orthonormalised in the *real* inner product (QR).
+def _start_vectors(shape: tuple[int, ...], like: torch.Tensor, v0: torch.Tensor | None,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """``v0`` (detached, in ``like``'s dtype), else Gaussian vectors of ``shape`` (from ``generator`` if given)."""
+    if v0 is not None:
+        return v0.detach().to(like.dtype)
+    if generator is not None:
+        return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+    return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+
+def _real_rows(block: torch.Tensor) -> torch.Tensor:
+    r"""``[B, k, ...]`` as ``[B, k, n]`` real rows (complex entries as real and imaginary parts).
 
     A CNN acting on real and imaginary channels is only real-linear, so its Jacobian is a real matrix on
-    :math:`\mathbb{R}^{2n}`: the complex inner product would be the wrong one.
+    :math:`\mathbb{R}^{2n}` and every inner product below is the real one, not the complex one.
     """
     real = torch.view_as_real(block) if block.is_complex() else block
-    flat = real.reshape(real.shape[0], real.shape[1], -1)
-    q, _ = torch.linalg.qr(flat.transpose(1, 2))
-    out = q.transpose(1, 2).reshape(real.shape)
-    return torch.view_as_complex(out.contiguous()) if block.is_complex() else out
+    return real.reshape(real.shape[0], real.shape[1], -1)
 
 
-def _real_gram(a: torch.Tensor) -> torch.Tensor:
-    """``[B, k, k]`` real Gram matrices of the k vectors of each element of ``a`` ``[B, k, ...]``."""
-    real = torch.view_as_real(a) if a.is_complex() else a
-    flat = real.reshape(real.shape[0], real.shape[1], -1)
-    return flat @ flat.transpose(1, 2)
+def _from_real_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_real_rows`: rows ``[B, k, n]`` back to the shape and dtype of ``like``."""
+    if not like.is_complex():
+        return rows.reshape(like.shape)
+    return torch.view_as_complex(rows.reshape(*like.shape, 2).contiguous())
+
+
+def _orthonormal_rows(block: torch.Tensor) -> torch.Tensor:
+    """``[B, k, ...]`` with each element's k vectors orthonormalised in the real inner product (QR)."""
+    q, _ = torch.linalg.qr(_real_rows(block).transpose(1, 2))
+    return _from_real_rows(q.transpose(1, 2), block)
 
 
 def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, k: int, n_iter: int = 3,
@@ -154,13 +167,7 @@ def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
     """
     x = x.detach()
     b, shape = x.shape[0], x.shape[1:]
-    if v0 is not None:
-        v = v0.detach().to(x.dtype)
-    elif generator is not None:
-        v = torch.randn((b, k, *shape), generator=generator, dtype=x.dtype).to(x.device)
-    else:
-        v = torch.randn((b, k, *shape), dtype=x.dtype, device=x.device)
-    v = _orthonormal_rows(v)
+    v = _orthonormal_rows(_start_vectors((b, k, *shape), x, v0, generator))
     xs = x.repeat_interleave(k, dim=0)
     with torch.enable_grad():
         xr = xs.clone().requires_grad_(True)
@@ -169,12 +176,10 @@ def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
             jv = _jvp_no_graph(h, xs, v.reshape(b * k, *shape))
             (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
             v = _orthonormal_rows(jtjv.detach().reshape(b, k, *shape))
-    jv = _jvp_no_graph(h, xs, v.reshape(b * k, *shape)).reshape(b, k, *shape)
-    evals, evecs = torch.linalg.eigh(_real_gram(jv))
+    jv = _real_rows(_jvp_no_graph(h, xs, v.reshape(b * k, *shape)).reshape(b, k, *shape))
+    evals, evecs = torch.linalg.eigh(jv @ jv.transpose(1, 2))
     evals, evecs = evals.flip(-1), evecs.flip(-1)
-    real = torch.view_as_real(v) if v.is_complex() else v
-    ritz = torch.einsum("bij,bi...->bj...", evecs.to(real.dtype), real)
-    ritz = torch.view_as_complex(ritz.contiguous()) if v.is_complex() else ritz
+    ritz = _from_real_rows(evecs.transpose(1, 2).to(jv.dtype) @ _real_rows(v), v)
     return evals.clamp_min(0).sqrt().detach(), ritz.detach()
 
 
@@ -194,12 +199,7 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     0.985 / 1.0006 after 3 / 10 / 30 / 60 steps from a random start.
     """
     x = x.detach()
-    if v0 is not None:
-        v = v0.detach().to(x.dtype)
-    elif generator is not None:
-        v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    else:
-        v = torch.randn_like(x)
+    v = _start_vectors(tuple(x.shape), x, v0, generator)
     v = v / batch_norms(v).reshape(-1, *([1] * (x.ndim - 1)))
     sigma = torch.zeros(x.shape[0], device=x.device)
     history: list[torch.Tensor] = []
