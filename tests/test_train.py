@@ -132,7 +132,7 @@ def test_init_from_starts_from_the_weights_of_another_run_and_refuses_what_does_
         Trainer(tiny_config(tmp_path / "x", init_from=str(tmp_path / "missing.pt"))).setup()
     with pytest.raises(InputError, match="init_from"):
         tiny_config(tmp_path / "x", init_from=3)
-    with pytest.raises(InputError, match="holds a mol-lr model"):
+    with pytest.raises(InputError, match="mol-lr-2d-4x holds a 'mol-lr' model, not 'modl'"):
         Trainer(tiny_config(tmp_path / "x", init_from="mol-lr-2d-4x")).setup()
 
 

@@ -546,12 +546,9 @@ class Trainer:
         A resumed run then loads its own ``last.pt`` over them."""
         # a throw-away build of the source model must not move the run's random state
         with torch.random.fork_rng(devices=[]):
-            source = resolve_model(spec).model
-        if getattr(source, "method_name", None) != getattr(self.model, "method_name", None):
-            raise InputError(f"train.init_from: {spec} holds a {getattr(source, 'method_name', '?')} model, this "
-                             f"config trains {self.config['model']['method']}")
-        check_state_dict(self.model, source.state_dict(), spec)
-        self.model.load_state_dict(source.state_dict())
+            state = resolve_model(spec, method=self.model.method_name).model.state_dict()
+        check_state_dict(self.model, state, spec)
+        self.model.load_state_dict(state)
 
     def _pretrain(self) -> None:
         """Denoiser pre-training of a MOL model's H (:mod:`molrecon.train.pretrain`), logged to
