@@ -212,6 +212,47 @@ def test_saved_tensor_meter_counts_storages_once_and_releases_freed_graphs():
     assert meter.live_bytes == 0
 
 
+def test_allocation_trace_peak_is_the_most_live_at_once_per_phase():
+    from molrecon.bench.memory import _AllocationTrace
+
+    mib = 2 ** 20
+    with _AllocationTrace(True) as trace:
+        a = torch.empty(mib // 4)          # 1 MiB of float32
+        b = torch.empty(2 * mib // 4)      # 2 MiB: 3 live
+        trace.mark("first")
+        del a
+        c = torch.empty(mib // 8)          # 0.5 MiB: 2.5 live, the peak stays 3
+        trace.mark("second")
+        d = torch.empty(2 * mib // 4)      # 4.5 live: a new peak
+        del b, c, d
+        trace.mark("third")
+    peak, phases = trace.peaks()
+    assert peak == int(4.5 * mib)
+    assert phases == {"first": 3 * mib, "second": 3 * mib, "third": int(4.5 * mib)}
+    off = _AllocationTrace(False)
+    with off:
+        off.mark("nothing")
+    assert not off.enabled
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_allocated_peak_is_repeatable_and_grows_with_modl_k_not_mol_max_iter():
+    """The exact peak of live tensor memory: the same bytes in every run, at least what the graph keeps, and
+    linear in MoDL's K while MOL's stays flat in max_iter."""
+    from molrecon.bench.memory import measure_step_memory
+
+    size = dict(shape=(32, 32), coils=2, channels=8, layers=3, in_process=True, allocated=True)
+    first, again = (measure_step_memory("modl", 2, **size) for _ in range(2))
+    assert first["allocated_peak_bytes"] == again["allocated_peak_bytes"]
+    assert first["allocated_peak_bytes"] >= first["saved_bytes"] > 0
+    assert set(first["allocated_phase_peaks_bytes"]) == {"forward", "loss", "backward", "step"}
+    modl = {k: measure_step_memory("modl", k, **size)["allocated_peak_bytes"] for k in (1, 4)}
+    assert modl[4] > 2.5 * modl[1]
+    few, many = (measure_step_memory("mol-sn", k, model_kwargs={"tol": 1e-12, "solver": "plain"}, **size)
+                 for k in (5, 50))
+    assert abs(many["allocated_peak_bytes"] - few["allocated_peak_bytes"]) <= 0.05 * few["allocated_peak_bytes"]
+
+
 def _with_and_without_recompute(model, estimate):
     """``{recompute: (value, weight gradients, bytes autograd keeps after the forward)}`` of ``estimate(recompute)``."""
     from molrecon.bench.saved import SavedTensorMeter
@@ -233,7 +274,7 @@ def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs(
     """The MOL-LR penalty's CNN graphs are recomputed in backward: bitwise the same estimate and gradient,
     and only the two input images are kept."""
     from molrecon.models import MOL
-    from molrecon.models.constraints import adversarial_lipschitz
+    from molrecon.models.lipschitz import adversarial_lipschitz
 
     model = MOL(constraint="lr", dims="2d", channels=8, layers=4)
     u = torch.randn(2, 24, 24, dtype=torch.complex64)
@@ -251,7 +292,7 @@ def test_jacobian_penalty_recompute_same_value_and_gradient_without_the_graph():
     """The Jacobian term's forward-mode JVP is recomputed in backward: bitwise the same norm and gradient, and
     a small part of the bytes kept (the meter also counts forward-mode AD's storage-less zero tangents)."""
     from molrecon.models import MOL
-    from molrecon.models.constraints import jacobian_norm_along, jacobian_spectral_norm
+    from molrecon.models.lipschitz import jacobian_norm_along, jacobian_spectral_norm
 
     torch.manual_seed(0)
     model = MOL(constraint="lr", dims="2d", channels=8, layers=4, architecture="residual", residual_init_gain=1.0)

@@ -1,4 +1,5 @@
-"""Tests for MOL's constraint strategies (models/constraints.py): registry, parameters, old configs."""
+"""Tests for MOL's constraint strategies (models/constraints.py) and the Lipschitz estimators they use
+(models/lipschitz.py): registry, parameters, old configs."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from molrecon.models.constraints import (
     LipschitzPenalty,
     SpectralNormalization,
     Unconstrained,
+    make_constraint,
+)
+from molrecon.models.lipschitz import (
     adversarial_lipschitz,
     jacobian_norm_along,
     jacobian_spectral_norm,
     jacobian_top_subspace,
     lipschitz_barrier,
-    make_constraint,
 )
 from molrecon.names import CONSTRAINTS
 

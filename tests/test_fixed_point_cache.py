@@ -98,7 +98,7 @@ def test_resume_with_the_cache_is_bitwise_exact_and_needs_the_cache(tmp_path, ex
 
 def test_amortised_lipschitz_continues_from_the_given_point():
     from molrecon.models import MOL
-    from molrecon.models.constraints import adversarial_lipschitz
+    from molrecon.models.lipschitz import adversarial_lipschitz
 
     model = MOL(constraint="lr", dims="2d", channels=4, layers=3, lr_steps=5, lr_warm_steps=1)
     assert model.config()["lr_warm_steps"] == 1 and "lr_warm_steps" not in MOL(constraint="lr").config()

@@ -11,7 +11,7 @@ import torch
 from molrecon.errors import ConvergenceError, InputError
 from molrecon.models import MOL, ConvDenoiser
 from molrecon.models.cnn import conv_operator_norm_bound, conv_power_iteration
-from molrecon.models.constraints import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
+from molrecon.models.lipschitz import adversarial_lipschitz, jacobian_spectral_norm, lipschitz_barrier
 from molrecon.normalization import Normalization
 from molrecon.physics import MultiCoilMRI, RandomMask, mask_for, simulate_coil_maps
 from molrecon.solvers import conjugate_gradient, fixed_point_solve
@@ -357,7 +357,7 @@ def test_training_step_memory_independent_of_iterations():
 def test_lr_clip_rescales_the_cnn_to_the_clip_level():
     """MOL-LR safeguard: for a bias-free ReLU CNN, scaling the weights scales the local Jacobian exactly."""
     from molrecon.models import ConvDenoiser
-    from molrecon.models.constraints import jacobian_spectral_norm
+    from molrecon.models.lipschitz import jacobian_spectral_norm
 
     torch.manual_seed(0)
     den = ConvDenoiser(dims="2d", channels=8, layers=3, bias=False)

@@ -10,7 +10,7 @@ import torch
 from molrecon.data import builtin_test_example
 from molrecon.errors import InputError
 from molrecon.models import MOL, build_model
-from molrecon.models.constraints import jacobian_spectral_norm
+from molrecon.models.lipschitz import jacobian_spectral_norm
 from molrecon.models.priors import ResidualDenoiser, SLLDenoiser, sll_scaling
 from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
 

@@ -18,7 +18,7 @@ import torch
 
 from molrecon import load_pretrained
 from molrecon.data import builtin_test_example
-from molrecon.models.constraints import jacobian_spectral_norm
+from molrecon.models.lipschitz import jacobian_spectral_norm
 from molrecon.models.priors import SLLDenoiser, sll_scaling
 
 

@@ -21,7 +21,7 @@ from molrecon.data.builtin import builtin_dataset, ensure_builtin
 from molrecon.data.slice_dataset import collate, physics_from_batch
 from molrecon.errors import MolreconError
 from molrecon.io import machine_info, write_json_atomic
-from molrecon.models.constraints import jacobian_spectral_norm
+from molrecon.models.lipschitz import jacobian_spectral_norm
 from molrecon.weights.loading import resolve_model
 
 

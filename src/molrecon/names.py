@@ -108,7 +108,8 @@ METHOD_ORDER = MethodNames(lambda s: True)
 CLASSICAL_METHODS = MethodNames(lambda s: s.family == "classical")
 LEARNED_METHODS = MethodNames(lambda s: s.family == "learned")
 FIXED_POINT_METHODS = MethodNames(lambda s: s.fixed_point)
-#: MOL's constraints (``models/constraints.py``): spectral norm, Lipschitz penalty, none.
+#: MOL's constraints (``models/constraints.py``; their estimators: ``models/lipschitz.py``): spectral norm,
+#: Lipschitz penalty, none.
 CONSTRAINTS: tuple[str, ...] = ("sn", "lr", "none")
 #: MOL's constraint of each fixed-point method, and back.
 MOL_CONSTRAINTS: dict[str, str] = {n: s.constraint for n, s in METHODS.items() if s.constraint is not None}

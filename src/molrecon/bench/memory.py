@@ -7,6 +7,11 @@ A fresh interpreter per measurement keeps allocator caches and earlier peaks out
   the quantity behind ``ru_maxrss``) is reset first via ``/proc/self/clear_refs``, so transient set-up peaks
   cannot hide the step's; elsewhere it falls back to the ``ru_maxrss`` delta.
 * CUDA: ``torch.cuda.max_memory_allocated`` during the step minus ``memory_allocated`` before it.
+* Allocated (exact, both devices): the most tensor memory live at any moment of the step, above what was live
+  before it. On CUDA this is the figure above. On CPU it comes from a second fresh child that runs the same step
+  under ``torch.profiler`` with ``profile_memory``: every allocation and free of PyTorch's CPU allocator
+  (tensors, convolution workspaces) in order, summed. Unlike peak RSS it does not depend on the C allocator's
+  caching or on the machine's load: the same step gives the same bytes in every run.
 
 Methods are built by functions registered in :data:`STEP_BUILDERS` (``"mol-sn"``, ``"mol-lr"``, ``"deq"``,
 ``"modl"`` — for MoDL ``max_iter`` is the number ``K`` of unrolled iterations, with the same CNN as MOL); another
@@ -144,25 +149,34 @@ def _child(spec: dict) -> dict:
 
     # the running peak after each phase tells which phase sets the step's peak (diagnostics for the report)
     phases: dict[str, int] = {}
+    allocations = _AllocationTrace(spec.get("trace_allocations", False) and dev.type == "cpu")
     t0 = time.perf_counter()
     # the graph's saved tensors are counted exactly (load- and allocator-independent), beside the peaks
-    with SavedTensorMeter() as meter:
+    with allocations, SavedTensorMeter() as meter:
         x = forward(y, physics)
         phases["forward"] = high_water()
+        allocations.mark("forward")
         saved_forward = meter.live_bytes
         loss = (x.abs() - target.abs()).pow(2).mean()
         extra = getattr(model, "extra_loss", None)
         if callable(extra):
             loss = loss + extra(x, target)[0]
-    phases["loss"] = high_water()
-    saved = {"saved_bytes": meter.live_bytes, "saved_forward_bytes": saved_forward,
-             "saved_peak_bytes": meter.peak_bytes, "saved_by_producer_bytes": meter.breakdown()}
-    opt.zero_grad()
-    loss.backward()
-    phases["backward"] = high_water()
-    opt.step()
-    peak = phases["step"] = high_water()
+        phases["loss"] = high_water()
+        allocations.mark("loss")
+        saved = {"saved_bytes": meter.live_bytes, "saved_forward_bytes": saved_forward,
+                 "saved_peak_bytes": meter.peak_bytes, "saved_by_producer_bytes": meter.breakdown()}
+        opt.zero_grad()
+        loss.backward()
+        phases["backward"] = high_water()
+        allocations.mark("backward")
+        opt.step()
+        peak = phases["step"] = high_water()
+        allocations.mark("step")
     seconds = time.perf_counter() - t0
+    if allocations.enabled:
+        saved["allocated_peak_bytes"], saved["allocated_phase_peaks_bytes"] = allocations.peaks()
+    elif dev.type == "cuda":
+        saved["allocated_peak_bytes"], saved["allocated_phase_peaks_bytes"] = int(peak), dict(phases)
     info = getattr(model, "last_info", None)
     iters = info.iterations.tolist() if info is not None else None
     binfo = getattr(model, "last_backward_info", None)
@@ -175,16 +189,70 @@ def _child(spec: dict) -> dict:
             else ("VmHWM after reset - VmRSS" if hwm_ok else "ru_maxrss delta")}
 
 
+class _AllocationTrace:
+    """The exact peak of live CPU tensor memory over a step, from the profiler's allocation records.
+
+    ``mark(name)`` ends a phase; :meth:`peaks` returns the running peak (bytes above the start) overall and at
+    the end of each phase. Disabled, it does nothing (the RSS child runs without the profiler's own overhead).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._marks: list[tuple[str, int]] = []
+        self._profile = None
+
+    def __enter__(self) -> _AllocationTrace:
+        if self.enabled:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._profile is not None:
+            self._profile.__exit__(*exc)
+
+    def mark(self, name: str) -> None:
+        if self.enabled:
+            import torch
+
+            # a zero-size marker op: its record's timestamp ends the phase on the profiler's own clock
+            with torch.profiler.record_function(f"molrecon_phase::{name}"):
+                pass
+
+    def peaks(self) -> tuple[int, dict[str, int]]:
+        records = self._profile.profiler.kineto_results.events()
+        ends = sorted((e.start_ns(), e.name().split("::", 1)[1]) for e in records
+                      if e.name().startswith("molrecon_phase::"))
+        memory = sorted((e.start_ns(), e.nbytes()) for e in records if e.name() == "[memory]")
+        live = peak = 0
+        phase_peaks: dict[str, int] = {}
+        events = iter(memory)
+        pending = next(events, None)
+        for end, name in ends:
+            while pending is not None and pending[0] <= end:
+                live += pending[1]
+                peak = max(peak, live)
+                pending = next(events, None)
+            phase_peaks[name] = peak
+        return peak, phase_peaks
+
+
 def measure_step_memory(method: str = "mol-sn", max_iter: int = 10, shape: Sequence[int] = (64, 64),
                         dims: str | None = None, coils: int = 4, channels: int = 64, layers: int = 5,
                         batch: int = 1, acceleration: float = 4.0, device: str = "cpu", seed: int = 0,
                         threads: int = 1, model_kwargs: dict | None = None, timeout: float = 600.0,
-                        repeats: int = 1, in_process: bool = False, **extra) -> dict:
+                        repeats: int = 1, in_process: bool = False, allocated: bool = False, **extra) -> dict:
     """Peak memory in bytes of one training step of ``method`` in a fresh Python process.
 
     ``in_process=True`` runs the step in this interpreter instead: the peak then includes whatever this process
-    already holds and means little, but ``saved_bytes`` (the graph's saved tensors) is exact either way — the
-    fast path for tests of the graph's size.
+    already holds and means little, but ``saved_bytes`` (the graph's saved tensors) and the allocated peak are
+    exact either way — the fast path for tests of the graph's size.
+
+    ``allocated``: also measure the exact peak of live tensor memory, ``allocated_peak_bytes`` (and
+    ``allocated_phase_peaks_bytes``); on CPU in a second child under the profiler (module docstring), so that
+    the profiler's own records do not enter the peak RSS of the first.
 
     ``extra`` keys are passed through in the spec (for builders registered by other methods, e.g. MoDL's
     number of unrolled iterations). Returns the child's result dict (``peak_bytes`` etc.); with ``repeats > 1``
@@ -193,8 +261,9 @@ def measure_step_memory(method: str = "mol-sn", max_iter: int = 10, shape: Seque
     """
     if repeats > 1:
         runs = [measure_step_memory(method, max_iter, shape, dims, coils, channels, layers, batch, acceleration,
-                                    device, seed, threads, model_kwargs, timeout, 1, in_process, **extra)
-                for _ in range(repeats)]
+                                    device, seed, threads, model_kwargs, timeout, 1, in_process,
+                                    allocated and i == 0, **extra)
+                for i in range(repeats)]  # the allocated peak is the same in every run: measured once
         peaks = sorted(r["peak_bytes"] for r in runs)
         out = dict(runs[0])
         out.update(peak_bytes=peaks[len(peaks) // 2], peaks=[r["peak_bytes"] for r in runs])
@@ -207,6 +276,16 @@ def measure_step_memory(method: str = "mol-sn", max_iter: int = 10, shape: Seque
             "model_kwargs": model_kwargs or {}, **extra}
     if method not in STEP_BUILDERS and method not in LAZY_BUILDERS:
         _resolve(method)  # raises the clear error
+    out = _run_child(spec, timeout, in_process)
+    if allocated and "allocated_peak_bytes" not in out:
+        traced = _run_child({**spec, "trace_allocations": True}, timeout, in_process)
+        out["allocated_peak_bytes"] = traced["allocated_peak_bytes"]
+        out["allocated_phase_peaks_bytes"] = traced["allocated_phase_peaks_bytes"]
+    return out
+
+
+def _run_child(spec: dict, timeout: float, in_process: bool) -> dict:
+    """:func:`_child` in this interpreter (``in_process``) or in a fresh one."""
     if in_process:
         import torch
 
@@ -219,10 +298,10 @@ def measure_step_memory(method: str = "mol-sn", max_iter: int = 10, shape: Seque
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise MolreconError(f"memory benchmark child failed for {method}: {tail[0]}")
+        raise MolreconError(f"memory benchmark child failed for {spec['method']}: {tail[0]}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        raise MolreconError(f"memory benchmark child for {method} printed no result")
+        raise MolreconError(f"memory benchmark child for {spec['method']} printed no result")
     return json.loads(lines[-1])
 
 
@@ -267,7 +346,7 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                      device: str = "cpu", seed: int = 0, threads: int = 1, repeats: int = 1,
                      force_iters: bool = True, timeout: float = 3600.0,
                      on_row: Callable[[dict, list[dict]], None] | None = None,
-                     model_settings: dict[str, Any] | None = None) -> list[dict]:
+                     model_settings: dict[str, Any] | None = None, allocated: bool = True) -> list[dict]:
     """Measure :func:`measure_step_memory` over ``dims × method × iterations``, sequentially.
 
     Every row follows the ``memory.json`` contract ``{"method", "iters", "dims", "shape", "peak_mib",
@@ -275,7 +354,8 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
     seconds of the step, and the running peak after each phase: forward, loss, backward, optimiser step).
     ``on_row(row, rows_so_far)`` is called after each measurement (the CLI rewrites the JSON there, so a long
     sweep that is interrupted keeps what it measured). ``model_settings``: model keys for every method but MoDL
-    (e.g. the shipped MOL-LR recipe's ``architecture``, ``lr_jacobian_steps``).
+    (e.g. the shipped MOL-LR recipe's ``architecture``, ``lr_jacobian_steps``). ``allocated``: each row also
+    gets the exact peak of live tensor memory, ``allocated_mib`` (and per phase), see the module docstring.
     """
     iters = {**DEFAULT_ITERS, **(iters or {})}
     sizes = {d: {**DEFAULT_SIZES.get(d, {}), **(sizes or {}).get(d, {})} for d in dims_list}
@@ -295,7 +375,7 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                                         acceleration=acceleration, device=device, seed=seed, threads=threads,
                                         model_kwargs={**(model_settings if method != "modl" else {}),
                                                       **_mol_kwargs(method, force_iters)}, timeout=timeout,
-                                        repeats=repeats)
+                                        repeats=repeats, allocated=allocated)
                 row = {"method": method, "iters": int(k), "dims": dims, "shape": list(sz["shape"]),
                        "peak_mib": r["peak_bytes"] / MIB, "device": r["device"], "coils": sz["coils"],
                        "channels": sz["channels"], "layers": sz["layers"], "batch": batch,
@@ -310,6 +390,10 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                        "saved_by_producer_mib": {k: v / MIB for k, v in r["saved_by_producer_bytes"].items()}}
                 if "peaks" in r:
                     row["peaks_mib"] = [p / MIB for p in r["peaks"]]
+                if "allocated_peak_bytes" in r:
+                    row["allocated_mib"] = r["allocated_peak_bytes"] / MIB
+                    row["allocated_phase_peaks_mib"] = {p: v / MIB for p, v in
+                                                        r["allocated_phase_peaks_bytes"].items()}
                 rows.append(row)
                 if on_row is not None:
                     on_row(row, rows)
@@ -354,6 +438,7 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
         k1 = next((r["peak_mib"] for r in modl if r["iters"] == 1), None)
         s["modl_k1_mib"] = k1
         has_saved = all("saved_mib" in r for r in sub)
+        has_allocated = all("allocated_mib" in r for r in sub)
         if has_saved and len({r["iters"] for r in modl}) >= 2:
             a, b, r2 = linear_fit([r["iters"] for r in modl], [r["saved_mib"] for r in modl])
             s.update(modl_saved_intercept_mib=a, modl_saved_slope_mib_per_iter=b, modl_saved_fit_r2=r2)
@@ -380,6 +465,13 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
                     s[f"{method}_saved_last_over_first"] = saved[-1] / saved[0]
                 if top is not None:
                     s[f"modl_top_over_{method}_saved"] = top["saved_mib"] / max(saved)
+            if has_allocated:
+                allocated = [r["allocated_mib"] for r in mol]
+                s[f"{method}_allocated_max_mib"] = max(allocated)
+                if len(mol) >= 2:
+                    s[f"{method}_allocated_last_over_first"] = allocated[-1] / allocated[0]
+                if top is not None:
+                    s[f"modl_top_over_{method}_allocated"] = top["allocated_mib"] / max(allocated)
         out.append(s)
     return out
 
@@ -407,6 +499,14 @@ def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
                                **{str(k): f"{sub[k]['saved_mib']:.1f}" if k in sub else "" for k in iters}})
         lines += ["\nSaved for backward (MiB, exact: storages autograd keeps after forward + loss, deduplicated)\n",
                   markdown_table(saved_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
+    if rows and all("allocated_mib" in r for r in rows):
+        allocated_rows = []
+        for row in table_rows:
+            sub = {r["iters"]: r for r in rows if r["dims"] == row["dims"] and r["method"] == row["method"]}
+            allocated_rows.append({**{k: row[k] for k in ("dims", "shape × coils", "method")},
+                                   **{str(k): f"{sub[k]['allocated_mib']:.1f}" if k in sub else "" for k in iters}})
+        lines += ["\nPeak allocated (MiB, exact: the most tensor memory live at once during the step)\n",
+                  markdown_table(allocated_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
     srows: list[dict] = []
     ratios: list[dict] = []
     for s in summary:
@@ -430,6 +530,8 @@ def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
                 continue
             ratios.append({"dims": s["dims"], "ratio": f"MoDL K={top} / {method}",
                            "peak": f"{s[f'modl_top_over_{method}_peak']:.1f}×",
+                           "allocated": (f"{s[f'modl_top_over_{method}_allocated']:.1f}×"
+                                         if f"modl_top_over_{method}_allocated" in s else ""),
                            "saved": (f"{s[f'modl_top_over_{method}_saved']:.1f}×"
                                      if f"modl_top_over_{method}_saved" in s else ""),
                            f"{method} saved last/first": (f"{s[f'{method}_saved_last_over_first']:.3f}"
@@ -439,7 +541,8 @@ def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
                   markdown_table(srows, list(srows[0]))]
     if ratios:
         cols = list(dict.fromkeys(k for r in ratios for k in r))
-        lines += ["\nMoDL (largest K) over MOL (largest max_iter), by peak and by saved bytes; MOL flatness by saved "
-                  "bytes (acceptance: ≥ 10× at 2D 256² × 12 coils × 64 channels; last/first within 5 %)\n",
+        lines += ["\nMoDL (largest K) over MOL (largest max_iter), by peak RSS, peak allocated and saved bytes; MOL "
+                  "flatness by saved bytes (acceptance: ≥ 10× at 2D 256² × 12 coils × 64 channels; last/first "
+                  "within 5 %)\n",
                   markdown_table([{c: r.get(c, "") for c in cols} for r in ratios], cols)]
     return "\n".join(lines)

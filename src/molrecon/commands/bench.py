@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     m = bsub.add_parser("memory", help="peak memory of one training step vs iterations (MoDL K, MOL max_iter)",
                         description="Peak memory of ONE training step (forward + backward + Adam step), each in a "
-                        "fresh subprocess (CPU: peak RSS above the pre-step RSS; CUDA: max_memory_allocated). "
+                        "fresh subprocess (CPU: peak RSS above the pre-step RSS; CUDA: max_memory_allocated), and "
+                        "the exact peak of live tensor memory (CPU: a second child under the profiler). "
                         "Writes OUT/memory.json, memory.md, memory.png.")
     m.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
     m.add_argument("--methods", nargs="+", default=["modl", "mol-lr", "mol-sn"],
@@ -73,6 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-force-iters", action="store_true",
                    help="let MOL stop at its tolerance (default: tol 1e-12 so that max_iter iterations run)")
     m.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement")
+    m.add_argument("--no-allocated", action="store_true",
+                   help="skip the exact allocated peak (on CPU a second, profiled child per point)")
     m.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
                    help="model setting of the MOL/DEQ methods (e.g. architecture=residual, lr_jacobian_steps=3: "
                    "the shipped MOL-LR recipe's terms)")
@@ -202,6 +205,7 @@ def run_memory(args: argparse.Namespace) -> int:
     machine = machine_info()
     settings = {"batch": args.batch, "acceleration": args.accel, "threads": args.threads,
                 "repeats": args.repeats, "force_iters": not args.no_force_iters, "budget_gib": args.budget_gib,
+                "allocated": not args.no_allocated,
                 "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step",
                 "data": "random complex target, simulated coil maps, default mask of the dims (mask_for)",
                 "model_set": model_settings}
@@ -215,14 +219,15 @@ def run_memory(args: argparse.Namespace) -> int:
             plot_memory(rows, out / "memory.png", summary)
 
     def on_row(row: dict, rows: list[dict]) -> None:
-        print(f"  {row['dims']:5s} {row['method']:7s} iters={row['iters']:3d}  peak {row['peak_mib']:8.1f} MiB  "
-              f"({row['step_seconds']:.1f} s)", flush=True)
+        allocated = f", allocated {row['allocated_mib']:8.1f} MiB" if "allocated_mib" in row else ""
+        print(f"  {row['dims']:5s} {row['method']:7s} iters={row['iters']:3d}  peak {row['peak_mib']:8.1f} MiB"
+              f"{allocated}  ({row['step_seconds']:.1f} s)", flush=True)
         save(rows)
 
     rows = run_memory_sweep(args.methods, args.dims, iters, sizes, batch=args.batch, acceleration=args.accel,
                             device=args.device, threads=args.threads, repeats=args.repeats,
                             force_iters=not args.no_force_iters, timeout=args.timeout, on_row=on_row,
-                            model_settings=model_settings)
+                            model_settings=model_settings, allocated=not args.no_allocated)
     save(rows, final=True)
     print()
     print((out / "memory.md").read_text())

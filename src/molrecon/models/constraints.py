@@ -1,23 +1,10 @@
-r"""Monotonicity constraints for MOL: Lipschitz estimators of ``H`` and the log-barrier penalty (MOL-LR).
+r"""Monotonicity constraints for MOL: how ``Lip(H) < 1`` is imposed (a registry of strategies).
 
 MOL needs :math:`F = I - H` to be :math:`m`-monotone, which holds when :math:`\operatorname{Lip}(H) \le L < 1`
 (then :math:`m = 1 - L`; see ``docs/theory.md``). MOL-SN enforces it by construction
-(:class:`~molrecon.models.cnn.ConvDenoiser` with ``spectral_norm=True``). MOL-LR leaves the layers free and adds
-a training penalty on an *estimate* of the local Lipschitz constant around the current reconstruction:
-
-* :func:`adversarial_lipschitz` — the authors' estimator: start at :math:`v = u + \epsilon\,\xi` around the
-  detached output :math:`u` (:math:`\xi` uniform in :math:`[0,1)` for real and imaginary parts), take
-  ``steps`` gradient-ascent steps on :math:`\rho(v) = \|H(u) - H(v)\| / \|u - v\|`, rescaling :math:`v` to the
-  norm of :math:`u` after each step as they do, and return :math:`\rho(v)` differentiable w.r.t. the weights
-  of ``H`` (not w.r.t. ``u`` or ``v``);
-* :func:`jacobian_spectral_norm` — a second estimator: power iteration on :math:`J_H(u)^T J_H(u)` with
-  Jacobian–vector products, i.e. the local Lipschitz constant at :math:`u` in the limit of small
-  perturbations (the adversarial estimate probes finite ones);
-* :func:`lipschitz_barrier` — :math:`-\log(T - L)` for :math:`L < T - e`, continued linearly with matching value
-  at :math:`L = T - e` above (the authors' ``contdifflog``, :math:`T = 0.98`, :math:`e = 10^{-3}`).
-
-Both estimators are lower bounds of the true Lipschitz constant (they evaluate a ratio at particular points),
-which is why MOL-LR's certificate is marked as an estimate.
+(:class:`~molrecon.models.cnn.ConvDenoiser` with ``spectral_norm=True``, or SLL layers). MOL-LR leaves the layers
+free and adds a training penalty on *estimates* of the local Lipschitz constant around the current
+reconstruction (the estimators and the barrier are in :mod:`molrecon.models.lipschitz`).
 
 Constraint strategies
 ---------------------
@@ -40,204 +27,17 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.autograd import forward_ad
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
-from ..tensor_utils import batch_norms
 from .cnn import ConvDenoiser
+from .lipschitz import (
+    adversarial_lipschitz,
+    jacobian_norm_along,
+    jacobian_spectral_norm,
+    jacobian_top_subspace,
+    lipschitz_barrier,
+)
 from .priors import ResidualDenoiser
-
-
-def lipschitz_barrier(lip: torch.Tensor, threshold: float = 0.98, eps: float = 1e-3) -> torch.Tensor:
-    r"""The authors' continuously differentiable log barrier.
-
-    .. math:: b(L) = \begin{cases} -\log(T - L) & L < T - e \\ -\log e + (L - T + e)/e & \text{otherwise}\end{cases}
-
-    Value and slope match at :math:`L = T - e`, so the penalty stays finite (and steep) when the estimate
-    overshoots the threshold instead of returning NaN.
-    """
-    lip = torch.as_tensor(lip)
-    inside = lip < (threshold - eps)
-    safe = torch.where(inside, threshold - lip, torch.ones_like(lip))
-    y1 = -torch.log(safe)
-    y2 = -torch.log(torch.as_tensor(eps, dtype=lip.dtype, device=lip.device)) + (lip - threshold + eps) / eps
-    return torch.where(inside, y1, y2)
-
-
-def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor, steps: int = 10,
-                          noise: float = 0.01, step_size: float = 1.0,
-                          generator: torch.Generator | None = None, recompute: bool = False,
-                          v0: torch.Tensor | None = None, return_point: bool = False):
-    r"""The authors' adversarial local Lipschitz estimate of ``h`` around ``u`` (one value per batch element).
-
-    Returns :math:`\|h(u) - h(v^\star)\| / \|u - v^\star\|` ``[B]`` with gradients flowing into the parameters
-    of ``h`` only (``u`` and the adversarial point :math:`v^\star` are constants), ready for a penalty.
-
-    ``recompute``: the two CNN graphs of the returned ratio are not kept for backward but recomputed there
-    (activation checkpointing): the same value and gradient, one CNN forward more per evaluation, and the
-    penalty no longer holds two CNN graphs until the step's backward. ``v0``: start the ascent from this point
-    (e.g. the previous step's :math:`v^\star` of the same slice) instead of the noisy copy of ``u``.
-    ``return_point``: also return :math:`v^\star` (detached), to warm-start the next estimate.
-    """
-    u = u.detach()
-    u_norm = batch_norms(u).clamp_min(1e-12).reshape(-1, *([1] * (u.ndim - 1)))
-    if v0 is not None:
-        v = v0.detach().to(u.dtype)
-    else:
-        real = u.real.new_empty(u.shape)
-        if generator is not None:
-            xi = torch.complex(torch.rand(u.shape, generator=generator, dtype=real.dtype).to(u.device),
-                               torch.rand(u.shape, generator=generator, dtype=real.dtype).to(u.device))
-        else:
-            xi = torch.complex(torch.rand_like(real), torch.rand_like(real))
-        v = u + noise * xi
-    with torch.enable_grad():
-        hu = h(u).detach()
-        for _ in range(steps):
-            v = v.detach().requires_grad_(True)
-            ratio = batch_norms(hu - h(v)) / batch_norms(u - v).clamp_min(1e-12)
-            (g,) = torch.autograd.grad(ratio.sum(), v)
-            v = v.detach() + step_size * g
-            # the authors rescale v onto the sphere of radius ||u|| after each ascent step
-            v = v / batch_norms(v).clamp_min(1e-12).reshape_as(u_norm) * u_norm
-    v = v.detach()
-    if recompute:
-        diff = checkpoint(lambda a, b: h(a) - h(b), u, v, use_reentrant=False)
-    else:
-        diff = h(u) - h(v)
-    lip = batch_norms(diff) / batch_norms(u - v).clamp_min(1e-12)
-    return (lip, v) if return_point else lip
-
-
-def _jvp_no_graph(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    r""":math:`J_h(x)\,v` in forward mode, keeping no graph."""
-    # the double-backward trick (d/dw <J^T w, v>) would hold a second graph of h while it runs, which set
-    # MOL-LR's peak training memory (benchmarks/README.md, "Memory")
-    with torch.no_grad(), forward_ad.dual_level():
-        return forward_ad.unpack_dual(h(forward_ad.make_dual(x, v))).tangent
-
-
-def _start_vectors(shape: tuple[int, ...], like: torch.Tensor, v0: torch.Tensor | None,
-                   generator: torch.Generator | None) -> torch.Tensor:
-    """``v0`` (detached, in ``like``'s dtype), else Gaussian vectors of ``shape`` (from ``generator`` if given)."""
-    if v0 is not None:
-        return v0.detach().to(like.dtype)
-    if generator is not None:
-        return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
-    return torch.randn(shape, dtype=like.dtype, device=like.device)
-
-
-def _real_rows(block: torch.Tensor) -> torch.Tensor:
-    r"""``[B, k, ...]`` as ``[B, k, n]`` real rows (complex entries as real and imaginary parts).
-
-    A CNN acting on real and imaginary channels is only real-linear, so its Jacobian is a real matrix on
-    :math:`\mathbb{R}^{2n}` and every inner product below is the real one, not the complex one.
-    """
-    real = torch.view_as_real(block) if block.is_complex() else block
-    return real.reshape(real.shape[0], real.shape[1], -1)
-
-
-def _from_real_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`_real_rows`: rows ``[B, k, n]`` back to the shape and dtype of ``like``."""
-    if not like.is_complex():
-        return rows.reshape(like.shape)
-    return torch.view_as_complex(rows.reshape(*like.shape, 2).contiguous())
-
-
-def _orthonormal_rows(block: torch.Tensor) -> torch.Tensor:
-    """``[B, k, ...]`` with each element's k vectors orthonormalised in the real inner product (QR)."""
-    q, _ = torch.linalg.qr(_real_rows(block).transpose(1, 2))
-    return _from_real_rows(q.transpose(1, 2), block)
-
-
-def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, k: int, n_iter: int = 3,
-                          v0: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The top ``k`` singular values and right singular vectors of :math:`J_h(x)` by subspace iteration.
-
-    ``n_iter`` steps of :math:`V \leftarrow \operatorname{orth}(J^T J V)` on ``k`` vectors per batch element at
-    once (the ``k`` copies of ``x`` run as one batch of ``h``), then a Rayleigh–Ritz step: the eigenvectors of
-    :math:`(JV)^T (JV)` rotate ``V`` onto the Ritz vectors. Returns ``(sigma [B, k], V [B, k, ...])``, both
-    detached, in decreasing order. ``v0`` ``[B, k, ...]``: continue from these vectors.
-
-    Why a block: the top of a CNN Jacobian's spectrum is crowded. One power-iteration vector converges at the rate
-    :math:`\sigma_2/\sigma_1`, close to 1, and a barrier on that one direction lets its neighbours rise; ``k``
-    vectors converge at :math:`\sigma_{k+1}/\sigma_1` and a barrier can hold all ``k``.
-    """
-    x = x.detach()
-    b, shape = x.shape[0], x.shape[1:]
-    v = _orthonormal_rows(_start_vectors((b, k, *shape), x, v0, generator))
-    xs = x.repeat_interleave(k, dim=0)
-    with torch.enable_grad():
-        xr = xs.clone().requires_grad_(True)
-        y = h(xr)
-        for _ in range(n_iter):
-            jv = _jvp_no_graph(h, xs, v.reshape(b * k, *shape))
-            (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
-            v = _orthonormal_rows(jtjv.detach().reshape(b, k, *shape))
-    jv = _real_rows(_jvp_no_graph(h, xs, v.reshape(b * k, *shape)).reshape(b, k, *shape))
-    evals, evecs = torch.linalg.eigh(jv @ jv.transpose(1, 2))
-    evals, evecs = evals.flip(-1), evecs.flip(-1)
-    ritz = _from_real_rows(evecs.transpose(1, 2).to(jv.dtype) @ _real_rows(v), v)
-    return evals.clamp_min(0).sqrt().detach(), ritz.detach()
-
-
-def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_iter: int = 20,
-                           generator: torch.Generator | None = None, return_vector: bool = False,
-                           v0: torch.Tensor | None = None, tol: float | None = None):
-    r"""Spectral norm of the Jacobian :math:`J_h(x)` per batch element by power iteration on :math:`J^T J`.
-
-    Uses one forward-mode JVP (under ``no_grad``: it keeps no graph) and one VJP through the graph of
-    :math:`h(x)`, built once, per step; returns ``[B]`` (detached). For piecewise-linear ``h`` (ReLU CNN) this
-    is the norm of the local linear map at ``x``, a lower bound on ``Lip(h)``. ``v0``: start from this vector
-    (e.g. the one a previous call returned with ``return_vector``) instead of a random one. ``tol``: stop before
-    ``n_iter`` once no element's estimate rose by more than ``tol`` (relative) over the last 10 steps.
-
-    The top of a CNN Jacobian's spectrum on a whole image is crowded, so the iteration creeps upwards: on the
-    ``mol-lr-2d-4x`` shipped before the Jacobian barrier, at a test reconstruction, it reads 0.86 / 0.91 /
-    0.985 / 1.0006 after 3 / 10 / 30 / 60 steps from a random start.
-    """
-    x = x.detach()
-    v = _start_vectors(tuple(x.shape), x, v0, generator)
-    v = v / batch_norms(v).reshape(-1, *([1] * (x.ndim - 1)))
-    sigma = torch.zeros(x.shape[0], device=x.device)
-    history: list[torch.Tensor] = []
-    with torch.enable_grad():
-        xr = x.clone().requires_grad_(True)
-        y = h(xr)
-        for _ in range(n_iter):
-            if tol is not None and len(history) > 10 and bool(
-                    (history[-1] - history[-11] <= tol * history[-1].abs()).all()):
-                break
-            jv = _jvp_no_graph(h, x, v)
-            (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
-            sigma = batch_norms(jv).detach()
-            history.append(sigma)
-            n = batch_norms(jtjv).clamp_min(1e-30).reshape(-1, *([1] * (x.ndim - 1)))
-            v = (jtjv / n).detach()
-    return (sigma.detach(), v) if return_vector else sigma.detach()
-
-
-def jacobian_norm_along(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                        v: torch.Tensor, recompute: bool = False) -> torch.Tensor:
-    r""":math:`\|J_h(x)\,v\| / \|v\|` per batch element, differentiable w.r.t. the parameters of ``h``.
-
-    A forward-mode JVP at the detached ``x`` along the detached ``v``; its tangent carries the reverse-mode
-    graph of the weights, so a penalty on it pushes down the Jacobian in that direction. With ``v`` the
-    power-iteration vector of :func:`jacobian_spectral_norm` this is a differentiable estimate of the local
-    Lipschitz constant. ``recompute``: the JVP's graph (the CNN's activations and their tangents) is not kept
-    for backward but recomputed there: the same value and gradient, one JVP more.
-    """
-    x, v = x.detach(), v.detach().to(x.dtype)
-
-    def norm_along(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad(), forward_ad.dual_level():
-            jv = forward_ad.unpack_dual(h(forward_ad.make_dual(a, b))).tangent
-        return batch_norms(jv) / batch_norms(b).clamp_min(1e-30)
-
-    return checkpoint(norm_along, x, v, use_reentrant=False) if recompute else norm_along(x, v)
-
 
 #: ``name -> Constraint class``; MOL builds its strategy from here (:func:`make_constraint`).
 CONSTRAINT_STRATEGIES: dict[str, type[Constraint]] = {}
@@ -514,7 +314,5 @@ def make_constraint(name: str, options: dict[str, Any]) -> Constraint:
     return cls(**{k: v for k, v in options.items() if k in mine})
 
 
-__all__ = ["lipschitz_barrier", "adversarial_lipschitz", "jacobian_spectral_norm", "jacobian_top_subspace",
-           "jacobian_norm_along", "Constraint",
-           "SpectralNormalization", "LipschitzPenalty", "Unconstrained", "CONSTRAINT_STRATEGIES",
+__all__ = ["Constraint", "SpectralNormalization", "LipschitzPenalty", "Unconstrained", "CONSTRAINT_STRATEGIES",
            "register_constraint", "make_constraint"]

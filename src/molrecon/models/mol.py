@@ -67,7 +67,8 @@ from ..solvers.info import SolverInfo
 from ..solvers.timing import region
 from ..tensor_utils import batch_norms
 from .cnn import DIMS, ConvDenoiser
-from .constraints import Constraint, adversarial_lipschitz, jacobian_spectral_norm, make_constraint
+from .constraints import Constraint, make_constraint
+from .lipschitz import adversarial_lipschitz, jacobian_spectral_norm
 from .priors import SLLDenoiser, build_prior, check_architecture
 
 #: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
