@@ -19,6 +19,7 @@ from molrecon.models.lipschitz import (
     adversarial_lipschitz,
     jacobian_norm_along,
     jacobian_spectral_norm,
+    jacobian_symmetric_extremes,
     jacobian_top_subspace,
     lipschitz_barrier,
 )
@@ -165,16 +166,17 @@ def test_lr_steps_zero_trains_the_jacobian_term_alone_and_the_certificate_still_
     with pytest.raises(InputError, match="lr_steps"):
         MOL(constraint="lr", lr_steps=-1)
     # the certificate's adversarial ascent takes at least the authors' 10 steps, whatever the training used
-    import molrecon.models.mol as mol_module
+    import molrecon.models.certificate as certificate_module
 
     seen = []
-    real = mol_module.adversarial_lipschitz
-    monkeypatch.setattr(mol_module, "adversarial_lipschitz", lambda *a, **k: seen.append(k["steps"]) or real(*a, **k))
+    real = certificate_module.adversarial_lipschitz
+    monkeypatch.setattr(certificate_module, "adversarial_lipschitz",
+                        lambda *a, **k: seen.append(k["steps"]) or real(*a, **k))
     physics = _physics_12()
     for steps in (0, 2, 25):
         extra = {"lr_jacobian_steps": 1} if steps == 0 else {}
         MOL(constraint="lr", lr_steps=steps, **extra, **opts).certificate(physics, x=x, power_iterations=5)
-    assert seen == [mol_module.CERTIFICATE_ASCENT_STEPS, mol_module.CERTIFICATE_ASCENT_STEPS, 25]
+    assert seen == [certificate_module.CERTIFICATE_ASCENT_STEPS, certificate_module.CERTIFICATE_ASCENT_STEPS, 25]
 
 
 def _real_matrix(h, shape) -> torch.Tensor:
@@ -210,6 +212,26 @@ def test_subspace_iteration_finds_the_top_singular_values_of_a_real_linear_map()
     few_one = jacobian_spectral_norm(h, x, n_iter=4, generator=torch.Generator().manual_seed(1))
     few_block, _ = jacobian_top_subspace(h, x, 4, n_iter=4, generator=torch.Generator().manual_seed(1))
     assert bool((few_block[:, 0] >= few_one - 1e-6).all())
+
+
+def test_lanczos_finds_the_extreme_eigenvalues_of_the_symmetric_part_of_a_real_linear_map():
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1, bias=False)
+    torch.nn.init.normal_(conv.weight, generator=torch.Generator().manual_seed(0))
+
+    def h(x: torch.Tensor) -> torch.Tensor:  # real-linear and not symmetric: S differs from J
+        out = conv(torch.stack([x.real, x.imag], 1))
+        return torch.complex(out[:, 0], out[:, 1])
+
+    jac = _real_matrix(h, (6, 6)).double()
+    exact = torch.linalg.eigvalsh(0.5 * (jac + jac.T))
+    x = torch.randn(2, 6, 6, dtype=torch.complex64)
+    # 40 steps on a 72-dimensional map: the extremes converge long before the Krylov space fills the space
+    top, bottom = jacobian_symmetric_extremes(h, x, steps=40, generator=torch.Generator().manual_seed(0))
+    assert top.shape == bottom.shape == (2,)
+    assert torch.allclose(top.double(), exact[-1].expand(2), rtol=1e-4)
+    assert torch.allclose(bottom.double(), exact[0].expand(2), rtol=1e-4)
+    # the symmetric part's spectrum lies inside [-||J||, ||J||] and here is strictly narrower than it
+    assert float(exact[-1]) < float(torch.linalg.matrix_norm(jac, 2)) - 1e-3
 
 
 def test_block_jacobian_penalty_puts_each_direction_under_the_barrier_and_is_cached_per_slice():

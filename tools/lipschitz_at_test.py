@@ -3,10 +3,15 @@
     python tools/lipschitz_at_test.py mol-lr-2d-4x                       # a shipped model
     python tools/lipschitz_at_test.py runs/mol_lr_2d/best.pt --slices 4  # a training run's checkpoint
     python tools/lipschitz_at_test.py mol-lr-2d-4x --out lip.json
+    python tools/lipschitz_at_test.py mol-lr-2d-4x --slices 4 --symmetric   # also the symmetric part's extremes
 
 For each slice: reconstruct, then ``model.certificate(physics)`` at that reconstruction (``L`` is the larger of
 the adversarial ratio and the converged Jacobian power iteration for MOL-LR, the proof for MOL-SN). MOL-LR is
 monotone by its own estimate at a slice when ``L < 1`` there; the summary line says at how many slices it is not.
+
+``--symmetric`` also reports the extreme eigenvalues of the symmetric part of ``H``'s Jacobian there (Lanczos,
+:func:`molrecon.models.lipschitz.jacobian_symmetric_extremes`): monotonicity of ``F = I - H`` needs only
+``lambda_max < 1``, while ``L < 1`` also bounds ``-lambda_min``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from molrecon.data.builtin import builtin_dataset, ensure_builtin
-from molrecon.data.slice_dataset import collate, physics_from_batch
-from molrecon.errors import MolreconError
+import torch
+from _slices import load_mol_or_none, test_slices, where_h_acts
+
 from molrecon.io import machine_info, write_json_atomic
-from molrecon.weights.loading import resolve_model
+from molrecon.models.lipschitz import jacobian_symmetric_extremes
 
 
 def main() -> int:
@@ -28,27 +33,33 @@ def main() -> int:
     p.add_argument("--kind", default="2d")
     p.add_argument("--slices", type=int, default=None, help="the first N test slices (default: all)")
     p.add_argument("--out", type=Path, default=None, help="write the per-slice figures as JSON")
+    p.add_argument("--symmetric", action="store_true",
+                   help="also the largest and smallest eigenvalues of the Jacobian's symmetric part (40 Lanczos steps)")
     a = p.parse_args()
-    try:
-        model = resolve_model(a.model).model  # in eval mode
-    except MolreconError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    model = load_mol_or_none(a.model)
+    if model is None:
         return 2
-    ensure_builtin(a.kind)
-    dataset = builtin_dataset(a.kind, "test", mask_func=None)  # the stored masks, as `make demo`
-    n = len(dataset) if a.slices is None else min(a.slices, len(dataset))
     rows = []
-    for i in range(n):
-        batch = collate([dataset[i]])
-        physics = physics_from_batch(batch)
-        model(batch["kspace"], physics)
-        cert = model.certificate(physics)  # at the reconstruction just made
-        rows.append({"slice": i, "file": str(batch["fname"][0]), "L": cert["L"],
-                     "certified": cert["certified"], "estimator": cert["estimator"]})
-        print(f"slice {i:2d}  L = {cert['L']:.4f}", flush=True)
+    for i, batch, physics in test_slices(a.kind, a.slices):
+        at = where_h_acts(model, batch, physics)
+        cert = model.certificate(physics, x=at)
+        row = {"slice": i, "file": str(batch["fname"][0]), "L": cert["L"], "certified": cert["certified"],
+               "estimator": cert["estimator"]}
+        line = f"slice {i:2d}  L = {cert['L']:.4f}"
+        if a.symmetric:
+            top, bottom = jacobian_symmetric_extremes(model.prior, at, generator=torch.Generator().manual_seed(0))
+            row.update(sym_lambda_max=float(top.max()), sym_lambda_min=float(bottom.min()))
+            line += f"  symmetric part: lambda_max {row['sym_lambda_max']:.4f}, lambda_min {row['sym_lambda_min']:.4f}"
+        rows.append(row)
+        print(line, flush=True)
+    n = len(rows)
     worst = max(r["L"] for r in rows)
     above = sum(r["L"] >= 1 for r in rows)
     print(f"{a.model}: max L = {worst:.4f} over {n} test slices; L >= 1 at {above} of them")
+    if a.symmetric:
+        top = max(r["sym_lambda_max"] for r in rows)
+        print(f"{a.model}: max lambda_max of the symmetric part = {top:.4f}; >= 1 at "
+              f"{sum(r['sym_lambda_max'] >= 1 for r in rows)} of {n}")
     if a.out is not None:
         write_json_atomic(a.out, {"model": a.model, "kind": a.kind, "slices": rows, "max_L": worst,
                                   "slices_not_monotone": above, "command": " ".join(sys.argv),

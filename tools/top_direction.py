@@ -16,13 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
+from _slices import load_mol_or_none, test_slices, where_h_acts
 
-from molrecon.data.builtin import builtin_dataset, ensure_builtin
-from molrecon.data.slice_dataset import collate, physics_from_batch
-from molrecon.errors import MolreconError
 from molrecon.io import machine_info, write_json_atomic
 from molrecon.models.lipschitz import jacobian_spectral_norm
-from molrecon.weights.loading import resolve_model
 
 
 def _frequency_shares(u: torch.Tensor, bands: tuple[float, float]) -> list[float]:
@@ -43,23 +40,16 @@ def main() -> int:
     p.add_argument("--slice", type=int, default=0, help="built-in 2D test slice (default 0)")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     a = p.parse_args()
-    try:
-        model = resolve_model(a.model).model
-    except MolreconError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    model = load_mol_or_none(a.model)
+    if model is None:
         return 2
-    if not hasattr(model, "prior"):
-        print(f"error: {a.model}: not a MOL model (no prior H)", file=sys.stderr)
+    slices = list(test_slices("2d"))
+    if not 0 <= a.slice < len(slices):
+        print(f"error: --slice must be in [0, {len(slices)}), got {a.slice}", file=sys.stderr)
         return 2
-    ensure_builtin("2d")
-    dataset = builtin_dataset("2d", "test", mask_func=None)
-    if not 0 <= a.slice < len(dataset):
-        print(f"error: --slice must be in [0, {len(dataset)}), got {a.slice}", file=sys.stderr)
-        return 2
-    batch = collate([dataset[a.slice]])
-    physics = physics_from_batch(batch)
-    with torch.no_grad():
-        x, _ = model.solve(batch["kspace"], physics)
+    _, batch, physics = slices[a.slice]
+    x = where_h_acts(model, batch, physics)
+
     def top(at: torch.Tensor) -> tuple[float, torch.Tensor]:
         sigma, u = jacobian_spectral_norm(model.prior, at, n_iter=300, tol=1e-4, return_vector=True,
                                           generator=torch.Generator().manual_seed(0))

@@ -204,6 +204,54 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     return (sigma.detach(), v) if return_vector else sigma.detach()
 
 
+def jacobian_symmetric_extremes(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int = 40,
+                                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The largest and smallest eigenvalues of the symmetric part :math:`S = (J + J^T)/2` of :math:`J_h(x)`.
+
+    Monotonicity of :math:`F = I - H` needs less than :math:`\|J_H\| < 1`: only
+    :math:`\lambda_{\max}(S) \le 1 - m`, since :math:`\langle J v, v\rangle = \langle S v, v\rangle`. A
+    :math:`J` with a large *negative* eigenvalue (a sign-flipping direction) has :math:`\|J\| > 1` while
+    :math:`F` stays monotone. ``steps`` Lanczos steps on :math:`S` (one forward-mode JVP and one VJP each, full
+    reorthogonalisation, the real inner product as for :func:`jacobian_top_subspace`) from a Gaussian start;
+    the extreme Ritz values converge from inside, so both are estimates at ``x``, like the power iteration's.
+    Returns ``(lambda_max [B], lambda_min [B])``, detached.
+    """
+    x = x.detach()
+    tops, bottoms = [], []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1]
+        xr = xi.clone().requires_grad_(True)
+        with torch.enable_grad():
+            y = h(xr)
+
+        def sym(q: torch.Tensor, xi: torch.Tensor = xi, xr: torch.Tensor = xr, y: torch.Tensor = y) -> torch.Tensor:
+            v = _from_real_rows(q.reshape(1, 1, -1), xi[:, None])[:, 0]
+            (jtv,) = torch.autograd.grad(y, xr, v, retain_graph=True)
+            return 0.5 * (_real_rows(_jvp_no_graph(h, xi, v)[:, None]) + _real_rows(jtv[:, None])).reshape(-1)
+
+        q = _real_rows(_start_vectors((1, 1, *xi.shape[1:]), xi, None, generator)).reshape(-1)
+        basis = [q / q.norm()]
+        alphas: list[torch.Tensor] = []
+        betas: list[torch.Tensor] = []
+        for _ in range(min(steps, q.numel())):
+            w = sym(basis[-1])
+            alphas.append(torch.dot(w, basis[-1]))
+            block = torch.stack(basis)
+            w = w - block.T @ (block @ w)  # full reorthogonalisation (the three-term recurrence loses it)
+            w = w - block.T @ (block @ w)
+            betas.append(w.norm())
+            if float(betas[-1]) <= 1e-7 * float(alphas[-1].abs().clamp_min(1.0)):
+                break
+            basis.append(w / betas[-1])
+        n = len(alphas)
+        off = torch.stack(betas[:n - 1]) if n > 1 else alphas[0].new_zeros(0)
+        tri = torch.diag(torch.stack(alphas)) + torch.diag(off, 1) + torch.diag(off, -1)
+        ritz = torch.linalg.eigvalsh(tri.double())
+        tops.append(ritz[-1])
+        bottoms.append(ritz[0])
+    return torch.stack(tops).to(x.real.dtype).detach(), torch.stack(bottoms).to(x.real.dtype).detach()
+
+
 def jacobian_norm_along(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                         v: torch.Tensor, recompute: bool = False) -> torch.Tensor:
     r""":math:`\|J_h(x)\,v\| / \|v\|` per batch element, differentiable w.r.t. the parameters of ``h``.
@@ -225,4 +273,4 @@ def jacobian_norm_along(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
 
 
 __all__ = ["lipschitz_barrier", "adversarial_lipschitz", "jacobian_top_subspace", "jacobian_spectral_norm",
-           "jacobian_norm_along"]
+           "jacobian_symmetric_extremes", "jacobian_norm_along"]

@@ -38,10 +38,9 @@ Example
 >>> model.certificate(physics)["contraction"] < 1
 True
 
-Size: about 600 lines, above the project's ~500, because the model is one object whose solve, exact output
-step, implicit backward, certificate and training penalty must share the frozen weights of one
-reconstruction; the numerics live in :mod:`molrecon.solvers`, the constraints in
-:mod:`molrecon.models.constraints` and the networks in :mod:`molrecon.models.priors`.
+The certificate (the theorems' constants and each solve's a-posteriori bound) is
+:class:`~molrecon.models.certificate.CertificateMixin`; the numerics live in :mod:`molrecon.solvers`, the
+constraints in :mod:`molrecon.models.constraints` and the networks in :mod:`molrecon.models.priors`.
 """
 
 from __future__ import annotations
@@ -66,15 +65,11 @@ from ..solvers.implicit import dc_solve
 from ..solvers.info import SolverInfo
 from ..solvers.timing import region
 from ..tensor_utils import batch_norms
-from .cnn import DIMS, ConvDenoiser
+from .certificate import WEIGHTED_PRIORS, CertificateMixin
+from .cnn import DIMS
 from .constraints import Constraint, make_constraint
-from .lipschitz import adversarial_lipschitz, jacobian_spectral_norm
-from .priors import SLLDenoiser, build_prior, check_architecture
+from .priors import build_prior, check_architecture
 
-#: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
-_WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
-#: ascent steps of the adversarial estimate in :meth:`MOL.certificate` at the least (the authors' estimator)
-CERTIFICATE_ASCENT_STEPS = 10
 #: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
 SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
 
@@ -84,19 +79,7 @@ def _frozen(weights: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
     return None if weights is None else [w.detach() for w in weights]
 
 
-def contraction_factor(alpha: float, lipschitz: float) -> float:
-    """Lipschitz bound ``|1−α| + αL`` of the MOL block (``‖(I + αλA^HA)^{-1}‖ ≤ 1``)."""
-    return abs(1.0 - alpha) + alpha * lipschitz
-
-
-def robustness_constant(lam: float, m: float, norm_a: float = 1.0) -> float:
-    r"""``C`` in ``‖x*(b1) − x*(b2)‖ ≤ C‖b1 − b2‖``: :math:`\min(\lambda\|A\|/m,\ \tfrac12\sqrt{\lambda/m})`."""
-    if m <= 0:
-        return math.inf
-    return min(lam * norm_a / m, 0.5 * math.sqrt(lam / m))
-
-
-class MOL(nn.Module):
+class MOL(CertificateMixin, nn.Module):
     """Monotone Operator Learning reconstruction (see the module docstring for the math).
 
     Parameters
@@ -247,7 +230,7 @@ class MOL(nn.Module):
                "architecture": self.architecture, "residual_scale": self.residual_scale,
                "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain,
                **self.constraint_strategy.config()}
-        if isinstance(den, _WEIGHTED_PRIORS):
+        if isinstance(den, WEIGHTED_PRIORS):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
         elif den is not None:
             raise InputError(f"MOL.config: a custom denoiser ({type(den).__name__}) cannot be described by a "
@@ -277,13 +260,13 @@ class MOL(nn.Module):
     # -- the block ------------------------------------------------------------------------------------------
     def _h(self, x: torch.Tensor, weights) -> torch.Tensor:
         with region("cnn"):  # timing regions (solvers.timing) are no-ops unless a benchmark is timing
-            if isinstance(self.denoiser, _WEIGHTED_PRIORS):
+            if isinstance(self.denoiser, WEIGHTED_PRIORS):
                 return self.denoiser.apply(x, weights)
             return self.denoiser(x)
 
     def _weights(self, spatial):
         with region("cnn-weights", absorb=True):
-            if isinstance(self.denoiser, _WEIGHTED_PRIORS):
+            if isinstance(self.denoiser, WEIGHTED_PRIORS):
                 return self.denoiser.effective_weights(spatial)
             return None
 
@@ -346,90 +329,6 @@ class MOL(nn.Module):
         return x
 
     # -- certificates and bounds ----------------------------------------------------------------------------
-    def _lipschitz_for_bound(self, x: torch.Tensor, weights) -> tuple[float, bool]:
-        """``(L, certified)`` used for the a-posteriori bound of a solve."""
-        den = self.denoiser
-        if isinstance(den, SLLDenoiser):
-            return den.certified_lipschitz(tuple(x.shape[1:])), True  # by construction, in every mode
-        if self.constraint == "sn" and isinstance(den, ConvDenoiser):
-            t = den.per_layer_target
-            L = 1.0
-            for s in den.last_sigmas:
-                L *= min(s, t)
-            # eval mode normalises by certified upper bounds (certified); training mode by power iteration
-            return L, not den.training
-        if self.training:
-            return (self._lip_estimate if self._lip_estimate is not None else math.nan), False
-        # An estimate either way (MOL-LR / DEQ): computed once per image size and set of weights, at the first
-        # reconstruction of that size, so that inference does not pay a Jacobian power iteration per solve.
-        key = (tuple(x.shape[1:]), tuple((p.data_ptr(), p._version) for p in self.denoiser.parameters()))
-        if self._bound_lip_cache.get("key") != key:
-            est = jacobian_spectral_norm(lambda v: self._h(v, weights), x[:1], n_iter=10,
-                                         generator=torch.Generator().manual_seed(0))
-            self._bound_lip_cache = {"key": key, "L": float(est.max())}
-        return self._bound_lip_cache["L"], False
-
-    def certificate(self, physics: LinearPhysics, x: torch.Tensor | None = None,
-                    power_iterations: int = 300) -> dict:
-        """The theorems' constants for this model on this acquisition (see ``docs/theory.md``).
-
-        Keys: ``m`` (monotonicity of F = I − H), ``L`` (Lipschitz bound of H), ``alpha_range`` (steps with a
-        contractive block), ``alpha``, ``contraction`` (factor of the block at ``alpha``),
-        ``robustness_constant`` (C in ‖x*(b1) − x*(b2)‖ ≤ C‖b1 − b2‖), ``certified`` (True only when L is a
-        proven bound < 1: MOL-SN), ``estimator``, ``lam``, ``norm_A_bound``, ``method``.
-        For MOL-LR / DEQ, L is the larger of the adversarial and Jacobian power-iteration estimates at ``x``
-        (default: the last reconstruction of matching shape, else the CG-SENSE-free random image); the power
-        iteration runs until it rises by less than 1e-4 over 10 steps, at most ``power_iterations`` steps, and
-        the ascent takes ``max(lr_steps, CERTIFICATE_ASCENT_STEPS)`` steps, so that a model trained with a
-        cheaper estimate is not certified with it.
-        """
-        den = self.denoiser if self.denoiser is not None else None
-        if den is None:
-            if self.dims is None:
-                self._build(physics.dims)
-            else:
-                self._build(self.dims)
-            den = self.denoiser
-        spatial = tuple(physics.spatial_shape)
-        if self.constraint == "sn" and isinstance(den, _WEIGHTED_PRIORS):
-            with torch.no_grad():
-                L = den.certified_lipschitz(spatial)
-            estimator = ("certified: L of 1-Lipschitz SLL layers" if isinstance(den, SLLDenoiser)
-                         else "certified: product of circular-embedding conv norms")
-            certified = L < 1
-        else:
-            if x is None:
-                if self._last_x is not None and tuple(self._last_x.shape[1:]) == spatial:
-                    x = self._last_x[:1]
-                else:
-                    g = torch.Generator().manual_seed(0)
-                    x = torch.randn((1, *spatial), generator=g, dtype=torch.complex64).to(self.log_lam.device)
-            weights = self._weights(spatial)
-            h = lambda v: self._h(v, weights)  # noqa: E731
-            # run to convergence: the top of the spectrum is crowded, so a fixed 30 steps read 0.985 where 100 read
-            # 1.001 on the model shipped before the Jacobian penalty (jacobian_spectral_norm's docstring)
-            jac = float(jacobian_spectral_norm(h, x, n_iter=power_iterations, tol=1e-4,
-                                               generator=torch.Generator().manual_seed(0)).max())
-            settings = getattr(self.constraint_strategy, "estimate_kwargs", dict)()
-            # at least as many ascent steps as the authors' estimator, whatever the training used (lr_steps can
-            # be fewer, or 0 when only the Jacobian term trains the constraint)
-            settings["steps"] = max(int(settings.get("steps", 0)), CERTIFICATE_ASCENT_STEPS)
-            adv = float(adversarial_lipschitz(h, x, **settings,
-                                              generator=torch.Generator().manual_seed(0)).detach().max())
-            L = max(jac, adv)
-            self._lip_estimate = L
-            estimator = "estimate: max(adversarial, Jacobian power iteration)"
-            certified = False
-        lam = float(self.lam.detach())
-        m = 1.0 - L
-        norm_a = physics.norm_bound()  # certified, from the operator itself (LinearPhysics)
-        return {"method": self.method_name, "m": m, "L": L,
-                "alpha_range": [0.0, 2.0 / (1.0 + L)] if L < 1 else [0.0, 0.0], "alpha": self.alpha,
-                "contraction": contraction_factor(self.alpha, L),
-                "robustness_constant": robustness_constant(lam, m, norm_a),
-                "certified": bool(certified), "estimator": estimator, "lam": lam, "norm_A_bound": norm_a,
-                "spatial_shape": list(spatial)}
-
     # -- solving --------------------------------------------------------------------------------------------
     def _run(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None, weights,
              s: dict[str, Any], exact_output: bool = True) -> tuple[torch.Tensor, SolverInfo]:
@@ -473,24 +372,6 @@ class MOL(nn.Module):
         self._warn_unconverged(info, s)
         self._finish(x_out, info)
         return x_out, info
-
-    def _add_bound(self, info: SolverInfo, x_out: torch.Tensor, x_last: torch.Tensor, weights,
-                   cg_err: torch.Tensor | None, from_start: bool) -> None:
-        """The a-posteriori bound ``‖x_out − x*‖ ≤ c/(1−c)‖x_out − x_last‖ + ‖r‖/(1−c)`` into ``info.extra``;
-        without the CG residual ``r`` (``cg_err`` None) the bound is reported but never certified."""
-        with torch.no_grad():
-            step = batch_norms(x_out.detach() - x_last)
-        with region("error-bound", absorb=True):
-            L, certified = self._lipschitz_for_bound(x_out.detach(), weights)
-        c = contraction_factor(self.alpha, L) if math.isfinite(L) else math.nan
-        if math.isfinite(c) and c < 1:
-            bound = step * (c / (1 - c)) + (0.0 if cg_err is None else cg_err / (1 - c))
-        else:
-            bound = torch.full_like(step, math.inf if math.isfinite(c) else math.nan)
-        xn = batch_norms(x_out.detach()).clamp_min(1e-30)
-        info.extra.update({"error_bound": bound, "error_bound_relative": bound / xn, "contraction": c,
-                           "lipschitz": L, "bound_certified": bool(certified and c < 1 and cg_err is not None),
-                           "method": self.method_name, "final_step": step, "init": "cg-sense" if from_start else "x0"})
 
     def _warn_unconverged(self, info: SolverInfo, s: dict[str, Any]) -> None:
         if info.all_converged:
@@ -634,4 +515,4 @@ class MOL(nn.Module):
                 f"max_iter={self.max_iter}, tol={self.tol}")
 
 
-__all__ = ["MOL", "contraction_factor", "robustness_constant"]
+__all__ = ["MOL"]
