@@ -1,0 +1,88 @@
+"""Measured, not built: MOL-LR's exact allocated peak of one training step under two reorderings.
+
+* ``after``: the data loss's backward (the recorded block and the adjoint solve) runs first, then the Lipschitz
+  penalty is computed at the detached reconstruction and backpropagated on its own, so the two never overlap.
+* ``split``: the adversarial ratio's two CNN evaluations are recomputed in backward one at a time (one checkpoint
+  each) instead of together.
+
+Both leave the value of the loss and the penalty unchanged; both change the order in which gradients are summed.
+2D, 256² × 12 coils × 64 channels, batch 1, one thread, the step of ``molrecon bench memory`` (random target,
+simulated coils, default mask), the peak from the profiler's allocation records (``_AllocationTrace``).
+
+    OMP_NUM_THREADS=1 python benchmarks/memory-2d-allocated/orderings.py benchmarks/memory-2d-allocated/orderings.json
+"""
+import gc
+import json
+import sys
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from molrecon.bench import memory as bench_memory
+from molrecon.io import machine_info
+from molrecon.models import constraints
+from molrecon.physics import MultiCoilMRI, mask_for, simulate_coil_maps
+from molrecon.tensor_utils import batch_norms
+
+RECIPE = dict(architecture="residual", residual_scale=0.9, cg_iter=15, lr_weight=1e-5, lr_threshold=0.9,
+              lr_clip=None, lr_jacobian_steps=3, lr_jacobian_threshold=0.95)
+ORIGINAL_ESTIMATE = constraints.adversarial_lipschitz
+
+
+def split_estimate(h, u, *args, recompute=False, return_point=False, **kwargs):
+    """The same ascent; the returned ratio recomputes ``h(u)`` and ``h(v)`` as two checkpoints."""
+    _, v = ORIGINAL_ESTIMATE(h, u, *args, recompute=True, return_point=True, **kwargs)
+    u, v = u.detach(), v.detach()
+    diff = checkpoint(h, u, use_reentrant=False) - checkpoint(h, v, use_reentrant=False)
+    lip = batch_norms(diff) / batch_norms(u - v).clamp_min(1e-12)
+    return (lip, v) if return_point else lip
+
+
+def measure(after: bool, split: bool, recipe: bool) -> dict:
+    constraints.adversarial_lipschitz = split_estimate if split else ORIGINAL_ESTIMATE
+    torch.manual_seed(0)
+    shape = (256, 256)
+    maps = simulate_coil_maps(shape, 12, dims="2d")[None]
+    physics = MultiCoilMRI(maps, mask_for("2d", 4.0)(shape, seed=0, dims="2d"), dims="2d")
+    target = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.complex64)
+    y = physics.A(target)
+    spec = {"method": "mol-lr", "max_iter": 5, "dims": "2d", "channels": 64, "layers": 5,
+            "model_kwargs": {"tol": 1e-12, **(RECIPE if recipe else {})}}
+    model, forward = bench_memory._resolve("mol-lr")(spec)
+    model.train()
+    gc.collect()
+    trace = bench_memory._AllocationTrace(True)
+    with trace:
+        x = forward(y, physics)
+        trace.mark("forward")
+        loss = (x.abs() - target.abs()).pow(2).mean()
+        if after:
+            loss.backward()
+            trace.mark("data-loss backward")
+            penalty = model.extra_loss(x.detach(), target)[0]
+            trace.mark("penalty")
+            penalty.backward()
+            trace.mark("penalty backward")
+        else:
+            loss = loss + model.extra_loss(x, target)[0]
+            trace.mark("loss")
+            loss.backward()
+            trace.mark("backward")
+    peak, phases = trace.peaks()
+    return {"recipe": recipe, "penalty_after_data_backward": after, "ratio_graphs_one_at_a_time": split,
+            "allocated_mib": peak / 2 ** 20, "phase_peaks_mib": {k: v / 2 ** 20 for k, v in phases.items()}}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    rows = []
+    for recipe in (False, True):
+        for after, split in ((False, False), (True, False), (False, True), (True, True)):
+            rows.append(measure(after, split, recipe))
+            print(json.dumps(rows[-1]), flush=True)
+    with open(sys.argv[1], "w") as fh:
+        json.dump({"rows": rows, "command": " ".join(sys.argv), "machine": machine_info()}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
