@@ -213,10 +213,10 @@ def test_saved_tensor_meter_counts_storages_once_and_releases_freed_graphs():
 
 
 def test_allocation_trace_peak_is_the_most_live_at_once_per_phase():
-    from molrecon.bench.memory import _AllocationTrace
+    from molrecon.bench.memory import AllocationTrace
 
     mib = 2 ** 20
-    with _AllocationTrace(True) as trace:
+    with AllocationTrace(True) as trace:
         a = torch.empty(mib // 4)          # 1 MiB of float32
         b = torch.empty(2 * mib // 4)      # 2 MiB: 3 live
         trace.mark("first")
@@ -229,7 +229,7 @@ def test_allocation_trace_peak_is_the_most_live_at_once_per_phase():
     peak, phases = trace.peaks()
     assert peak == int(4.5 * mib)
     assert phases == {"first": 3 * mib, "second": 3 * mib, "third": int(4.5 * mib)}
-    off = _AllocationTrace(False)
+    off = AllocationTrace(False)
     with off:
         off.mark("nothing")
     assert not off.enabled

@@ -34,7 +34,7 @@ def load_mol_or_none(spec: str) -> torch.nn.Module | None:
     return model
 
 
-def test_slices(kind: str = "2d", first: int | None = None) -> Iterator[tuple[int, dict[str, Any], Any]]:
+def builtin_test_slices(kind: str = "2d", first: int | None = None) -> Iterator[tuple[int, dict[str, Any], Any]]:
     """``(index, batch, physics)`` of the built-in test slices with their stored masks, as ``make demo``."""
     ensure_builtin(kind)
     dataset = builtin_dataset(kind, "test", mask_func=None)

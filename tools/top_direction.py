@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _slices import load_mol_or_none, test_slices, where_h_acts
+from _slices import builtin_test_slices, load_mol_or_none, where_h_acts
 
 from molrecon.io import machine_info, write_json_atomic
 from molrecon.models.lipschitz import jacobian_spectral_norm
@@ -43,7 +43,7 @@ def main() -> int:
     model = load_mol_or_none(a.model)
     if model is None:
         return 2
-    slices = list(test_slices("2d"))
+    slices = list(builtin_test_slices("2d"))
     if not 0 <= a.slice < len(slices):
         print(f"error: --slice must be in [0, {len(slices)}), got {a.slice}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@
 
 Both leave the value of the loss and the penalty unchanged; both change the order in which gradients are summed.
 2D, 256² × 12 coils × 64 channels, batch 1, one thread, the step of ``molrecon bench memory`` (random target,
-simulated coils, default mask), the peak from the profiler's allocation records (``_AllocationTrace``).
+simulated coils, default mask), the peak from the profiler's allocation records (``AllocationTrace``).
 
     OMP_NUM_THREADS=1 python benchmarks/memory-2d-allocated/orderings.py benchmarks/memory-2d-allocated/orderings.json
 """
@@ -18,9 +18,9 @@ import sys
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from molrecon.bench import memory as bench_memory
+from molrecon.bench.memory import AllocationTrace
 from molrecon.io import machine_info
-from molrecon.models import constraints
+from molrecon.models import build_method, constraints
 from molrecon.physics import MultiCoilMRI, mask_for, simulate_coil_maps
 from molrecon.tensor_utils import batch_norms
 
@@ -46,14 +46,12 @@ def measure(after: bool, split: bool, recipe: bool) -> dict:
     physics = MultiCoilMRI(maps, mask_for("2d", 4.0)(shape, seed=0, dims="2d"), dims="2d")
     target = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.complex64)
     y = physics.A(target)
-    spec = {"method": "mol-lr", "max_iter": 5, "dims": "2d", "channels": 64, "layers": 5,
-            "model_kwargs": {"tol": 1e-12, **(RECIPE if recipe else {})}}
-    model, forward = bench_memory._resolve("mol-lr")(spec)
+    model = build_method("mol-lr", 5, dims="2d", channels=64, layers=5, tol=1e-12, **(RECIPE if recipe else {}))
     model.train()
     gc.collect()
-    trace = bench_memory._AllocationTrace(True)
+    trace = AllocationTrace(True)
     with trace:
-        x = forward(y, physics)
+        x = model(y, physics)
         trace.mark("forward")
         loss = (x.abs() - target.abs()).pow(2).mean()
         if after:

@@ -149,7 +149,7 @@ def _child(spec: dict) -> dict:
 
     # the running peak after each phase tells which phase sets the step's peak (diagnostics for the report)
     phases: dict[str, int] = {}
-    allocations = _AllocationTrace(spec.get("trace_allocations", False) and dev.type == "cpu")
+    allocations = AllocationTrace(spec.get("trace_allocations", False) and dev.type == "cpu")
     t0 = time.perf_counter()
     # the graph's saved tensors are counted exactly (load- and allocator-independent), beside the peaks
     with allocations, SavedTensorMeter() as meter:
@@ -189,7 +189,7 @@ def _child(spec: dict) -> dict:
             else ("VmHWM after reset - VmRSS" if hwm_ok else "ru_maxrss delta")}
 
 
-class _AllocationTrace:
+class AllocationTrace:
     """The exact peak of live CPU tensor memory over a step, from the profiler's allocation records.
 
     ``mark(name)`` ends a phase; :meth:`peaks` returns the running peak (bytes above the start) overall and at
@@ -198,10 +198,9 @@ class _AllocationTrace:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._marks: list[tuple[str, int]] = []
         self._profile = None
 
-    def __enter__(self) -> _AllocationTrace:
+    def __enter__(self) -> AllocationTrace:
         if self.enabled:
             from torch.profiler import ProfilerActivity, profile
 

@@ -3,8 +3,9 @@ r"""The certificate of a MOL model: the theorems' constants from ``Lip(H)`` (``d
 :class:`CertificateMixin` gives :class:`~molrecon.models.mol.MOL` its :meth:`~CertificateMixin.certificate` (the
 monotonicity, step range, contraction factor and robustness constant on an acquisition) and the a-posteriori
 error bound of each solve. ``Lip(H)`` is a proof for MOL-SN (certified layers) and an estimate at a point for
-MOL-LR and the DEQ (:mod:`molrecon.models.lipschitz`). The mixin reads the model's network, constraint, step
-``alpha``, ``lam`` and last reconstruction; it keeps nothing of its own.
+MOL-LR and the DEQ (:mod:`molrecon.models.lipschitz`). The mixin works on the model's own state: its network,
+constraint, step ``alpha``, ``lam`` and last reconstruction, and the estimate it caches for the bounds
+(``_bound_lip_cache``, ``_lip_estimate``, both set up by :class:`~molrecon.models.mol.MOL`).
 """
 
 from __future__ import annotations

@@ -13,11 +13,16 @@ a training penalty on an *estimate* of the local Lipschitz constant around the c
 * :func:`jacobian_spectral_norm` — a second estimator: power iteration on :math:`J_H(u)^T J_H(u)` with
   Jacobian–vector products, i.e. the local Lipschitz constant at :math:`u` in the limit of small
   perturbations (the adversarial estimate probes finite ones);
+* :func:`jacobian_top_subspace` — the top ``k`` directions at once (subspace iteration and a Rayleigh–Ritz
+  step), for a crowded top of the spectrum; :func:`jacobian_norm_along` — :math:`\|J_H(u)\,v\|` along a given
+  direction, differentiable in the weights (the Jacobian terms of the penalty);
+* :func:`jacobian_symmetric_extremes` — the extreme eigenvalues of the Jacobian's symmetric part (Lanczos):
+  what monotonicity of :math:`F` needs, a diagnostic beside :math:`L`;
 * :func:`lipschitz_barrier` — :math:`-\log(T - L)` for :math:`L < T - e`, continued linearly with matching value
   at :math:`L = T - e` above (the authors' ``contdifflog``, :math:`T = 0.98`, :math:`e = 10^{-3}`).
 
-Both estimators are lower bounds of the true Lipschitz constant (they evaluate a ratio at particular points),
-which is why MOL-LR's certificate is marked as an estimate.
+All estimators are lower bounds of what they estimate over the whole domain (they evaluate at particular
+points), which is why MOL-LR's certificate is marked as an estimate.
 
 The strategies that use them (which constraint, which terms, their warm vectors) are in
 :mod:`molrecon.models.constraints`.
