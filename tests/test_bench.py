@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from molrecon.bench.memory import linear_fit, memory_markdown, run_memory_sweep, summarize_memory
+from molrecon.bench.memory_sweep import linear_fit, memory_markdown, run_memory_sweep, summarize_memory
 from molrecon.bench.quality import pretrained_for, quality_markdown
 from molrecon.bench.speed import (
     ExclusiveTimer,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..bench.gradient import DEFAULT_MODELS, DEFAULT_MODES, gradient_markdown, run_gradient_bench
-from ..bench.memory import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
+from ..bench.memory_sweep import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
 from ..bench.plots import plot_memory, plot_quality, plot_speed, plot_train
 from ..bench.quality import quality_markdown, run_quality_bench
 from ..bench.speed import bench_classical, bench_model, load_examples, random_modl, random_mol, speed_markdown
@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="MOL/DEQ max_iter values (default 5 10 20 50)")
     for dims, flag in DIMS_TAG.items():
         m.add_argument(f"--shape-{flag}", nargs="+", type=int, default=None, metavar="N",
-                       help=f"{dims} image shape (default: see molrecon.bench.memory.DEFAULT_SIZES)")
+                       help=f"{dims} image shape (default: see molrecon.bench.memory_sweep.DEFAULT_SIZES)")
         m.add_argument(f"--coils-{flag}", type=int, default=None, help=f"{dims} coils")
         m.add_argument(f"--channels-{flag}", type=int, default=None, help=f"{dims} CNN channels")
     m.add_argument("--layers", type=int, default=None, help="CNN layers (default 5)")
