@@ -226,8 +226,10 @@ def test_allocation_trace_peak_is_the_most_live_at_once_per_phase():
         d = torch.empty(2 * mib // 4)      # 4.5 live: a new peak
         del b, c, d
         trace.mark("third")
+        e = torch.empty(5 * mib // 4)      # after the last mark: counts for the overall peak only
+        del e
     peak, phases = trace.peaks()
-    assert peak == int(4.5 * mib)
+    assert peak == 5 * mib
     assert phases == {"first": 3 * mib, "second": 3 * mib, "third": int(4.5 * mib)}
     off = AllocationTrace(False)
     with off:
@@ -277,15 +279,23 @@ def test_lipschitz_penalty_recompute_same_value_and_gradient_without_the_graphs(
     from molrecon.models.lipschitz import adversarial_lipschitz
 
     model = MOL(constraint="lr", dims="2d", channels=8, layers=4)
-    u = torch.randn(2, 24, 24, dtype=torch.complex64)
+    u = torch.randn(2, 48, 48, dtype=torch.complex64)
 
     def estimate(recompute: bool) -> torch.Tensor:
-        w = model._weights((24, 24))
+        w = model._weights((48, 48))
         return adversarial_lipschitz(lambda v: model._h(v, w), u, steps=3, recompute=recompute,
                                      generator=torch.Generator().manual_seed(1))
 
     out = _with_and_without_recompute(model, estimate)
     assert out[True][2] < 0.25 * out[False][2]
+    # the backward rebuilds the two CNN graphs one at a time: its peak stays below the two graphs kept without
+    # recomputation (rebuilding both at once, as one checkpoint, went above them)
+    from molrecon.bench.memory import AllocationTrace
+
+    value = estimate(True)
+    with AllocationTrace(True) as trace:
+        value.sum().backward()
+    assert trace.peaks()[0] < out[False][2]
 
 
 def test_jacobian_penalty_recompute_same_value_and_gradient_without_the_graph():

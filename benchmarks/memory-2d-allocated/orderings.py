@@ -1,11 +1,10 @@
-"""Measured, not built: MOL-LR's exact allocated peak of one training step under two reorderings.
+"""Measured, not built: MOL-LR's exact allocated peak of one training step when the Lipschitz penalty's backward
+runs after the data loss's (the recorded block and the adjoint solve) instead of with it, so that the two never
+overlap; the penalty is then computed at the detached reconstruction and backpropagated on its own. It leaves the
+values unchanged and changes the order in which gradients are summed.
 
-* ``after``: the data loss's backward (the recorded block and the adjoint solve) runs first, then the Lipschitz
-  penalty is computed at the detached reconstruction and backpropagated on its own, so the two never overlap.
-* ``split``: the adversarial ratio's two CNN evaluations are recomputed in backward one at a time (one checkpoint
-  each) instead of together.
-
-Both leave the value of the loss and the penalty unchanged; both change the order in which gradients are summed.
+Before the adversarial ratio's two CNN evaluations became two checkpoints (``adversarial_lipschitz``), this
+script also measured that change (``split``): ``orderings-before-split.json``.
 2D, 256² × 12 coils × 64 channels, batch 1, one thread, the step of ``molrecon bench memory`` (random target,
 simulated coils, default mask), the peak from the profiler's allocation records (``AllocationTrace``).
 
@@ -16,30 +15,17 @@ import json
 import sys
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from molrecon.bench.memory import AllocationTrace
 from molrecon.io import machine_info
-from molrecon.models import build_method, constraints
+from molrecon.models import build_method
 from molrecon.physics import MultiCoilMRI, mask_for, simulate_coil_maps
-from molrecon.tensor_utils import batch_norms
 
 RECIPE = dict(architecture="residual", residual_scale=0.9, cg_iter=15, lr_weight=1e-5, lr_threshold=0.9,
               lr_clip=None, lr_jacobian_steps=3, lr_jacobian_threshold=0.95)
-ORIGINAL_ESTIMATE = constraints.adversarial_lipschitz
 
 
-def split_estimate(h, u, *args, recompute=False, return_point=False, **kwargs):
-    """The same ascent; the returned ratio recomputes ``h(u)`` and ``h(v)`` as two checkpoints."""
-    _, v = ORIGINAL_ESTIMATE(h, u, *args, recompute=True, return_point=True, **kwargs)
-    u, v = u.detach(), v.detach()
-    diff = checkpoint(h, u, use_reentrant=False) - checkpoint(h, v, use_reentrant=False)
-    lip = batch_norms(diff) / batch_norms(u - v).clamp_min(1e-12)
-    return (lip, v) if return_point else lip
-
-
-def measure(after: bool, split: bool, recipe: bool) -> dict:
-    constraints.adversarial_lipschitz = split_estimate if split else ORIGINAL_ESTIMATE
+def measure(after: bool, recipe: bool) -> dict:
     torch.manual_seed(0)
     shape = (256, 256)
     maps = simulate_coil_maps(shape, 12, dims="2d")[None]
@@ -67,7 +53,7 @@ def measure(after: bool, split: bool, recipe: bool) -> dict:
             loss.backward()
             trace.mark("backward")
     peak, phases = trace.peaks()
-    return {"recipe": recipe, "penalty_after_data_backward": after, "ratio_graphs_one_at_a_time": split,
+    return {"recipe": recipe, "penalty_after_data_backward": after,
             "allocated_mib": peak / 2 ** 20, "phase_peaks_mib": {k: v / 2 ** 20 for k, v in phases.items()}}
 
 
@@ -75,8 +61,8 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for recipe in (False, True):
-        for after, split in ((False, False), (True, False), (False, True), (True, True)):
-            rows.append(measure(after, split, recipe))
+        for after in (False, True):
+            rows.append(measure(after, recipe))
             print(json.dumps(rows[-1]), flush=True)
     with open(sys.argv[1], "w") as fh:
         json.dump({"rows": rows, "command": " ".join(sys.argv), "machine": machine_info()}, fh, indent=1)

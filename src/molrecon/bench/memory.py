@@ -189,8 +189,9 @@ def _child(spec: dict) -> dict:
 class AllocationTrace:
     """The exact peak of live CPU tensor memory over a step, from the profiler's allocation records.
 
-    ``mark(name)`` ends a phase; :meth:`peaks` returns the running peak (bytes above the start) overall and at
-    the end of each phase. Disabled, it does nothing (the RSS child runs without the profiler's own overhead).
+    ``mark(name)`` ends a phase; :meth:`peaks` returns the peak (bytes above the start) over the whole trace and
+    the running peak at the end of each phase. Disabled, it does nothing (the RSS child runs without the
+    profiler's own overhead).
     """
 
     def __init__(self, enabled: bool) -> None:
@@ -226,12 +227,13 @@ class AllocationTrace:
         phase_peaks: dict[str, int] = {}
         events = iter(memory)
         pending = next(events, None)
-        for end, name in ends:
-            while pending is not None and pending[0] <= end:
+        for end, name in [*ends, (None, None)]:  # the records after the last mark count for the overall peak
+            while pending is not None and (end is None or pending[0] <= end):
                 live += pending[1]
                 peak = max(peak, live)
                 pending = next(events, None)
-            phase_peaks[name] = peak
+            if name is not None:
+                phase_peaks[name] = peak
         return peak, phase_peaks
 
 

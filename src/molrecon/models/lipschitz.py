@@ -66,7 +66,9 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
 
     ``recompute``: the two CNN graphs of the returned ratio are not kept for backward but recomputed there
     (activation checkpointing): the same value and gradient, one CNN forward more per evaluation, and the
-    penalty no longer holds two CNN graphs until the step's backward. ``v0``: start the ascent from this point
+    penalty no longer holds two CNN graphs until the step's backward. Each evaluation is its own checkpoint, so
+    the backward rebuilds one graph at a time, not both at once (the step's exact peak: ``benchmarks/README.md``,
+    "Exact peak"). ``v0``: start the ascent from this point
     (e.g. the previous step's :math:`v^\star` of the same slice) instead of the noisy copy of ``u``.
     ``return_point``: also return :math:`v^\star` (detached), to warm-start the next estimate.
     """
@@ -93,7 +95,7 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
             v = v / batch_norms(v).clamp_min(1e-12).reshape_as(u_norm) * u_norm
     v = v.detach()
     if recompute:
-        diff = checkpoint(lambda a, b: h(a) - h(b), u, v, use_reentrant=False)
+        diff = checkpoint(h, u, use_reentrant=False) - checkpoint(h, v, use_reentrant=False)
     else:
         diff = h(u) - h(v)
     lip = batch_norms(diff) / batch_norms(u - v).clamp_min(1e-12)
