@@ -132,7 +132,7 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
         k1 = next((r["peak_mib"] for r in modl if r["iters"] == 1), None)
         s["modl_k1_mib"] = k1
         has_saved = all("saved_mib" in r for r in sub)
-        has_allocated = all("allocated_mib" in r for r in sub)
+        exact = [m for m in ("saved", "allocated") if all(f"{m}_mib" in r for r in sub)]
         if has_saved and len({r["iters"] for r in modl}) >= 2:
             a, b, r2 = linear_fit([r["iters"] for r in modl], [r["saved_mib"] for r in modl])
             s.update(modl_saved_intercept_mib=a, modl_saved_slope_mib_per_iter=b, modl_saved_fit_r2=r2)
@@ -152,20 +152,13 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
                 s[f"{method}_over_modl_k1"] = max(peaks) / k1
             if top is not None:
                 s[f"modl_top_over_{method}_peak"] = top["peak_mib"] / max(peaks)
-            if has_saved:
-                saved = [r["saved_mib"] for r in mol]
-                s[f"{method}_saved_max_mib"] = max(saved)
+            for measure in exact:  # the exact measures, as the peak above
+                values = [r[f"{measure}_mib"] for r in mol]
+                s[f"{method}_{measure}_max_mib"] = max(values)
                 if len(mol) >= 2:
-                    s[f"{method}_saved_last_over_first"] = saved[-1] / saved[0]
+                    s[f"{method}_{measure}_last_over_first"] = values[-1] / values[0]
                 if top is not None:
-                    s[f"modl_top_over_{method}_saved"] = top["saved_mib"] / max(saved)
-            if has_allocated:
-                allocated = [r["allocated_mib"] for r in mol]
-                s[f"{method}_allocated_max_mib"] = max(allocated)
-                if len(mol) >= 2:
-                    s[f"{method}_allocated_last_over_first"] = allocated[-1] / allocated[0]
-                if top is not None:
-                    s[f"modl_top_over_{method}_allocated"] = top["allocated_mib"] / max(allocated)
+                    s[f"modl_top_over_{method}_{measure}"] = top[f"{measure}_mib"] / max(values)
         out.append(s)
     return out
 
@@ -185,22 +178,19 @@ def memory_markdown(rows: Sequence[dict], summary: Sequence[dict]) -> str:
             table_rows.append(row)
     lines = ["Peak memory (MiB) of one training step vs iterations (MoDL: unrolled K; MOL: forward max_iter)\n",
              markdown_table(table_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
-    if rows and all("saved_mib" in r for r in rows):
-        saved_rows = []
+    exact_tables = (("saved_mib", "Saved for backward (MiB, exact: storages autograd keeps after forward + loss, "
+                                  "deduplicated)"),
+                    ("allocated_mib", "Peak allocated (MiB, exact: the most tensor memory live at once during the "
+                                      "step)"))
+    for key, title in exact_tables:
+        if not rows or not all(key in r for r in rows):
+            continue
+        exact_rows = []
         for row in table_rows:
             sub = {r["iters"]: r for r in rows if r["dims"] == row["dims"] and r["method"] == row["method"]}
-            saved_rows.append({**{k: row[k] for k in ("dims", "shape × coils", "method")},
-                               **{str(k): f"{sub[k]['saved_mib']:.1f}" if k in sub else "" for k in iters}})
-        lines += ["\nSaved for backward (MiB, exact: storages autograd keeps after forward + loss, deduplicated)\n",
-                  markdown_table(saved_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
-    if rows and all("allocated_mib" in r for r in rows):
-        allocated_rows = []
-        for row in table_rows:
-            sub = {r["iters"]: r for r in rows if r["dims"] == row["dims"] and r["method"] == row["method"]}
-            allocated_rows.append({**{k: row[k] for k in ("dims", "shape × coils", "method")},
-                                   **{str(k): f"{sub[k]['allocated_mib']:.1f}" if k in sub else "" for k in iters}})
-        lines += ["\nPeak allocated (MiB, exact: the most tensor memory live at once during the step)\n",
-                  markdown_table(allocated_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
+            exact_rows.append({**{k: row[k] for k in ("dims", "shape × coils", "method")},
+                               **{str(k): f"{sub[k][key]:.1f}" if k in sub else "" for k in iters}})
+        lines += [f"\n{title}\n", markdown_table(exact_rows, ["dims", "shape × coils", "method", *map(str, iters)])]
     srows: list[dict] = []
     ratios: list[dict] = []
     for s in summary:
