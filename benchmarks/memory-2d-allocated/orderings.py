@@ -16,10 +16,9 @@ import sys
 
 import torch
 
-from molrecon.bench.memory import AllocationTrace
+from molrecon.bench.memory import AllocationTrace, step_problem
 from molrecon.io import machine_info
 from molrecon.models import build_method
-from molrecon.physics import MultiCoilMRI, mask_for, simulate_coil_maps
 
 RECIPE = dict(architecture="residual", residual_scale=0.9, cg_iter=15, lr_weight=1e-5, lr_threshold=0.9,
               lr_clip=None, lr_jacobian_steps=3, lr_jacobian_threshold=0.95)
@@ -27,11 +26,7 @@ RECIPE = dict(architecture="residual", residual_scale=0.9, cg_iter=15, lr_weight
 
 def measure(after: bool, recipe: bool) -> dict:
     torch.manual_seed(0)
-    shape = (256, 256)
-    maps = simulate_coil_maps(shape, 12, dims="2d")[None]
-    physics = MultiCoilMRI(maps, mask_for("2d", 4.0)(shape, seed=0, dims="2d"), dims="2d")
-    target = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.complex64)
-    y = physics.A(target)
+    physics, target, y = step_problem((256, 256), 12, "2d")
     model = build_method("mol-lr", 5, dims="2d", channels=64, layers=5, tol=1e-12, **(RECIPE if recipe else {}))
     model.train()
     gc.collect()

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..errors import InputError, MolreconError
 from ..names import LEARNED_METHODS
@@ -106,23 +107,35 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _child(spec: dict) -> dict:
-    """Run in the fresh process: build data + model, measure one training step."""
+def step_problem(shape: Sequence[int], coils: int, dims: str, acceleration: float = 4.0, batch: int = 1,
+                 seed: int = 0, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """``(physics, target, y)`` of the measured step: simulated coil maps, the default mask of ``dims``
+    (:func:`~molrecon.physics.mask_for`) and a random complex target, all from ``seed``."""
     import torch
 
     from ..physics import MultiCoilMRI, mask_for, simulate_coil_maps
 
+    dev = torch.device(device)
+    shape = tuple(shape)
+    maps = simulate_coil_maps(shape, coils, dims=dims)[None]
+    maps = maps.repeat(batch, *([1] * (len(shape) + 1)))
+    mask = mask_for(dims, acceleration)(shape, seed=seed, dims=dims)
+    physics = MultiCoilMRI(maps.to(dev), mask.to(dev), dims=dims)
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn((batch, *shape), generator=g, dtype=torch.complex64).to(dev)
+    return physics, target, physics.A(target)
+
+
+def _child(spec: dict) -> dict:
+    """Run in the fresh process: build data + model, measure one training step."""
+    import torch
+
     torch.manual_seed(spec["seed"])
     torch.set_num_threads(spec.get("threads", 1))
     dev = torch.device(spec["device"])
+    physics, target, y = step_problem(spec["shape"], spec["coils"], spec["dims"], spec["acceleration"],
+                                      spec["batch"], spec["seed"], spec["device"])
     shape = tuple(spec["shape"])
-    maps = simulate_coil_maps(shape, spec["coils"], dims=spec["dims"])[None]
-    maps = maps.repeat(spec["batch"], *([1] * (len(shape) + 1)))
-    mask = mask_for(spec["dims"], spec["acceleration"])(shape, seed=spec["seed"], dims=spec["dims"])
-    physics = MultiCoilMRI(maps.to(dev), mask.to(dev), dims=spec["dims"])
-    g = torch.Generator().manual_seed(spec["seed"])
-    target = torch.randn((spec["batch"], *shape), generator=g, dtype=torch.complex64).to(dev)
-    y = physics.A(target)
     model, forward = _resolve(spec["method"])(spec)
     model = model.to(dev).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)

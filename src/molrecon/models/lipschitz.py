@@ -224,39 +224,51 @@ def jacobian_symmetric_extremes(h: Callable[[torch.Tensor], torch.Tensor], x: to
     Returns ``(lambda_max [B], lambda_min [B])``, detached.
     """
     x = x.detach()
-    tops, bottoms = [], []
-    for i in range(x.shape[0]):
-        xi = x[i:i + 1]
-        xr = xi.clone().requires_grad_(True)
-        with torch.enable_grad():
-            y = h(xr)
+    extremes = [_symmetric_extremes_at(h, x[i:i + 1], steps, generator) for i in range(x.shape[0])]
+    tops, bottoms = (torch.stack(e).to(x.real.dtype).detach() for e in zip(*extremes))
+    return tops, bottoms
 
-        def sym(q: torch.Tensor, xi: torch.Tensor = xi, xr: torch.Tensor = xr, y: torch.Tensor = y) -> torch.Tensor:
-            v = _from_real_rows(q.reshape(1, 1, -1), xi[:, None])[:, 0]
-            (jtv,) = torch.autograd.grad(y, xr, v, retain_graph=True)
-            return 0.5 * (_real_rows(_jvp_no_graph(h, xi, v)[:, None]) + _real_rows(jtv[:, None])).reshape(-1)
 
-        q = _real_rows(_start_vectors((1, 1, *xi.shape[1:]), xi, None, generator)).reshape(-1)
-        basis = [q / q.norm()]
-        alphas: list[torch.Tensor] = []
-        betas: list[torch.Tensor] = []
-        for _ in range(min(steps, q.numel())):
-            w = sym(basis[-1])
-            alphas.append(torch.dot(w, basis[-1]))
-            block = torch.stack(basis)
-            w = w - block.T @ (block @ w)  # full reorthogonalisation (the three-term recurrence loses it)
-            w = w - block.T @ (block @ w)
-            betas.append(w.norm())
-            if float(betas[-1]) <= 1e-7 * float(alphas[-1].abs().clamp_min(1.0)):
-                break
-            basis.append(w / betas[-1])
-        n = len(alphas)
-        off = torch.stack(betas[:n - 1]) if n > 1 else alphas[0].new_zeros(0)
-        tri = torch.diag(torch.stack(alphas)) + torch.diag(off, 1) + torch.diag(off, -1)
-        ritz = torch.linalg.eigvalsh(tri.double())
-        tops.append(ritz[-1])
-        bottoms.append(ritz[0])
-    return torch.stack(tops).to(x.real.dtype).detach(), torch.stack(bottoms).to(x.real.dtype).detach()
+def _symmetric_extremes_at(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int,
+                           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`jacobian_symmetric_extremes` of one image ``x`` ``[1, ...]``: Lanczos on real flat vectors."""
+    xr = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = h(xr)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return _real_rows(t[:, None]).reshape(-1)
+
+    def sym(q: torch.Tensor) -> torch.Tensor:
+        v = _from_real_rows(q.reshape(1, 1, -1), x[:, None])[:, 0]
+        (jtv,) = torch.autograd.grad(y, xr, v, retain_graph=True)
+        return 0.5 * (flat(_jvp_no_graph(h, x, v)) + flat(jtv))
+
+    return _lanczos_extremes(sym, flat(_start_vectors(tuple(x.shape), x, None, generator)), steps)
+
+
+def _lanczos_extremes(apply: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+                      steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest and smallest Ritz values of the symmetric map ``apply`` on flat real vectors after ``steps``
+    Lanczos steps from ``start``, with full reorthogonalisation (the three-term recurrence loses it)."""
+    basis = [start / start.norm()]
+    alphas: list[torch.Tensor] = []
+    betas: list[torch.Tensor] = []
+    for _ in range(min(steps, start.numel())):
+        w = apply(basis[-1])
+        alphas.append(torch.dot(w, basis[-1]))
+        block = torch.stack(basis)
+        w = w - block.T @ (block @ w)
+        w = w - block.T @ (block @ w)
+        betas.append(w.norm())
+        if float(betas[-1]) <= 1e-7 * float(alphas[-1].abs().clamp_min(1.0)):
+            break
+        basis.append(w / betas[-1])
+    n = len(alphas)
+    off = torch.stack(betas[:n - 1]) if n > 1 else alphas[0].new_zeros(0)
+    tri = torch.diag(torch.stack(alphas)) + torch.diag(off, 1) + torch.diag(off, -1)
+    ritz = torch.linalg.eigvalsh(tri.double())
+    return ritz[-1], ritz[0]
 
 
 def jacobian_norm_along(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
