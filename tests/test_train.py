@@ -354,3 +354,30 @@ def test_health_monitor_nonconverged_guard_and_reset():
     assert health.check({"converged_frac": 0.0}) is None
     assert health.check({"converged_frac": 0.5}) is None and health.nonconverged_bad == 0
     assert "diverged" in health.check({"final_residual": float("nan")})
+
+
+def test_penalty_after_data_gives_the_joint_gradient(tmp_path):
+    """``train.penalty_backward: after_data`` backpropagates MOL-LR's penalty on its own after the data term: the
+    same loss and, to rounding, the same gradient as one joint backward (the penalty is active and large here,
+    so a dropped or doubled penalty gradient would fail)."""
+    model = {"method": "mol-lr", "dims": "2d", "channels": 4, "layers": 3, "max_iter": 8, "tol": 1e-3,
+             "lr_steps": 2, "lr_weight": 1e-2, "lr_threshold": 0.05, "lr_clip": None, "lr_jacobian_steps": 2}
+    runs = {}
+    for mode in ("joint", "after_data"):
+        cfg = tiny_config(tmp_path / mode, max_steps=2, grad_clip=None, penalty_backward=mode)
+        cfg["model"] = dict(model)
+        cfg["data"]["shape"] = [24, 24]
+        trainer = Trainer(validate_config(cfg))
+        trainer.setup()
+        batch = next(iter(trainer.loader))
+        logs = trainer.train_step(batch)
+        runs[mode] = (logs, {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+    (joint, g_joint), (after, g_after) = runs["joint"], runs["after_data"]
+    assert joint["extra_loss"] > 0.1 * joint["mse"]
+    assert after["loss"] == pytest.approx(joint["loss"], rel=1e-6)
+    assert after["lipschitz"] == pytest.approx(joint["lipschitz"], rel=1e-6)
+    assert set(g_after) == set(g_joint) and g_joint
+    for name in g_joint:
+        torch.testing.assert_close(g_after[name], g_joint[name], rtol=1e-4, atol=1e-7, msg=name)
+    with pytest.raises(InputError, match="penalty_backward must be joint or after_data"):
+        tiny_config(tmp_path / "bad", penalty_backward="later")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,6 +232,26 @@ def all_reduce_logs(logs: dict[str, float], max_keys: tuple[str, ...] = (), min_
     return out
 
 
+def average_over_ranks(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """The mean over ranks of each tensor (``None`` entries stay ``None``; they must be ``None`` on every rank),
+    in one all-reduce of the flattened tensors: for gradients computed outside DDP's own backward."""
+    present = [t for t in tensors if t is not None]
+    if get_world_size() == 1 or not present:
+        return list(tensors)
+    flat = torch.cat([t.reshape(-1) for t in present]).to(_reduce_device())
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = (flat / get_world_size()).to(present[0].device)
+    out: list[torch.Tensor | None] = []
+    offset = 0
+    for t in tensors:
+        if t is None:
+            out.append(None)
+            continue
+        out.append(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return out
+
+
 def all_reduce_weighted_mean(values: dict[str, float], count: int, keys: list[str]) -> dict[str, float]:
     r"""Global mean of per-rank means: :math:`\sum_r n_r v_r / \sum_r n_r` for each of ``keys``.
 
@@ -287,5 +308,5 @@ __all__ = [
     "DistInfo", "init_distributed", "cleanup", "resolve_device", "backend_for",
     "env_rank", "env_world_size", "env_local_rank", "launched_distributed", "is_initialized",
     "get_rank", "get_world_size", "is_main_process", "barrier", "all_true", "all_reduce_logs",
-    "all_reduce_weighted_mean", "broadcast_object", "shard", "wrap_ddp",
+    "all_reduce_weighted_mean", "average_over_ranks", "broadcast_object", "shard", "wrap_ddp",
 ]

@@ -169,7 +169,8 @@ def _child(spec: dict) -> dict:
         saved_forward = meter.live_bytes
         loss = (x.abs() - target.abs()).pow(2).mean()
         extra = getattr(model, "extra_loss", None)
-        if callable(extra):
+        penalty_after = spec.get("penalty_backward", "joint") == "after_data" and callable(extra)
+        if callable(extra) and not penalty_after:
             loss = loss + extra(x, target)[0]
         phases["loss"] = high_water()
         allocations.mark("loss")
@@ -179,6 +180,15 @@ def _child(spec: dict) -> dict:
         loss.backward()
         phases["backward"] = high_water()
         allocations.mark("backward")
+        if penalty_after:  # as the trainer's train.penalty_backward: after_data
+            penalty = extra(x.detach(), target)[0]
+            saved["saved_penalty_bytes"] = meter.live_bytes
+            phases["penalty"] = high_water()
+            allocations.mark("penalty")
+            penalty.backward()
+            loss = loss.detach() + penalty.detach()
+            phases["penalty backward"] = high_water()
+            allocations.mark("penalty backward")
         opt.step()
         peak = phases["step"] = high_water()
         allocations.mark("step")

@@ -40,7 +40,8 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                      device: str = "cpu", seed: int = 0, threads: int = 1, repeats: int = 1,
                      force_iters: bool = True, timeout: float = 3600.0,
                      on_row: Callable[[dict, list[dict]], None] | None = None,
-                     model_settings: dict[str, Any] | None = None, allocated: bool = True) -> list[dict]:
+                     model_settings: dict[str, Any] | None = None, allocated: bool = True,
+                     penalty_backward: str = "joint") -> list[dict]:
     """Measure :func:`measure_step_memory` over ``dims × method × iterations``, sequentially.
 
     Every row follows the ``memory.json`` contract ``{"method", "iters", "dims", "shape", "peak_mib",
@@ -50,6 +51,8 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
     sweep that is interrupted keeps what it measured). ``model_settings``: model keys for every method but MoDL
     (e.g. the shipped MOL-LR recipe's ``architecture``, ``lr_jacobian_steps``). ``allocated``: each row also
     gets the exact peak of live tensor memory, ``allocated_mib`` (and per phase), see the module docstring.
+    ``penalty_backward``: ``"after_data"`` backpropagates MOL-LR's penalty after the data term, as the trainer's
+    ``train.penalty_backward``.
     """
     iters = {**DEFAULT_ITERS, **(iters or {})}
     sizes = {d: {**DEFAULT_SIZES.get(d, {}), **(sizes or {}).get(d, {})} for d in dims_list}
@@ -69,7 +72,7 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                                         acceleration=acceleration, device=device, seed=seed, threads=threads,
                                         model_kwargs={**(model_settings if method != "modl" else {}),
                                                       **_mol_kwargs(method, force_iters)}, timeout=timeout,
-                                        repeats=repeats, allocated=allocated)
+                                        repeats=repeats, allocated=allocated, penalty_backward=penalty_backward)
                 row = {"method": method, "iters": int(k), "dims": dims, "shape": list(sz["shape"]),
                        "peak_mib": r["peak_bytes"] / MIB, "device": r["device"], "coils": sz["coils"],
                        "channels": sz["channels"], "layers": sz["layers"], "batch": batch,
@@ -81,7 +84,10 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                        "saved_mib": r["saved_bytes"] / MIB,
                        "saved_forward_mib": r["saved_forward_bytes"] / MIB,
                        "saved_peak_mib": r["saved_peak_bytes"] / MIB,
-                       "saved_by_producer_mib": {k: v / MIB for k, v in r["saved_by_producer_bytes"].items()}}
+                       "saved_by_producer_mib": {k: v / MIB for k, v in r["saved_by_producer_bytes"].items()},
+                       "penalty_backward": penalty_backward}
+                if "saved_penalty_bytes" in r:
+                    row["saved_penalty_mib"] = r["saved_penalty_bytes"] / MIB
                 if "peaks" in r:
                     row["peaks_mib"] = [p / MIB for p in r["peaks"]]
                 if "allocated_peak_bytes" in r:

@@ -79,6 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
                    help="model setting of the MOL/DEQ methods (e.g. architecture=residual, lr_jacobian_steps=3: "
                    "the shipped MOL-LR recipe's terms)")
+    m.add_argument("--penalty-backward", choices=("joint", "after_data"), default="joint",
+                   help="MOL-LR: backpropagate the Lipschitz penalty with the data term (joint) or after it "
+                   "(after_data, as train.penalty_backward)")
     m.set_defaults(func=run_memory)
 
     s = bsub.add_parser("speed", help="inference time, iterations to tol (plain vs Anderson), CNN share",
@@ -208,7 +211,7 @@ def run_memory(args: argparse.Namespace) -> int:
                 "allocated": not args.no_allocated,
                 "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step",
                 "data": "random complex target, simulated coil maps, default mask of the dims (mask_for)",
-                "model_set": model_settings}
+                "model_set": model_settings, "penalty_backward": args.penalty_backward}
 
     def save(rows: list[dict], final: bool = False) -> None:
         summary = summarize_memory(rows, args.budget_gib)
@@ -227,7 +230,8 @@ def run_memory(args: argparse.Namespace) -> int:
     rows = run_memory_sweep(args.methods, args.dims, iters, sizes, batch=args.batch, acceleration=args.accel,
                             device=args.device, threads=args.threads, repeats=args.repeats,
                             force_iters=not args.no_force_iters, timeout=args.timeout, on_row=on_row,
-                            model_settings=model_settings, allocated=not args.no_allocated)
+                            model_settings=model_settings, allocated=not args.no_allocated,
+                            penalty_backward=args.penalty_backward)
     save(rows, final=True)
     print()
     print((out / "memory.md").read_text())

@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "pretrain_steps": 0,          # MOL: denoiser pre-training of H under its constraint (train/pretrain.py)
         "pretrain_lr": 1e-3,
         "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point
+        "penalty_backward": "joint",  # joint | after_data: the penalty's backward after the data term's (less memory)
         "init_from": None,            # start from these weights (checkpoint path or shipped model name)
     },
 }
@@ -270,6 +271,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
     ("train", "residual_limit"): (lambda v: v == math.inf or _POS_NUM(v), "a positive number (.inf: no limit)",
                                   False),
     ("train", "nonconverged_patience"): (_POS_INT, "a positive integer or null", True),
+    ("train", "penalty_backward"): (lambda v: v in ("joint", "after_data"), "joint or after_data", False),
 }
 #: model keys of every family that are counts / positive sizes (the others go to the constructor as given)
 _MODEL_INTS = ("channels", "layers", "K", "cg_iter", "max_iter", "kernel_size", "anderson_m", "dc_exact_iter",

@@ -54,6 +54,7 @@ from ..distributed import (
     all_reduce_logs,
     all_reduce_weighted_mean,
     all_true,
+    average_over_ranks,
     barrier,
     cleanup,
     init_distributed,
@@ -69,7 +70,7 @@ from .datasets import DIMS_OF_KIND_ALIAS, ResumableSampler, build_datasets, seed
 from .fixed_point_cache import FixedPointCache, IndexedDataset
 from .health import HealthMonitor
 from .logs import PRETRAIN_COLUMNS, TRAIN_COLUMNS, VAL_COLUMNS, CSVLog, info_logs, lam_of
-from .losses import training_loss
+from .losses import penalty_loss, training_loss
 from .pretrain import pretrain_prior
 
 
@@ -231,17 +232,18 @@ class Trainer(CheckpointingMixin):
             if strategy is not None:
                 points = cache.penalty_points(strategy, batch["index"], tuple(physics.spatial_shape), self.device)
                 extra_kwargs = None if points is None else {"warm": points}
+        penalty_after = self.tcfg["penalty_backward"] == "after_data"
         loss, logs = training_loss(self.model, x_hat, batch["target"],
-                                   batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs)
-        if extra_kwargs is not None:
+                                   batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs,
+                                   with_penalty=not penalty_after)
+        if extra_kwargs is not None and not penalty_after:
             cache.store_penalty_points(strategy, batch["index"], getattr(self.model, "last_lip_points", {}))
         for k, v in info_logs(self.model).items():
             logs.setdefault(k, v)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
-        # agreed by all ranks before backward (DDP's all-reduce would deadlock if one rank stopped here alone)
-        if not self._all_true(math.isfinite(logs["loss"])):
-            raise TrainingDivergedError(f"loss is {logs['loss']} at step {self.step + 1}"
-                                        + (f" (on rank {self.rank} or another)" if self.world_size > 1 else ""))
+        self._check_finite_loss(logs["loss"])
         loss.backward()
+        if penalty_after:
+            self._penalty_backward(x_hat.detach(), batch, extra_kwargs, logs)
         grads = [p.grad for p in self.net_params if p.grad is not None]
         if self.tcfg["grad_clip"]:
             gnorm = torch.nn.utils.clip_grad_norm_(self.net_params, self.tcfg["grad_clip"])
@@ -267,6 +269,36 @@ class Trainer(CheckpointingMixin):
         if enforce is not None and logs.get("lipschitz") is not None:
             logs["lipschitz_scale"] = enforce(logs["lipschitz"])
         return logs
+
+    def _check_finite_loss(self, value: float) -> None:
+        """Raise on a non-finite loss, agreed by all ranks before a backward (DDP's all-reduce would deadlock
+        if one rank stopped alone)."""
+        if not self._all_true(math.isfinite(value)):
+            raise TrainingDivergedError(f"loss is {value} at step {self.step + 1}"
+                                        + (f" (on rank {self.rank} or another)" if self.world_size > 1 else ""))
+
+    def _penalty_backward(self, x_hat: torch.Tensor, batch: dict[str, Any], extra_kwargs: dict | None,
+                          logs: dict[str, float]) -> None:
+        """``train.penalty_backward: after_data``: the model's penalty at the detached reconstruction, after the
+        data term's backward has freed the recorded block, so that their graphs are never live together (the
+        exact peak: ``benchmarks/README.md``, "Exact peak"). Its gradients come from ``torch.autograd.grad``,
+        averaged over the ranks here (DDP all-reduces only the backward of its own forward), and are added to
+        the data term's: the same gradient as one joint backward, summed in another order."""
+        penalty, pen_logs = penalty_loss(self.model, x_hat, batch["target"], extra_kwargs)
+        if extra_kwargs is not None:
+            self.fp_cache.store_penalty_points(self.model.constraint_strategy, batch["index"],
+                                               getattr(self.model, "last_lip_points", {}))
+        logs.update(pen_logs)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
+        logs["loss"] += pen_logs.get("extra_loss", 0.0)
+        self._check_finite_loss(logs["loss"])
+        if not (isinstance(penalty, torch.Tensor) and penalty.requires_grad):
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(penalty, params, allow_unused=True)
+        grads = average_over_ranks(grads) if self.world_size > 1 else grads
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad.add_(g)
 
     def _all_true(self, flag: bool) -> bool:
         return all_true(flag) if self.world_size > 1 else flag
