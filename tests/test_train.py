@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import molrecon
 from _killable import KILLABLE_CLI
 from molrecon.data import collate, physics_from_batch
 from molrecon.data.synthetic import SyntheticSliceDataset
@@ -134,6 +135,18 @@ def test_init_from_starts_from_the_weights_of_another_run_and_refuses_what_does_
         tiny_config(tmp_path / "x", init_from=3)
     with pytest.raises(InputError, match="mol-lr-2d-4x holds a 'mol-lr' model, not 'modl'"):
         Trainer(tiny_config(tmp_path / "x", init_from="mol-lr-2d-4x")).setup()
+    # a fixed-point model may start from another of the same H: a MOL-LR from the unconstrained DEQ
+    deq_config = {**molrecon.load_pretrained("deq-2d-4x").config(), "method": "mol-lr"}
+    mol_lr = tiny_config(tmp_path / "from-deq", max_steps=2, init_from="deq-2d-4x")
+    mol_lr["model"] = {k: deq_config[k] for k in ("method", "architecture", "residual_scale", "dims", "channels",
+                                                 "layers")}
+    start = Trainer(validate_config(mol_lr))
+    start.setup()
+    for key, value in molrecon.load_pretrained("deq-2d-4x").state_dict().items():
+        assert torch.equal(start.model.state_dict()[key], value), key
+    mol_lr["model"] = {"method": "mol-sn", "dims": "2d", "channels": 32, "layers": 5}  # the same tensors, plain H
+    with pytest.raises(InputError, match="deq-2d-4x holds a deq model with a 'residual' H, the run's H is 'plain'"):
+        Trainer(validate_config(mol_lr)).setup()
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -18,6 +18,7 @@ import torch
 from ..distributed import broadcast_object
 from ..errors import CheckpointError, InputError
 from ..models.factory import build_model, model_config
+from ..names import FIXED_POINT_METHODS
 from ..weights.checkpoint import (
     capture_rng_state,
     check_state_dict,
@@ -148,10 +149,19 @@ class CheckpointingMixin:
     def _init_weights(self, spec: str) -> None:
         """Start from the weights (λ included) of a checkpoint or shipped model of the same architecture, e.g. to
         fine-tune a model under another constraint setting; its training state (optimiser, step) is not taken.
-        A resumed run then loads its own ``last.pt`` over them."""
+        A resumed run then loads its own ``last.pt`` over them. Fixed-point models (MOL-SN, MOL-LR, DEQ) may start
+        from one another when the weights fit, e.g. a MOL-LR from an unconstrained DEQ of the same ``H``."""
         # a throw-away build of the source model must not move the run's random state
         with torch.random.fork_rng(devices=[]):
-            state = resolve_model(spec, method=self.model.method_name).model.state_dict()
+            source = resolve_model(spec)
+        run_method = self.model.method_name
+        if source.method != run_method and not {source.method, run_method} <= set(FIXED_POINT_METHODS):
+            raise InputError(f"{spec} holds a {source.method!r} model, not {run_method!r}")
+        # the residual and the plain H have the same tensors: only the architecture tells them apart
+        arch, run_arch = source.model.config().get("architecture"), self.model.config().get("architecture")
+        if arch != run_arch:
+            raise InputError(f"{spec} holds a {source.method} model with a {arch!r} H, the run's H is {run_arch!r}")
+        state = source.model.state_dict()
         check_state_dict(self.model, state, spec)
         self.model.load_state_dict(state)
 
