@@ -295,7 +295,7 @@ class Trainer(CheckpointingMixin):
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(penalty, params, allow_unused=True)
-        grads = average_over_ranks(grads) if self.world_size > 1 else grads
+        grads = average_over_ranks(grads)
         for p, g in zip(params, grads):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad.add_(g)
