@@ -262,7 +262,7 @@ def test_penalty_after_data_lowers_mol_lr_allocated_peak():
     the recorded block are never live together, so the step's exact peak is lower, at the same loss."""
     from molrecon.bench.memory import measure_step_memory
 
-    size = dict(shape=(48, 48), coils=2, channels=16, layers=3, in_process=True, allocated=True,
+    size = dict(shape=(32, 32), coils=2, channels=64, layers=3, in_process=True, allocated=True,
                 model_kwargs={"tol": 1e-12, "lr_jacobian_steps": 2})
     joint, after = (measure_step_memory("mol-lr", 5, penalty_backward=mode, **size) for mode in ("joint", "after_data"))
     assert after["loss"] == pytest.approx(joint["loss"], rel=1e-5)

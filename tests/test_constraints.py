@@ -136,7 +136,8 @@ def test_jacobian_penalty_adds_a_barrier_on_the_power_iteration_estimate_and_con
     assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-5)
     assert logs["lipschitz_jacobian"] == pytest.approx(float(jac.detach()), rel=1e-5)
     assert logs["lipschitz"] == max(logs["lipschitz_adversarial"], logs["lipschitz_jacobian"])
-    assert torch.equal(model.last_lip_points["lip_u"], u)
+    # the model runs the power iteration on its CNN's masked-convolution Jacobian: the same vector to rounding
+    torch.testing.assert_close(model.last_lip_points["lip_u"], u, rtol=1e-5, atol=1e-6)
     # continued from its vector the power iteration only climbs (Rayleigh quotients of J^T J do not decrease)
     _, again = model.extra_loss(x, warm={"lip_u": u})
     assert again["lipschitz_jacobian"] >= logs["lipschitz_jacobian"] * (1 - 1e-6)
@@ -313,3 +314,48 @@ def test_power_iteration_stops_once_it_no_longer_rises():
     early = jacobian_spectral_norm(h, x, n_iter=400, generator=torch.Generator().manual_seed(0), tol=1e-4)
     assert len(steps) < calls_full / 2
     assert float(early) == pytest.approx(float(full), rel=2e-3) and float(full) == pytest.approx(0.8, rel=1e-3)
+
+
+@pytest.mark.parametrize("architecture", ["plain", "residual"])
+@pytest.mark.parametrize("dims,shape", [("2d", (2, 14, 12)), ("3d", (1, 5, 6, 7)), ("2d+t", (1, 4, 6, 8))])
+def test_relu_jacobian_is_the_autograd_jacobian_and_its_adjoint(architecture, dims, shape):
+    """``jacobian_at``: the ReLU CNN's Jacobian as masked convolutions equals forward- and reverse-mode autograd,
+    its ``vjp`` is the adjoint of its ``jvp``, and the penalty's differentiable norm along a direction has the
+    same value and weight gradient either way."""
+    from torch.autograd import forward_ad
+
+    from molrecon.models.cnn import ConvDenoiser
+    from molrecon.models.priors import ResidualDenoiser
+
+    torch.manual_seed(0)
+    net = (ResidualDenoiser(dims=dims, channels=6, layers=4, residual_init_gain=1.0) if architecture == "residual"
+           else ConvDenoiser(dims=dims, channels=6, layers=4))
+    weights = net.effective_weights(shape[1:])
+    x, v, u = (torch.randn(shape, dtype=torch.complex64) for _ in range(3))
+    jac = net.jacobian_at(x, weights)
+    with forward_ad.dual_level():
+        jvp_ref = forward_ad.unpack_dual(net.apply(forward_ad.make_dual(x, v), weights)).tangent
+    xr = x.clone().requires_grad_(True)
+    (vjp_ref,) = torch.autograd.grad(net.apply(xr, weights), xr, u)
+    torch.testing.assert_close(jac.jvp(v), jvp_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(jac.vjp(u), vjp_ref, rtol=1e-5, atol=1e-6)
+    lhs = torch.vdot(jac.jvp(v).flatten(), u.flatten()).real
+    rhs = torch.vdot(v.flatten(), jac.vjp(u).flatten()).real
+    assert float(lhs) == pytest.approx(float(rhs), rel=1e-5)
+    h = lambda t: net.apply(t, weights)  # noqa: E731
+    grads = []
+    for linearize in (None, lambda t: net.jacobian_at(t, weights)):
+        net.zero_grad()
+        value = jacobian_norm_along(h, x, v, recompute=True, linearize=linearize)
+        value.sum().backward()
+        grads.append((value.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                        for p in net.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-7)
+    # the biases only move the masks: a ReLU network's Jacobian has no gradient w.r.t. them (None or zeros)
+    assert any(float(g.abs().sum()) > 0 for g in grads[1][1])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    sigma_lin = jacobian_spectral_norm(h, x, n_iter=30, generator=torch.Generator().manual_seed(0),
+                                       linearize=lambda t: net.jacobian_at(t, weights))
+    sigma_ref = jacobian_spectral_norm(h, x, n_iter=30, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sigma_lin, sigma_ref, rtol=1e-4, atol=1e-6)

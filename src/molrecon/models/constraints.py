@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import InputError
 from .cnn import ConvDenoiser
 from .lipschitz import (
+    Linearize,
     adversarial_lipschitz,
     jacobian_norm_along,
     jacobian_spectral_norm,
@@ -85,11 +86,12 @@ class Constraint:
         return tuple(spatial_shape)
 
     def penalty(self, h: Callable[[torch.Tensor], torch.Tensor], x_hat: torch.Tensor,
-                warm: dict[str, torch.Tensor | None] | None = None
+                warm: dict[str, torch.Tensor | None] | None = None, linearize: Linearize | None = None
                 ) -> tuple[torch.Tensor | None, dict[str, float], dict[str, torch.Tensor]]:
         """``(loss or None, logs, points)`` added to the training loss around ``x_hat`` (none by default);
         ``warm`` holds the vectors named by :meth:`warm_keys` for this batch (``None`` where there is none yet),
-        ``points`` their new values."""
+        ``points`` their new values. ``linearize``: ``h``'s Jacobian at a point as an operator, where ``h`` has
+        one (:func:`~molrecon.models.lipschitz.jacobian_spectral_norm`)."""
         return None, {}, {}
 
     def enforce(self, denoiser: nn.Module | None, estimate: float | None) -> float:
@@ -216,7 +218,7 @@ class LipschitzPenalty(_Estimated):
         return tuple(spatial_shape)
 
     def penalty(self, h: Callable[[torch.Tensor], torch.Tensor], x_hat: torch.Tensor,
-                warm: dict[str, torch.Tensor | None] | None = None
+                warm: dict[str, torch.Tensor | None] | None = None, linearize: Linearize | None = None
                 ) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
         single = self.global_warm_keys()
         warm = {k: v for k, v in (warm or {}).items() if v is not None and tuple(v.shape) == (
@@ -240,10 +242,10 @@ class LipschitzPenalty(_Estimated):
         if self.lr_jacobian_steps is not None:
             if self.lr_jacobian_block is None:
                 _, u = jacobian_spectral_norm(h, x_hat, n_iter=self.lr_jacobian_steps, return_vector=True,
-                                              v0=warm.get("lip_u"))
+                                              v0=warm.get("lip_u"), linearize=linearize)
                 # recompute: the JVP's graph would otherwise be held until backward, twice what the rest of MOL
                 # keeps
-                jac = jacobian_norm_along(h, x_hat, u, recompute=True)
+                jac = jacobian_norm_along(h, x_hat, u, recompute=True, linearize=linearize)
                 pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).mean()
             else:
                 k, b = self.lr_jacobian_block, x_hat.shape[0]
@@ -262,8 +264,8 @@ class LipschitzPenalty(_Estimated):
             # the same for every slice: one vector, continued from step to step, tracks its top direction
             zero = torch.zeros_like(x_hat[:1])
             _, z = jacobian_spectral_norm(h, zero, n_iter=self.lr_zero_jacobian_steps, return_vector=True,
-                                          v0=warm.get("lip_z"))
-            jac_zero = jacobian_norm_along(h, zero, z, recompute=True)
+                                          v0=warm.get("lip_z"), linearize=linearize)
+            jac_zero = jacobian_norm_along(h, zero, z, recompute=True, linearize=linearize)
             pen = pen + self.lr_weight * lipschitz_barrier(jac_zero, threshold, self.lr_eps).mean()
             logs["lipschitz_zero"] = float(jac_zero.detach().max())
             logs["lipschitz"] = max(logs.get("lipschitz", 0.0), logs["lipschitz_zero"])

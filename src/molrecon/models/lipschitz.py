@@ -31,12 +31,25 @@ The strategies that use them (which constraint, which terms, their warm vectors)
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch.autograd import forward_ad
 from torch.utils.checkpoint import checkpoint
 
 from ..tensor_utils import batch_norms
+
+
+class JacobianOperator(Protocol):
+    """The Jacobian of ``h`` at one point: ``jvp(v) = J v`` and ``vjp(u) = Jᵀ u`` (real inner product)."""
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor: ...
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor: ...
+
+
+#: ``linearize(x)``: the Jacobian of ``h`` at ``x`` (e.g. :meth:`~molrecon.models.cnn.ConvDenoiser.jacobian_at`)
+Linearize = Callable[[torch.Tensor], JacobianOperator]
 
 
 def lipschitz_barrier(lip: torch.Tensor, threshold: float = 0.98, eps: float = 1e-3) -> torch.Tensor:
@@ -177,7 +190,8 @@ def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
 
 def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_iter: int = 20,
                            generator: torch.Generator | None = None, return_vector: bool = False,
-                           v0: torch.Tensor | None = None, tol: float | None = None):
+                           v0: torch.Tensor | None = None, tol: float | None = None,
+                           linearize: Linearize | None = None):
     r"""Spectral norm of the Jacobian :math:`J_h(x)` per batch element by power iteration on :math:`J^T J`.
 
     Uses one forward-mode JVP (under ``no_grad``: it keeps no graph) and one VJP through the graph of
@@ -185,6 +199,8 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     is the norm of the local linear map at ``x``, a lower bound on ``Lip(h)``. ``v0``: start from this vector
     (e.g. the one a previous call returned with ``return_vector``) instead of a random one. ``tol``: stop before
     ``n_iter`` once no element's estimate rose by more than ``tol`` (relative) over the last 10 steps.
+    ``linearize``: ``linearize(x)`` gives the Jacobian at ``x`` as an operator with ``jvp`` and ``vjp`` (e.g.
+    :meth:`~molrecon.models.cnn.ConvDenoiser.jacobian_at`), used instead of autograd: no graph of ``h`` is held.
 
     The top of a CNN Jacobian's spectrum on a whole image is crowded, so the iteration creeps upwards: on the
     ``mol-lr-2d-4x`` shipped before the Jacobian barrier, at a test reconstruction, it reads 0.86 / 0.91 /
@@ -195,19 +211,31 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     v = v / batch_norms(v).reshape(-1, *([1] * (x.ndim - 1)))
     sigma = torch.zeros(x.shape[0], device=x.device)
     history: list[torch.Tensor] = []
-    with torch.enable_grad():
-        xr = x.clone().requires_grad_(True)
-        y = h(xr)
-        for _ in range(n_iter):
-            if tol is not None and len(history) > 10 and bool(
-                    (history[-1] - history[-11] <= tol * history[-1].abs()).all()):
-                break
-            jv = _jvp_no_graph(h, x, v)
-            (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
-            sigma = batch_norms(jv).detach()
-            history.append(sigma)
-            n = batch_norms(jtjv).clamp_min(1e-30).reshape(-1, *([1] * (x.ndim - 1)))
-            v = (jtjv / n).detach()
+    if linearize is not None:
+        with torch.no_grad():
+            jac = linearize(x)
+            jvp, vjp = jac.jvp, jac.vjp
+    else:
+        with torch.enable_grad():
+            xr = x.clone().requires_grad_(True)
+            y = h(xr)
+
+        def jvp(t: torch.Tensor) -> torch.Tensor:
+            return _jvp_no_graph(h, x, t)
+
+        def vjp(t: torch.Tensor) -> torch.Tensor:
+            return torch.autograd.grad(y, xr, t, retain_graph=True)[0]
+    for _ in range(n_iter):
+        if tol is not None and len(history) > 10 and bool(
+                (history[-1] - history[-11] <= tol * history[-1].abs()).all()):
+            break
+        with torch.no_grad():  # the vectors carry no graph (the linearised vjp would record one otherwise)
+            jv = jvp(v)
+            jtjv = vjp(jv)
+        sigma = batch_norms(jv).detach()
+        history.append(sigma)
+        n = batch_norms(jtjv).clamp_min(1e-30).reshape(-1, *([1] * (x.ndim - 1)))
+        v = (jtjv / n).detach()
     return (sigma.detach(), v) if return_vector else sigma.detach()
 
 
@@ -272,20 +300,26 @@ def _lanczos_extremes(apply: Callable[[torch.Tensor], torch.Tensor], start: torc
 
 
 def jacobian_norm_along(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                        v: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+                        v: torch.Tensor, recompute: bool = False, linearize: Linearize | None = None) -> torch.Tensor:
     r""":math:`\|J_h(x)\,v\| / \|v\|` per batch element, differentiable w.r.t. the parameters of ``h``.
 
     A forward-mode JVP at the detached ``x`` along the detached ``v``; its tangent carries the reverse-mode
     graph of the weights, so a penalty on it pushes down the Jacobian in that direction. With ``v`` the
     power-iteration vector of :func:`jacobian_spectral_norm` this is a differentiable estimate of the local
     Lipschitz constant. ``recompute``: the JVP's graph (the CNN's activations and their tangents) is not kept
-    for backward but recomputed there: the same value and gradient, one JVP more.
+    for backward but recomputed there: the same value and gradient, one JVP more. ``linearize``: as in
+    :func:`jacobian_spectral_norm`; its ``jvp`` (differentiable w.r.t. the weights) replaces the forward-mode
+    JVP, whose graph also keeps the primal activations.
     """
     x, v = x.detach(), v.detach().to(x.dtype)
 
     def norm_along(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad(), forward_ad.dual_level():
-            jv = forward_ad.unpack_dual(h(forward_ad.make_dual(a, b))).tangent
+        if linearize is not None:
+            with torch.enable_grad():
+                jv = linearize(a).jvp(b)
+        else:
+            with torch.enable_grad(), forward_ad.dual_level():
+                jv = forward_ad.unpack_dual(h(forward_ad.make_dual(a, b))).tangent
         return batch_norms(jv) / batch_norms(b).clamp_min(1e-30)
 
     return checkpoint(norm_along, x, v, use_reentrant=False) if recompute else norm_along(x, v)

@@ -499,8 +499,11 @@ class MOL(CertificateMixin, nn.Module):
         if v0 is not None:
             warm["lip_v"] = v0
         weights = self._weights(tuple(x_hat.shape[1:]))
+        # a ReLU CNN's Jacobian as masked convolutions: exact, without holding a graph of H for the power iteration
+        jacobian_at = getattr(self.denoiser, "jacobian_at", None)
+        linearize = None if jacobian_at is None else (lambda v: jacobian_at(v, weights))
         pen, logs, self.last_lip_points = self.constraint_strategy.penalty(lambda v: self._h(v, weights), x_hat,
-                                                                           warm)
+                                                                           warm, linearize)
         self.last_lip_point = self.last_lip_points.get("lip_v")
         self._lip_estimate = logs["lipschitz"]
         return pen, logs

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..names import ARCHITECTURES
-from .cnn import DIMS, ConvDenoiser, channels_to_complex, complex_to_channels
+from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -78,6 +78,11 @@ class ResidualDenoiser(ConvDenoiser):
 
     def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         return self.residual_scale * (x + self.apply_body(x, weights))
+
+    def jacobian_at(self, x: torch.Tensor, weights: list[torch.Tensor]) -> ReLUJacobian:
+        """``s·(I + J_N)`` at ``x`` (:class:`~molrecon.models.cnn.ReLUJacobian`)."""
+        body = super().jacobian_at(x, weights)
+        return ReLUJacobian(body.weights, body.masks, self.nd, body.padding, self.residual_scale, identity=True)
 
     @torch.no_grad()
     def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
