@@ -1,8 +1,9 @@
 """Measured before it was built (now ``train.penalty_backward: after_data`` and ``molrecon bench memory
---penalty-backward after_data``, which give the same bytes): MOL-LR's exact allocated peak of one training step when the Lipschitz penalty's backward
-runs after the data loss's (the recorded block and the adjoint solve) instead of with it, so that the two never
-overlap; the penalty is then computed at the detached reconstruction and backpropagated on its own. It leaves the
-values unchanged and changes the order in which gradients are summed.
+--penalty-backward after_data``, which give the same bytes): MOL-LR's exact allocated peak of one training step
+when the Lipschitz penalty's backward runs after the data loss's (the recorded block and the adjoint solve)
+instead of with it, so that the two never overlap; the penalty is then computed at the detached reconstruction
+and backpropagated on its own. It leaves the values unchanged and changes the order in which gradients are
+summed.
 
 Before the adversarial ratio's two CNN evaluations became two checkpoints (``adversarial_lipschitz``), this
 script also measured that change (``split``): ``orderings-before-split.json``.
