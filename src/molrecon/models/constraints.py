@@ -249,9 +249,10 @@ class LipschitzPenalty(_Estimated):
                 pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).mean()
             else:
                 k, b = self.lr_jacobian_block, x_hat.shape[0]
-                _, u = jacobian_top_subspace(h, x_hat, k, n_iter=self.lr_jacobian_steps, v0=warm.get("lip_u"))
+                _, u = jacobian_top_subspace(h, x_hat, k, n_iter=self.lr_jacobian_steps, v0=warm.get("lip_u"),
+                                             linearize=linearize)
                 jac = jacobian_norm_along(h, x_hat.repeat_interleave(k, dim=0), u.flatten(0, 1),
-                                          recompute=True).reshape(b, k)
+                                          recompute=True, linearize=linearize).reshape(b, k)
                 # each direction under its own barrier: the ones well below it add little
                 pen = pen + self.lr_weight * lipschitz_barrier(jac, threshold, self.lr_eps).sum(1).mean()
             logs["lipschitz_jacobian"] = float(jac.detach().max())

@@ -123,6 +123,27 @@ def _jvp_no_graph(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v:
         return forward_ad.unpack_dual(h(forward_ad.make_dual(x, v))).tangent
 
 
+def _jacobian_ops(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, linearize: Linearize | None
+                  ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    r"""``(v ↦ J v, u ↦ Jᵀ u)`` at the detached ``x``: from ``linearize(x)`` where given (no graph of ``h``), else
+    a forward-mode JVP and a VJP through the graph of ``h(x)``, built once here. Call them under ``no_grad``."""
+    if linearize is not None:
+        with torch.no_grad():
+            jac = linearize(x)
+        return jac.jvp, jac.vjp
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_(True)
+        y = h(xr)
+
+    def jvp(t: torch.Tensor) -> torch.Tensor:
+        return _jvp_no_graph(h, x, t)
+
+    def vjp(t: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(y, xr, t, retain_graph=True)[0]
+
+    return jvp, vjp
+
+
 def _start_vectors(shape: tuple[int, ...], like: torch.Tensor, v0: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
     """``v0`` (detached, in ``like``'s dtype), else Gaussian vectors of ``shape`` (from ``generator`` if given)."""
@@ -157,8 +178,8 @@ def _orthonormal_rows(block: torch.Tensor) -> torch.Tensor:
 
 
 def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, k: int, n_iter: int = 3,
-                          v0: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          v0: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                          linearize: Linearize | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The top ``k`` singular values and right singular vectors of :math:`J_h(x)` by subspace iteration.
 
     ``n_iter`` steps of :math:`V \leftarrow \operatorname{orth}(J^T J V)` on ``k`` vectors per batch element at
@@ -168,20 +189,18 @@ def jacobian_top_subspace(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
 
     Why a block: the top of a CNN Jacobian's spectrum is crowded. One power-iteration vector converges at the rate
     :math:`\sigma_2/\sigma_1`, close to 1, and a barrier on that one direction lets its neighbours rise; ``k``
-    vectors converge at :math:`\sigma_{k+1}/\sigma_1` and a barrier can hold all ``k``.
+    vectors converge at :math:`\sigma_{k+1}/\sigma_1` and a barrier can hold all ``k``. ``linearize``: as in
+    :func:`jacobian_spectral_norm`.
     """
     x = x.detach()
     b, shape = x.shape[0], x.shape[1:]
     v = _orthonormal_rows(_start_vectors((b, k, *shape), x, v0, generator))
-    xs = x.repeat_interleave(k, dim=0)
-    with torch.enable_grad():
-        xr = xs.clone().requires_grad_(True)
-        y = h(xr)
+    jvp, vjp = _jacobian_ops(h, x.repeat_interleave(k, dim=0), linearize)
+    with torch.no_grad():
         for _ in range(n_iter):
-            jv = _jvp_no_graph(h, xs, v.reshape(b * k, *shape))
-            (jtjv,) = torch.autograd.grad(y, xr, jv, retain_graph=True)
-            v = _orthonormal_rows(jtjv.detach().reshape(b, k, *shape))
-    jv = _real_rows(_jvp_no_graph(h, xs, v.reshape(b * k, *shape)).reshape(b, k, *shape))
+            jtjv = vjp(jvp(v.reshape(b * k, *shape)))
+            v = _orthonormal_rows(jtjv.reshape(b, k, *shape))
+        jv = _real_rows(jvp(v.reshape(b * k, *shape)).reshape(b, k, *shape))
     evals, evecs = torch.linalg.eigh(jv @ jv.transpose(1, 2))
     evals, evecs = evals.flip(-1), evecs.flip(-1)
     ritz = _from_real_rows(evecs.transpose(1, 2).to(jv.dtype) @ _real_rows(v), v)
@@ -211,20 +230,7 @@ def jacobian_spectral_norm(h: Callable[[torch.Tensor], torch.Tensor], x: torch.T
     v = v / batch_norms(v).reshape(-1, *([1] * (x.ndim - 1)))
     sigma = torch.zeros(x.shape[0], device=x.device)
     history: list[torch.Tensor] = []
-    if linearize is not None:
-        with torch.no_grad():
-            jac = linearize(x)
-            jvp, vjp = jac.jvp, jac.vjp
-    else:
-        with torch.enable_grad():
-            xr = x.clone().requires_grad_(True)
-            y = h(xr)
-
-        def jvp(t: torch.Tensor) -> torch.Tensor:
-            return _jvp_no_graph(h, x, t)
-
-        def vjp(t: torch.Tensor) -> torch.Tensor:
-            return torch.autograd.grad(y, xr, t, retain_graph=True)[0]
+    jvp, vjp = _jacobian_ops(h, x, linearize)
     for _ in range(n_iter):
         if tol is not None and len(history) > 10 and bool(
                 (history[-1] - history[-11] <= tol * history[-1].abs()).all()):
