@@ -359,6 +359,13 @@ def test_relu_jacobian_is_the_autograd_jacobian_and_its_adjoint(architecture, di
                                        linearize=lambda t: net.jacobian_at(t, weights))
     sigma_ref = jacobian_spectral_norm(h, x, n_iter=30, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(sigma_lin, sigma_ref, rtol=1e-4, atol=1e-6)
+    # the linearised power iteration records no graph at all; autograd's holds one of h while it runs
+    from molrecon.bench.saved import SavedTensorMeter
+
+    for linearize, recorded in ((lambda t: net.jacobian_at(t, weights), False), (None, True)):
+        with SavedTensorMeter() as meter:
+            jacobian_spectral_norm(h, x, n_iter=2, linearize=linearize)
+        assert (meter.peak_bytes > 0) == recorded
     block_lin, _ = jacobian_top_subspace(h, x, 2, n_iter=20, generator=torch.Generator().manual_seed(0),
                                          linearize=lambda t: net.jacobian_at(t, weights))
     block_ref, _ = jacobian_top_subspace(h, x, 2, n_iter=20, generator=torch.Generator().manual_seed(0))
