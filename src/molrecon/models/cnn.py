@@ -295,8 +295,8 @@ class ReLUJacobian:
 
     def __init__(self, weights: list[torch.Tensor], masks: list[torch.Tensor], nd: int, padding: int,
                  scale: float = 1.0, identity: bool = False) -> None:
-        self.weights, self.masks, self.padding, self.nd = weights, masks, padding, nd
-        self.conv = F.conv2d if nd == 2 else F.conv3d
+        self.weights, self.masks, self.padding = weights, masks, padding
+        self.conv, self.conv_t = _conv_fns(nd)
         self.scale, self.identity = float(scale), bool(identity)
 
     def _outer(self, v: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
@@ -315,13 +315,10 @@ class ReLUJacobian:
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         r""":math:`J^T u` in the real inner product :math:`\mathrm{Re}\langle a, b\rangle` of complex images."""
         g = complex_to_channels(u)
-        flip = tuple(range(2, 2 + self.nd))
         for i in reversed(range(len(self.weights))):
             if i < len(self.masks):
                 g = g * self.masks[i]
-            # the transposed convolution as a convolution with the flipped, transposed kernel (odd kernel, "same"
-            # padding): on CPU conv_transpose takes an im2col path whose buffer is 9× a feature map
-            g = self.conv(g, self.weights[i].transpose(0, 1).flip(flip), None, padding=self.padding)
+            g = self.conv_t(g, self.weights[i], None, padding=self.padding)
         return self._outer(u, g)
 
 
