@@ -137,9 +137,8 @@ def summarize_memory(rows: Sequence[dict], budget_gib: float = 16.0) -> list[dic
             s["modl_k_exceeding_budget"] = (max(1, math.ceil((budget_mib - a) / b)) if b > 0 else None)
         k1 = next((r["peak_mib"] for r in modl if r["iters"] == 1), None)
         s["modl_k1_mib"] = k1
-        has_saved = all("saved_mib" in r for r in sub)
         exact = [m for m in ("saved", "allocated") if all(f"{m}_mib" in r for r in sub)]
-        if has_saved and len({r["iters"] for r in modl}) >= 2:
+        if "saved" in exact and len({r["iters"] for r in modl}) >= 2:
             a, b, r2 = linear_fit([r["iters"] for r in modl], [r["saved_mib"] for r in modl])
             s.update(modl_saved_intercept_mib=a, modl_saved_slope_mib_per_iter=b, modl_saved_fit_r2=r2)
         top = modl[-1] if modl else None

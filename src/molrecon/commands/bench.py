@@ -31,7 +31,7 @@ from ..evaluate.report import markdown_table
 from ..io import machine_info, write_json_atomic, write_text_atomic
 from ..metrics import PSNR_OBJECT_SUPPORT
 from ..names import CLASSICAL_METHODS, DIMS, DIMS_OF_KIND, DIMS_TAG, FIXED_POINT_METHODS, LEARNED_METHODS
-from ..train.config import parse_scalar
+from ..train.config import PENALTY_BACKWARDS, parse_scalar
 from ..weights.loading import resolve_model
 from ..weights.pretrained import available_names, pretrained_name
 
@@ -79,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
                    help="model setting of the MOL/DEQ methods (e.g. architecture=residual, lr_jacobian_steps=3: "
                    "the shipped MOL-LR recipe's terms)")
-    m.add_argument("--penalty-backward", choices=("joint", "after_data"), default="joint",
+    m.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default="joint",
                    help="MOL-LR: backpropagate the Lipschitz penalty with the data term (joint) or after it "
                    "(after_data, as train.penalty_backward)")
     m.set_defaults(func=run_memory)

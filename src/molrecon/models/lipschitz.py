@@ -266,17 +266,14 @@ def jacobian_symmetric_extremes(h: Callable[[torch.Tensor], torch.Tensor], x: to
 def _symmetric_extremes_at(h: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, steps: int,
                            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`jacobian_symmetric_extremes` of one image ``x`` ``[1, ...]``: Lanczos on real flat vectors."""
-    xr = x.clone().requires_grad_(True)
-    with torch.enable_grad():
-        y = h(xr)
+    jvp, vjp = _jacobian_ops(h, x, None)
 
     def flat(t: torch.Tensor) -> torch.Tensor:
         return _real_rows(t[:, None]).reshape(-1)
 
     def sym(q: torch.Tensor) -> torch.Tensor:
         v = _from_real_rows(q.reshape(1, 1, -1), x[:, None])[:, 0]
-        (jtv,) = torch.autograd.grad(y, xr, v, retain_graph=True)
-        return 0.5 * (flat(_jvp_no_graph(h, x, v)) + flat(jtv))
+        return 0.5 * (flat(jvp(v)) + flat(vjp(v)))
 
     return _lanczos_extremes(sym, flat(_start_vectors(tuple(x.shape), x, None, generator)), steps)
 

@@ -88,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+#: ``train.penalty_backward``: the penalty with the data loss's backward, or in its own backward after it
+PENALTY_BACKWARDS = ("joint", "after_data")
+
 _FREE_SECTIONS = ("model",)
 
 
@@ -271,7 +274,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
     ("train", "residual_limit"): (lambda v: v == math.inf or _POS_NUM(v), "a positive number (.inf: no limit)",
                                   False),
     ("train", "nonconverged_patience"): (_POS_INT, "a positive integer or null", True),
-    ("train", "penalty_backward"): (lambda v: v in ("joint", "after_data"), "joint or after_data", False),
+    ("train", "penalty_backward"): (lambda v: v in PENALTY_BACKWARDS, " or ".join(PENALTY_BACKWARDS), False),
 }
 #: model keys of every family that are counts / positive sizes (the others go to the constructor as given)
 _MODEL_INTS = ("channels", "layers", "K", "cg_iter", "max_iter", "kernel_size", "anderson_m", "dc_exact_iter",

@@ -236,14 +236,14 @@ class Trainer(CheckpointingMixin):
         loss, logs = training_loss(self.model, x_hat, batch["target"],
                                    batch["max_value"] if self.tcfg["normalize_loss"] else None, extra_kwargs,
                                    with_penalty=not penalty_after)
-        if extra_kwargs is not None and not penalty_after:
-            cache.store_penalty_points(strategy, batch["index"], getattr(self.model, "last_lip_points", {}))
         for k, v in info_logs(self.model).items():
             logs.setdefault(k, v)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
         self._check_finite_loss(logs["loss"])
         loss.backward()
         if penalty_after:
             self._penalty_backward(x_hat.detach(), batch, extra_kwargs, logs)
+        if extra_kwargs is not None:
+            cache.store_penalty_points(strategy, batch["index"], getattr(self.model, "last_lip_points", {}))
         grads = [p.grad for p in self.net_params if p.grad is not None]
         if self.tcfg["grad_clip"]:
             gnorm = torch.nn.utils.clip_grad_norm_(self.net_params, self.tcfg["grad_clip"])
@@ -285,9 +285,6 @@ class Trainer(CheckpointingMixin):
         averaged over the ranks here (DDP all-reduces only the backward of its own forward), and are added to
         the data term's: the same gradient as one joint backward, summed in another order."""
         penalty, pen_logs = penalty_loss(self.model, x_hat, batch["target"], extra_kwargs)
-        if extra_kwargs is not None:
-            self.fp_cache.store_penalty_points(self.model.constraint_strategy, batch["index"],
-                                               getattr(self.model, "last_lip_points", {}))
         logs.update(pen_logs)  # the penalty's own Lipschitz estimate (MOL-LR) wins over the solver's
         logs["loss"] += pen_logs.get("extra_loss", 0.0)
         self._check_finite_loss(logs["loss"])
