@@ -203,3 +203,30 @@ def test_physics_bad_inputs():
         P.check_kspace(torch.zeros(1, 3, 16, 16, dtype=torch.complex64))
     with pytest.raises(InputError, match="complex"):
         P.check_kspace(torch.zeros(1, 4, 16, 16))
+
+
+
+def _held_storages(obj) -> int:
+    """Bytes of the distinct tensor storages an object holds in its attributes (tuples and lists included)."""
+    seen, todo = {}, list(vars(obj).values())
+    while todo:
+        v = todo.pop()
+        if isinstance(v, torch.Tensor):
+            seen[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
+        elif isinstance(v, (tuple, list)):
+            todo.extend(v)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("spatial", [(32, 24), (15, 21)])
+def test_normal_keeps_one_conjugate_copy_of_the_maps_and_no_signed_copy(spatial):
+    """``A^H A`` runs in every CG step and may keep the maps' conjugate (one coil stack) for it, but no second,
+    sign-modulated copy: every operator of a MOL training step held that stack to the end of the step."""
+    maps = simulate_coil_maps(spatial, 6)[None]
+    P = MultiCoilMRI(maps, RandomMask(0.1, 3)(spatial, seed=1))
+    stack = maps.numel() * maps.element_size()
+    before = _held_storages(P)
+    x = torch.randn(2, *spatial, dtype=torch.complex64)
+    out = P.normal(x)
+    assert _held_storages(P) - before <= stack + 4 * x[0].numel()  # the conjugate, and the image's signs
+    torch.testing.assert_close(out, P.A_adjoint(P.A(x)), rtol=1e-5, atol=1e-6)

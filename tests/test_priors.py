@@ -204,3 +204,32 @@ def test_shipped_mol_lr_is_monotone_by_its_own_estimate_at_every_test_slice():
         model(y, physics)
         estimates.append(model.certificate(physics)["L"])
     assert max(estimates) < 1, estimates
+
+
+@pytest.mark.parametrize("dims,shape", [("2d", (1, 16, 16)), ("3d", (1, 8, 8, 8))])
+def test_sll_layer_is_its_formula_and_keeps_one_hidden_activation_for_backward(dims, shape):
+    """``z − 2 K T⁻¹ relu(Kᵀ z + b)`` with ``T⁻¹`` folded into the kernel and bias (exact for ``t > 0``): the
+    graph keeps one hidden activation per layer (the ReLU's output, which the transposed convolution also needs),
+    not a second one for the product with ``T⁻¹``."""
+    import torch.nn.functional as F
+
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.models.cnn import complex_to_channels, channels_to_complex
+
+    h = _sll(dims, channels=8, layers=3, state_channels=4)
+    x = torch.randn(shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    conv, convt = (F.conv2d, F.conv_transpose2d) if dims == "2d" else (F.conv3d, F.conv_transpose3d)
+    weights = h.effective_weights(shape[1:])
+    z = F.pad(complex_to_channels(x), (0, 0) * (len(shape) - 1) + (0, 2))
+    for i in range(h.layers):
+        w, inv_t = weights[2 * i], weights[2 * i + 1]
+        view = (1, -1) + (1,) * (len(shape) - 1)
+        z = z - 2.0 * convt(F.relu(conv(z, w, h.biases[i], padding=1)) * inv_t.view(view), w, padding=1)
+    torch.testing.assert_close(h(x), 0.9 * channels_to_complex(z[:, :2]), rtol=1e-5, atol=1e-6)
+    with SavedTensorMeter() as meter:
+        out = h.apply(x, weights)
+    pixels = math.prod(shape[1:])
+    per_layer = (8 + 4) * pixels * 4  # the hidden ReLU output and the state (the convolution's input)
+    kernels = 3 * sum(p.numel() * 4 for p in h.parameters())  # each kernel, scaled and not, and small vectors
+    assert meter.live_bytes <= h.layers * per_layer + kernels < h.layers * (per_layer + 8 * pixels * 4)
+    out.abs().sum().backward()

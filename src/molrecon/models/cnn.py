@@ -16,8 +16,12 @@ the reshaped weight matrix) is rescaled to :math:`\tilde K_l = K_l / \max(1, \si
 
 (ReLU is 1-Lipschitz and biases do not change Lipschitz constants). ``σ_l`` is obtained in two ways:
 
-* training mode: a persistent power iteration on :math:`K_l^T K_l` at the input's spatial size (one step per
-  call, as the authors and Miyato et al.; cheap, converges from below across steps);
+* training mode: a persistent power iteration on :math:`K_l^T K_l` (one step per call, as the authors and
+  Miyato et al.; cheap, converges from below across steps), on the input's grid cut to at most
+  :data:`POWER_ITERATION_GRID` points per axis. The norm of a zero-padded convolution grows with the grid
+  towards that of the convolution on the whole lattice; for the 3×3 kernels of a trained CNN the norm on 48²
+  is within 0.2 % of the norm on 128² (``benchmarks/README.md``, "Exact peak"), while an image-sized vector per
+  layer (16 MiB per 64-channel layer at 256²) would be memory the model keeps for the whole training;
 * evaluation mode (and :meth:`ConvDenoiser.certified_lipschitz`): a *certified upper bound*. A zero-padded
   convolution on an :math:`N`-point grid is a compression :math:`K_N = P\,C_M\,E` of the circular convolution
   :math:`C_M` on :math:`M = N + k - 1` points (zero-extend, convolve circularly, crop: the wrapped taps only
@@ -38,6 +42,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from ..names import DIMS
+
+
+POWER_ITERATION_GRID = 48
+"""Most points per axis of the training-mode power iteration's vectors (module docstring)."""
 
 
 def _conv_fns(nd: int):
@@ -180,13 +188,14 @@ class ConvDenoiser(nn.Module):
     def layer_sigmas(self, spatial: tuple[int, ...]) -> list[torch.Tensor]:
         """Per-layer operator norms used for normalisation (differentiable in training mode)."""
         sigmas = []
+        grid = tuple(min(int(s), POWER_ITERATION_GRID) for s in spatial)
         for i, conv in enumerate(self.convs):
             if self.training:
-                key = (i, spatial, conv.weight.device, conv.weight.dtype)
+                key = (i, grid, conv.weight.device, conv.weight.dtype)
                 u = self._u.get(key)
                 if u is None:
                     g = torch.Generator(device="cpu").manual_seed(1234 + i)
-                    u = torch.randn((1, conv.in_channels, *spatial), generator=g).to(conv.weight)
+                    u = torch.randn((1, conv.in_channels, *grid), generator=g).to(conv.weight)
                     u = u / u.norm()
                     n_iter = max(self.power_iter, 10)  # a fresh vector needs a few steps to be useful
                 else:

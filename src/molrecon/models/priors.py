@@ -201,12 +201,14 @@ class SLLDenoiser(nn.Module):
         """``H(x)`` with the given effective weights."""
         conv, convt = _conv_pair(self.nd)
         pad = self.kernel_size // 2
-        view = (1, -1) + (1,) * self.nd
+        view = (-1,) + (1,) * (self.nd + 1)
         z = complex_to_channels(x)
         z = F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2))  # E: append zero channels
         for i in range(self.layers):
             w, inv_t = weights[2 * i], weights[2 * i + 1]
-            h = F.relu(conv(z, w, self.biases[i], padding=pad)) * inv_t.view(view)
+            # relu(a)/t = relu(a/t) for t > 0: scaling the kernel and bias instead of the activations keeps one
+            # hidden activation per layer for backward instead of two (the ReLU's output and the product)
+            h = F.relu(conv(z, w * inv_t.view(view), self.biases[i] * inv_t, padding=pad))
             z = z - 2.0 * convt(h, w, padding=pad)
         return self.lipschitz_target * channels_to_complex(z[:, :2])  # P: the image channels
 

@@ -132,8 +132,8 @@ class MultiCoilMRI(MultiCoilOperator):
             raise InputError("mask is empty: no k-space sample is acquired")
         self.mask = mask
         self.fft_dims = (-2, -1) if self.dims in ("2d", "2d+t") else (-3, -2, -1)
-        # (maps with the centring signs, their conjugate, the FFT axes, whether those FFTs centre): see normal
-        self._normal_plan: tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool] | None = None
+        # (the maps' conjugate, the FFT axes, the image's centring signs or None for centred FFTs): see normal
+        self._normal_plan: tuple[torch.Tensor, tuple[int, ...], torch.Tensor | None] | None = None
 
     # -- shapes ---------------------------------------------------------------------------------------------
     def check_kspace(self, y: torch.Tensor, what: str = "k-space") -> None:
@@ -169,24 +169,25 @@ class MultiCoilMRI(MultiCoilOperator):
           :math:`\mathcal{F}_a^H \mathcal{F}_a = I`, so the FFT pair along ``a`` cancels and is not computed
           (:meth:`normal_fft_dims`): half the FFT work of a 2D line mask;
         * for even sizes the centring signs cancel between the FFT and its inverse
-          (``F_c^H M F_c = s F^H M F s``), so the maps carry ``s`` and the plain FFTs run between.
+          (``F_c^H M F_c = s F^H M F s``), so the image carries ``s`` and the plain FFTs run between.
         """
         if self._normal_plan is None:
             dims = self.normal_fft_dims()
             signs = input_signs(self.maps, dims) if dims else None
-            maps = self.maps if signs is None else signs * self.maps
-            # resolved once: a lazy conj would be materialised again in every call
-            self._normal_plan = (maps, maps.conj().resolve_conj(), dims, signs is None)
-        maps, maps_conj, dims, centred = self._normal_plan
-        coil_images = maps * x.unsqueeze(1)
+            # the signs go on the image, not on a copy of the maps: a coil stack less kept by every operator
+            # (resolved once: a lazy conj would be materialised again in every call)
+            self._normal_plan = (self.maps.conj().resolve_conj(), dims, None if signs is None else signs[:, 0])
+        maps_conj, dims, signs = self._normal_plan
+        coil_images = self.maps * (x if signs is None else signs * x).unsqueeze(1)
         if not dims:
             k = self.mask * coil_images
-        elif centred:
+        elif signs is None:
             k = ifft_centered(self.mask * fft_centered(coil_images, dims), dims)
         else:
             k = torch.fft.ifftn(self.mask * torch.fft.fftn(coil_images, dim=dims, norm="ortho"), dim=dims,
                                 norm="ortho")
-        return (maps_conj * k).sum(dim=1)
+        out = (maps_conj * k).sum(dim=1)
+        return out if signs is None else signs * out
 
     def normal_fft_dims(self) -> tuple[int, ...]:
         """The FFT axes along which the mask varies: :meth:`normal` transforms only these (see there)."""

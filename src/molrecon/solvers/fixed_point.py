@@ -128,39 +128,52 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
         X[gi, slot] = xf
         Fh[gi, slot] = ff
         count[gi] += 1
-        nmax = int(min(int(count[gi].max()), m))
-        if nmax < 2:
+        new = _anderson_mix(X[gi], Fh[gi], count[gi].clamp(max=m), reg, beta)
+        if new is None:
             x[gi] = fx[go]
             continue
-        # elements with fewer than nmax entries: mask the unused slots out of the least-squares problem
-        Xg, Fg = X[gi, :nmax], Fh[gi, :nmax]
-        G = Fg - Xg  # [b, h, n]
-        valid = torch.arange(nmax, device=dev)[None, :] < count[gi][:, None].clamp(max=m)
-        GG = G @ G.transpose(1, 2)
-        scale = GG.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-30)
-        b = GG.shape[0]
-        Hm = torch.zeros((b, nmax + 1, nmax + 1), dtype=GG.dtype, device=dev)
-        Hm[:, 0, 1:] = valid.to(GG.dtype)
-        Hm[:, 1:, 0] = valid.to(GG.dtype)
-        vm = (valid[:, :, None] & valid[:, None, :]).to(GG.dtype)
-        eye = torch.eye(nmax, dtype=GG.dtype, device=dev)
-        Hm[:, 1:, 1:] = GG * vm + reg * scale[:, None, None] * eye + (1 - valid.to(GG.dtype))[:, :, None] * eye
-        rhs = torch.zeros((b, nmax + 1, 1), dtype=GG.dtype, device=dev)
-        rhs[:, 0] = 1
-        try:
-            gamma = torch.linalg.solve(Hm, rhs)[:, 1:, 0] * valid.to(GG.dtype)
-        except RuntimeError:  # singular system: fall back to a plain step this iteration
-            x[gi] = fx[go]
-            continue
-        new = beta * (gamma[:, None] @ Fg)[:, 0] + (1 - beta) * (gamma[:, None] @ Xg)[:, 0]
         ok = torch.isfinite(new).all(dim=1)
-        upd = torch.where(ok[:, None], new, ff)
-        x[gi] = unflat(upd).to(x.dtype)
+        x[gi] = unflat(torch.where(ok[:, None], new, ff)).to(x.dtype)
 
     converged = best_res < tol
     info = SolverInfo(iterations=iterations, converged=converged, residuals=residuals,
                       extra={"solver": solver, "best_residual": best_res, "last_step": best_step})
     return best, info
+
+
+def _anderson_mix(X: torch.Tensor, Fh: torch.Tensor, filled: torch.Tensor, reg: float,
+                  beta: float) -> torch.Tensor | None:
+    """The next iterate from the histories ``X`` and ``Fh`` ``[b, m, n]`` (of which the first ``filled`` slots
+    of each element hold entries); ``None`` when there are fewer than two entries or the system is singular.
+
+    A function of its own so that its ``[b, m, n]`` temporaries are freed before ``T`` is evaluated again:
+    at 256² they are several images per history slot, live beside the CNN's working memory otherwise.
+    """
+    nmax = int(filled.max())
+    if nmax < 2:
+        return None
+    dev = X.device
+    # elements with fewer than nmax entries: mask the unused slots out of the least-squares problem
+    Xg, Fg = X[:, :nmax], Fh[:, :nmax]
+    G = Fg - Xg  # [b, h, n]
+    valid = torch.arange(nmax, device=dev)[None, :] < filled[:, None]
+    GG = G @ G.transpose(1, 2)
+    del G
+    scale = GG.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-30)
+    b = GG.shape[0]
+    Hm = torch.zeros((b, nmax + 1, nmax + 1), dtype=GG.dtype, device=dev)
+    Hm[:, 0, 1:] = valid.to(GG.dtype)
+    Hm[:, 1:, 0] = valid.to(GG.dtype)
+    vm = (valid[:, :, None] & valid[:, None, :]).to(GG.dtype)
+    eye = torch.eye(nmax, dtype=GG.dtype, device=dev)
+    Hm[:, 1:, 1:] = GG * vm + reg * scale[:, None, None] * eye + (1 - valid.to(GG.dtype))[:, :, None] * eye
+    rhs = torch.zeros((b, nmax + 1, 1), dtype=GG.dtype, device=dev)
+    rhs[:, 0] = 1
+    try:
+        gamma = torch.linalg.solve(Hm, rhs)[:, 1:, 0] * valid.to(GG.dtype)
+    except RuntimeError:  # singular system: the caller takes a plain step this iteration
+        return None
+    return beta * (gamma[:, None] @ Fg)[:, 0] + (1 - beta) * (gamma[:, None] @ Xg)[:, 0]
 
 
 def indexed(T: Callable[[torch.Tensor], torch.Tensor], x_full: torch.Tensor) -> FixedPointFn:
