@@ -214,7 +214,7 @@ def test_sll_layer_is_its_formula_and_keeps_one_hidden_activation_for_backward(d
     import torch.nn.functional as F
 
     from molrecon.bench.saved import SavedTensorMeter
-    from molrecon.models.cnn import complex_to_channels, channels_to_complex
+    from molrecon.models.cnn import channels_to_complex, complex_to_channels
 
     h = _sll(dims, channels=8, layers=3, state_channels=4)
     x = torch.randn(shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))

@@ -43,7 +43,6 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import InputError
 from ..names import DIMS
 
-
 POWER_ITERATION_GRID = 48
 """Most points per axis of the training-mode power iteration's vectors (module docstring)."""
 
