@@ -91,6 +91,33 @@ def test_export_with_solver_overrides_keeps_the_fixed_point(tmp_path):
     assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
 
 
+
+def test_retune_changes_only_the_solver_settings_and_keeps_the_trained_values(tmp_path):
+    from molrecon.weights.pretrained import export_pretrained, load_pretrained, retune_pretrained
+
+    config = {**TINY_MOL_SN, "max_iter": 400, "tol": 1e-6, "cg_iter": 3}
+    model = tiny_model(config)
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", model, config)
+    root = tmp_path / "shipped"
+    weights = export_pretrained(ckpt, "mol-sn-2d-4x", root=root, solver_overrides={"cg_iter": 12})
+    raw = weights.read_bytes()
+    with pytest.raises(InputError, match="not solver settings"):
+        retune_pretrained("mol-sn-2d-4x", {"lam": 2.0}, "measured", root=root)
+    with pytest.raises(InputError, match="no such pretrained model"):
+        retune_pretrained("mol-lr-2d-4x", {"cg_iter": 8}, "measured", root=root)
+    retune_pretrained("mol-sn-2d-4x", {"cg_iter": 8, "init_cg_iter": 10}, "same PSNR, 10 % faster", root=root)
+    loaded = load_pretrained("mol-sn-2d-4x", root=root)
+    assert (loaded.cg_iter, loaded.init_cg_iter) == (8, 10) and weights.read_bytes() == raw
+    assert loaded.pretrained_meta["inference_overrides"] == {"cg_iter": {"trained": 3, "shipped": 8},
+                                                             "init_cg_iter": {"trained": 50, "shipped": 10}}
+    assert loaded.pretrained_meta["retuned"][-1]["note"] == "same PSNR, 10 % faster"
+    maps = simulate_coil_maps((32, 32), 4)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
+    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
+    with torch.no_grad():
+        x_trained, x_shipped = model.eval()(y, physics), loaded(y, physics)
+    assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
+
 def test_corrupted_pretrained_weights_refused(tmp_path):
     from molrecon.weights.pretrained import load_pretrained, save_pretrained
 

@@ -21,11 +21,12 @@ from .pretrained import (
     load_pretrained,
     parse_name,
     pretrained_info,
+    retune_pretrained,
     save_pretrained,
 )
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model_from_checkpoint", "model_from_state", "capture_rng_state",
     "restore_rng_state", "load_learned_model", "available_names", "export_pretrained", "list_pretrained",
-    "load_pretrained", "parse_name", "pretrained_info", "save_pretrained",
+    "load_pretrained", "parse_name", "pretrained_info", "retune_pretrained", "save_pretrained",
 ]

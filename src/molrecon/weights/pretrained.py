@@ -246,9 +246,10 @@ def _read_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any], dict[str
     return model.eval(), model_config, summary
 
 
-#: solver settings a shipped model may change from its training values: they move the path to the fixed point,
-#: not the fixed point (see ``molrecon bench speed --cg-iters``)
-SOLVER_SETTINGS = ("cg_iter", "max_iter", "tol", "solver")
+#: solver settings a shipped model may change from its training values: they move the path to the fixed point
+#: (the start, the inexact blocks' CG steps, the stopping rule), not the fixed point (``molrecon bench speed
+#: --cg-iters``)
+SOLVER_SETTINGS = ("cg_iter", "max_iter", "tol", "solver", "init_cg_iter")
 
 
 def export_pretrained(checkpoint_path: str | os.PathLike, name: str, extra_meta: dict[str, Any] | None = None,
@@ -266,12 +267,7 @@ def export_pretrained(checkpoint_path: str | os.PathLike, name: str, extra_meta:
     model, model_config, summary = _read_training_checkpoint(path)
     meta = dict(extra_meta or {})
     if solver_overrides:
-        unknown = sorted(set(solver_overrides) - set(SOLVER_SETTINGS))
-        if unknown:
-            raise InputError(f"export_pretrained: {unknown} are not solver settings ({', '.join(SOLVER_SETTINGS)})")
-        missing = sorted(set(solver_overrides) - set(model_config))
-        if missing:
-            raise InputError(f"export_pretrained: this {model_config.get('method')} model has no {missing}")
+        _check_solver_overrides("export_pretrained", solver_overrides, model_config)
         meta["inference_overrides"] = {k: {"trained": model_config[k], "shipped": v}
                                        for k, v in solver_overrides.items()}
         model_config = {**model_config, **solver_overrides}  # only the weights of `model` are written
@@ -286,3 +282,40 @@ def export_pretrained(checkpoint_path: str | os.PathLike, name: str, extra_meta:
             training.setdefault(key, summary[key])
     meta["training"] = training
     return save_pretrained(model, model_config, name, meta, root)
+
+
+def _check_solver_overrides(caller: str, overrides: dict[str, Any], model_config: dict[str, Any]) -> None:
+    unknown = sorted(set(overrides) - set(SOLVER_SETTINGS))
+    if unknown:
+        raise InputError(f"{caller}: {unknown} are not solver settings ({', '.join(SOLVER_SETTINGS)})")
+    missing = sorted(set(overrides) - set(model_config))
+    if missing:
+        raise InputError(f"{caller}: this {model_config.get('method')} model has no {missing}")
+
+
+def retune_pretrained(name: str, solver_overrides: dict[str, Any], note: str,
+                      root: str | os.PathLike | None = None) -> Path:
+    """Change the solver settings of a shipped model in place (its sidecar only; the weights are untouched).
+
+    ``solver_overrides`` (keys of :data:`SOLVER_SETTINGS`) replace the shipped values in ``model_config``;
+    ``"inference_overrides"`` keeps each setting's trained value beside the new shipped one, and ``note`` (what
+    was measured to justify the change) is appended to ``"retuned"``. Returns the sidecar's path.
+    """
+    if not note:
+        raise InputError("retune_pretrained: say what was measured (note)")
+    json_path = _root(root) / f"{name}.json"
+    if not json_path.exists():
+        raise InputError(f"{json_path}: no such pretrained model")
+    meta = _read_meta(json_path)
+    config = meta["model_config"]
+    _check_solver_overrides("retune_pretrained", solver_overrides, config)
+    before = dict(meta.get("inference_overrides") or {})
+    for key, value in solver_overrides.items():
+        trained = before[key]["trained"] if key in before else config[key]
+        before[key] = {"trained": trained, "shipped": value}
+    meta["inference_overrides"] = before
+    meta["model_config"] = {**config, **solver_overrides}
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta["retuned"] = [*meta.get("retuned", []), {"date": stamp, "settings": dict(solver_overrides), "note": note}]
+    write_json_atomic(json_path, meta)
+    return json_path
