@@ -1,52 +1,81 @@
-"""Time per 2D test slice and PSNR of shipped MOL models at several start / block CG settings, each timed right
-after MoDL K = 10 on the same slice (so that a changing machine load falls on both alike).
+"""Time per 2D test slice and PSNR of shipped MOL models at several (start, block) CG settings, each run timed
+right after MoDL K = 10 on the same slice, so that a changing machine load falls on both alike.
 
     OMP_NUM_THREADS=1 python benchmarks/inference-settings/run.py mol-lr-2d-4x,mol-sn-2d-4x 16 OUT.json
 
-Settings are (CG steps of the CG-SENSE start, CG steps per block); the fixed point is the same at every setting.
-PSNR: magnitude inside the object (fastMRI style), per slice against the slice's own maximum, averaged.
+A setting is (CG steps of the CG-SENSE start, CG steps per block); the fixed point is the same at every setting.
+PSNR: the magnitude inside the object (fastMRI style), per slice against the slice's own maximum, averaged.
 """
-import json, sys, time, warnings
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from _slices import builtin_test_slices
-from molrecon.weights.loading import resolve_model
-from molrecon.io import machine_info
-from molrecon.metrics import object_support, psnr
-warnings.simplefilter("ignore")
-torch.set_num_threads(1)
-modl = resolve_model("modl-2d-4x").model.eval()
-models = {n: resolve_model(n).model.eval() for n in sys.argv[1].split(",")}
-settings = [(50, 15), (10, 15), (10, 10), (50, 10), (10, 8)]
-times = {"modl": 0.0}; ps = {"modl": []}; its = {}
-for n in models:
-    for s in settings:
-        times[(n, s)] = 0.0; ps[(n, s)] = []; its[(n, s)] = []
-for i, b, p in builtin_test_slices("2d", int(sys.argv[2])):
-    tgt = b["target"][0].numpy(); sup = object_support(tgt); dr = float(np.abs(tgt).max())
-    y = (p.sampling_weights() * b["kspace"]).to(torch.complex64)
-    def timed(fn):
-        t = time.perf_counter(); out = fn(); return out, time.perf_counter() - t
-    for n, m in models.items():
-        for s in settings:
-            x, t = timed(lambda: modl(y, p).detach())
-            times["modl"] += t
-            if len(ps["modl"]) <= i: ps["modl"].append(psnr(x[0].numpy(), tgt, dr, sup))
-            m.init_cg_iter = s[0]
-            (x, info), t = timed(lambda: m.solve(y, p, cg_iter=s[1]))
-            times[(n, s)] += t; ps[(n, s)].append(psnr(x[0].numpy(), tgt, dr, sup)); its[(n, s)].append(int(info.iterations[0]))
-nm = len(models) * len(settings)
-tm = times["modl"] / nm
-print(f"modl: {tm/len(ps['modl']):.3f} s/slice, psnr {np.mean(ps['modl']):.3f}")
-for k in its:
-    print(f"{k}: {times[k]/len(ps[k]):.3f} s/slice  {times[k]/tm:.2f}x  psnr {np.mean(ps[k]):.4f}  its {np.mean(its[k]):.1f}  max its {max(its[k])}")
-rows = [{"model": "modl-2d-4x", "seconds_per_slice": tm / len(ps["modl"]), "psnr": float(np.mean(ps["modl"]))}]
-rows += [{"model": k[0], "init_cg_iter": k[1][0], "cg_iter": k[1][1], "seconds_per_slice": times[k] / len(ps[k]),
-          "ratio_to_modl": times[k] / tm, "psnr": float(np.mean(ps[k])), "iterations_mean": float(np.mean(its[k])),
-          "iterations_max": int(max(its[k]))} for k in its]
-out = {"slices": len(ps["modl"]), "threads": 1, "machine": machine_info(), "rows": rows}
-Path(sys.argv[3]).write_text(json.dumps(out, indent=1))
+from _slices import builtin_test_slices  # noqa: E402
+
+from molrecon.io import machine_info  # noqa: E402
+from molrecon.metrics import object_support, psnr  # noqa: E402
+from molrecon.weights.loading import resolve_model  # noqa: E402
+
+SETTINGS = [(50, 15), (10, 15), (10, 10), (50, 10), (10, 8)]
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    names, count, out_path = sys.argv[1].split(","), int(sys.argv[2]), Path(sys.argv[3])
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    modl = resolve_model("modl-2d-4x").model.eval()
+    models = {n: resolve_model(n).model.eval() for n in names}
+    keys = [(n, s) for n in names for s in SETTINGS]
+    seconds = dict.fromkeys(keys, 0.0)
+    scores: dict = {k: [] for k in keys}
+    iterations: dict = {k: [] for k in keys}
+    modl_seconds, modl_scores = 0.0, []
+    for _, batch, physics in builtin_test_slices("2d", count):
+        target = batch["target"][0].numpy()
+        support, peak = object_support(target), float(np.abs(target).max())
+        y = (physics.sampling_weights() * batch["kspace"]).to(torch.complex64)
+        for k, (name, setting) in enumerate(keys):
+            x, t = _timed(lambda y=y, p=physics: modl(y, p).detach())
+            modl_seconds += t
+            if k == 0:
+                modl_scores.append(psnr(x[0].numpy(), target, peak, support))
+            model = models[name]
+            model.init_cg_iter = setting[0]
+            (x, info), t = _timed(lambda m=model, s=setting, y=y, p=physics: m.solve(y, p, cg_iter=s[1]))
+            seconds[(name, setting)] += t
+            scores[(name, setting)].append(psnr(x[0].numpy(), target, peak, support))
+            iterations[(name, setting)].append(int(info.iterations[0]))
+    n = len(modl_scores)
+    modl_per_slice = modl_seconds / len(keys) / n
+    rows = [{"model": "modl-2d-4x", "seconds_per_slice": modl_per_slice, "psnr": float(np.mean(modl_scores))}]
+    print(f"modl-2d-4x: {modl_per_slice:.3f} s/slice, PSNR {np.mean(modl_scores):.3f} dB")
+    for (name, setting) in keys:
+        per_slice = seconds[(name, setting)] / n
+        row = {"model": name, "init_cg_iter": setting[0], "cg_iter": setting[1], "seconds_per_slice": per_slice,
+               "ratio_to_modl": per_slice / modl_per_slice, "psnr": float(np.mean(scores[(name, setting)])),
+               "iterations_mean": float(np.mean(iterations[(name, setting)])),
+               "iterations_max": int(max(iterations[(name, setting)]))}
+        rows.append(row)
+        print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps: {per_slice:.3f} s/slice "
+              f"({row['ratio_to_modl']:.2f}x MoDL), PSNR {row['psnr']:.4f} dB, {row['iterations_mean']:.1f} "
+              f"iterations (max {row['iterations_max']})")
+    out_path.write_text(json.dumps({"slices": n, "threads": 1, "machine": machine_info(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,11 +9,27 @@ from __future__ import annotations
 import torch
 
 
+def _real(x: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as real pairs (a view), a real one as it is."""
+    return torch.view_as_real(x.resolve_conj()) if x.is_complex() else x
+
+
 def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real part of ``<a, b> = Σ conj(a)·b`` per batch element (``[B]``)."""
-    return (a.conj() * b).real.reshape(a.shape[0], -1).sum(dim=1)
+    """Real part of ``<a, b> = Σ conj(a)·b`` per batch element (``[B]``).
+
+    ``Re Σ conj(a)·b = Σ (Re a·Re b + Im a·Im b)``: one batched dot product of the real views, without the complex
+    product's temporary (2.4× faster at 128², one thread; the CG takes two per step).
+    """
+    if a.shape != b.shape or a.is_complex() != b.is_complex():
+        return (a.conj() * b).real.reshape(a.shape[0], -1).sum(dim=1)
+    n = a.shape[0]
+    return torch.bmm(_real(a).reshape(n, 1, -1), _real(b).reshape(n, -1, 1)).reshape(n)
 
 
 def batch_norms(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm per batch element of a complex or real ``[B, ...]`` tensor (``[B]``)."""
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+    """Euclidean norm per batch element of a complex or real ``[B, ...]`` tensor (``[B]``).
+
+    Taken on the real view: the same number, but PyTorch's complex ``vector_norm`` is ~50× slower on CPU (319 vs
+    6 µs at 128², one thread), which made the norms of the fixed-point iteration a sixth of a MOL solve.
+    """
+    return torch.linalg.vector_norm(_real(x).reshape(x.shape[0], -1), dim=1)
