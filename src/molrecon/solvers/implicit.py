@@ -32,10 +32,15 @@ are never recorded.
 
 Inside an adjoint solve that backward runs once per adjoint iteration, each time warm-started at the solution of
 the iteration before. With ``inner_cg_iter`` (:func:`attach_implicit_backward`) each of these runs at most that
-many CG steps instead of running to ``tol``: the adjoint iterates the pair :math:`(g, w)` with
-:math:`w \leftarrow \mathrm{CG}_k(M, g; w)` and :math:`g \leftarrow v + J^T w`, whose fixed point is the exact one
-(at :math:`M w = g` the warm start already solves the system), as the forward's truncated DC step keeps the
-forward's fixed points. The last backward, the one into the parameters, runs to ``tol`` again.
+many CG steps instead of running to ``tol``: the adjoint iterates the pair :math:`(g, w)`,
+
+.. math:: w' = \mathrm{CG}_k(M, g;\ \text{start } w),\qquad g' = v + J^T w',
+
+whose fixed point is the exact one (at :math:`M w = g` the warm start already solves the system), as the
+forward's truncated DC step keeps the forward's fixed points. The pair is the iterated state, Anderson's
+included: with ``w`` kept aside as a hidden warm start, the map seen by the solver would change from call to
+call, and at 3–5 CG steps the adjoint solve stopped converging. The last backward, the one into the parameters,
+runs to ``tol`` again.
 """
 
 from __future__ import annotations
@@ -51,9 +56,20 @@ from .cg import conjugate_gradient
 from .fixed_point import fixed_point_solve, indexed
 from .info import SolverInfo
 
-#: CG steps per DC backward while an adjoint solve runs (None: to the solve's tolerance); set by
-#: :func:`attach_implicit_backward` for the duration of its adjoint solve only.
-_ADJOINT_CG_BUDGET: ContextVar[int | None] = ContextVar("adjoint_cg_budget", default=None)
+
+class _InnerCG:
+    """The DC backward inside one evaluation of the adjoint map: its CG budget, the start ``w`` it is given and the
+    ``w'`` it returns (module docstring)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.start: torch.Tensor | None = None
+        self.result: torch.Tensor | None = None
+        self.calls = 0
+
+
+#: Set by :func:`attach_implicit_backward` for the duration of an adjoint solve with ``inner_cg_iter`` only.
+_INNER_CG: ContextVar[_InnerCG | None] = ContextVar("inner_cg", default=None)
 
 
 class DCSolve(torch.autograd.Function):
@@ -85,14 +101,16 @@ class DCSolve(torch.autograd.Function):
 
         # The implicit fixed-point backward calls this backward once per adjoint iteration with slowly changing
         # ``grad_u``: warm-starting CG at the previous solution cuts the CG work several-fold (same tolerance).
-        warm = getattr(ctx, "warm", None)
+        inner = _INNER_CG.get()
+        warm = getattr(ctx, "warm", None) if inner is None else inner.start
         if warm is not None and warm.shape != grad_u.shape:
             warm = None
-        budget = _ADJOINT_CG_BUDGET.get()
-        max_iter = ctx.max_iter if budget is None else min(budget, ctx.max_iter)
+        max_iter = ctx.max_iter if inner is None else min(inner.budget, ctx.max_iter)
         with torch.no_grad():
             grad_rhs, _ = conjugate_gradient(op, grad_u, warm, max_iter, ctx.tol)
         ctx.warm = grad_rhs
+        if inner is not None:
+            inner.result, inner.calls = grad_rhs, inner.calls + 1
         with torch.no_grad():
             grad_mu = None
             if ctx.needs_input_grad[1]:
@@ -106,6 +124,30 @@ def dc_solve(rhs: torch.Tensor, mu: torch.Tensor | float, normal: Callable[[torc
     if not isinstance(mu, torch.Tensor):
         mu = torch.as_tensor(mu, dtype=rhs.real.dtype, device=rhs.device)
     return DCSolve.apply(rhs, mu, normal, x0, max_iter, tol)
+
+
+def _solve_adjoint_pairs(adjoint_step: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, budget: int,
+                         solver: str, max_iter: int, tol: float, m: int) -> tuple[torch.Tensor, SolverInfo]:
+    """The adjoint solve on the pairs ``(g, w)`` with ``budget`` CG steps per DC backward (module docstring);
+    returns ``g`` and the solve's info."""
+    inner = _InnerCG(budget)
+
+    def pair_step(pair: torch.Tensor) -> torch.Tensor:
+        inner.start, inner.result, inner.calls = pair[:, 1], None, 0
+        g = adjoint_step(pair[:, 0])
+        if inner.calls != 1:
+            raise RuntimeError(f"implicit backward: inner_cg_iter needs exactly one DC solve in the recorded step, "
+                               f"found {inner.calls}")
+        return torch.stack([g, inner.result], dim=1)
+
+    token = _INNER_CG.set(inner)
+    try:
+        start = torch.stack([v, torch.zeros_like(v)], dim=1)
+        pairs, info = fixed_point_solve(indexed(pair_step, start), start, solver=solver, max_iter=max_iter, tol=tol,
+                                        m=m)
+    finally:
+        _INNER_CG.reset(token)
+    return pairs[:, 0], info
 
 
 def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str = "anderson",
@@ -141,13 +183,12 @@ def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str 
             (jtg,) = torch.autograd.grad(out, x_in, g, retain_graph=True)
             return v + jtg
 
-        token = _ADJOINT_CG_BUDGET.set(None if inner_cg_iter is None else int(inner_cg_iter))
-        try:
-            with torch.enable_grad():
+        with torch.enable_grad():
+            if inner_cg_iter is None:
                 g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter, tol=tol,
                                             m=m)
-        finally:
-            _ADJOINT_CG_BUDGET.reset(token)
+            else:
+                g, info = _solve_adjoint_pairs(adjoint_step, v, int(inner_cg_iter), solver, max_iter, tol, m)
         fallback = "none"
         bad = ~info.converged
         if bool(bad.any()):
