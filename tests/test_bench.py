@@ -269,6 +269,9 @@ def test_penalty_after_data_lowers_mol_lr_allocated_peak():
     assert set(after["allocated_phase_peaks_bytes"]) == {"forward", "loss", "backward", "penalty",
                                                          "penalty backward", "step"}
     assert after["allocated_peak_bytes"] < 0.9 * joint["allocated_peak_bytes"]
+    for method in ("modl", "mol-sn"):  # no penalty: the ordering has nothing to reorder, and must still run
+        tiny = dict(shape=(16, 16), coils=2, channels=4, layers=2, in_process=True, penalty_backward="after_data")
+        assert measure_step_memory(method, 2, **tiny)["loss"] > 0
 
 
 def _with_and_without_recompute(model, estimate):

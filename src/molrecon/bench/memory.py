@@ -185,7 +185,8 @@ def _child(spec: dict) -> dict:
             saved["saved_penalty_bytes"] = meter.live_bytes
             phases["penalty"] = high_water()
             allocations.mark("penalty")
-            penalty.backward()
+            if penalty.requires_grad:  # MoDL, MOL-SN and the DEQ return a constant zero
+                penalty.backward()
             loss = loss.detach() + penalty.detach()
             phases["penalty backward"] = high_water()
             allocations.mark("penalty backward")
