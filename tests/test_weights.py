@@ -70,6 +70,16 @@ def test_export_load_round_trip_without_pickle(tmp_path, monkeypatch):
         assert torch.equal(model.eval()(y, physics), loaded(y, physics))
 
 
+def _assert_same_fixed_point(model, loaded) -> None:
+    """Other solver settings, the same reconstruction (to the solve's tolerance)."""
+    maps = simulate_coil_maps((32, 32), 4)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
+    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
+    with torch.no_grad():
+        x_trained, x_shipped = model.eval()(y, physics), loaded(y, physics)
+    assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
+
+
 def test_export_with_solver_overrides_keeps_the_fixed_point(tmp_path):
     from molrecon.weights.pretrained import export_pretrained, load_pretrained
 
@@ -83,13 +93,7 @@ def test_export_with_solver_overrides_keeps_the_fixed_point(tmp_path):
     assert loaded.cg_iter == 12 and loaded.pretrained_meta["model_config"]["cg_iter"] == 12
     assert loaded.pretrained_meta["inference_overrides"] == {"cg_iter": {"trained": 3, "shipped": 12}}
     assert loaded.pretrained_meta["training"]["config"]["model"]["cg_iter"] == 3
-    maps = simulate_coil_maps((32, 32), 4)[None]
-    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
-    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
-    with torch.no_grad():
-        x_trained, x_shipped = model.eval()(y, physics), loaded(y, physics)
-    assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
-
+    _assert_same_fixed_point(model, loaded)
 
 
 def test_retune_changes_only_the_solver_settings_and_keeps_the_trained_values(tmp_path):
@@ -111,12 +115,7 @@ def test_retune_changes_only_the_solver_settings_and_keeps_the_trained_values(tm
     assert loaded.pretrained_meta["inference_overrides"] == {"cg_iter": {"trained": 3, "shipped": 8},
                                                              "init_cg_iter": {"trained": 50, "shipped": 10}}
     assert loaded.pretrained_meta["retuned"][-1]["note"] == "same PSNR, 10 % faster"
-    maps = simulate_coil_maps((32, 32), 4)[None]
-    physics = MultiCoilMRI(maps, RandomMask(0.08, 4)((32, 32), seed=1))
-    y = physics.A(torch.randn(1, 32, 32, dtype=torch.complex64))
-    with torch.no_grad():
-        x_trained, x_shipped = model.eval()(y, physics), loaded(y, physics)
-    assert float((x_trained - x_shipped).norm() / x_trained.norm()) < 1e-4
+    _assert_same_fixed_point(model, loaded)
 
 def test_corrupted_pretrained_weights_refused(tmp_path):
     from molrecon.weights.pretrained import load_pretrained, save_pretrained
