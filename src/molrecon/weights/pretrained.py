@@ -309,11 +309,11 @@ def retune_pretrained(name: str, solver_overrides: dict[str, Any], note: str,
     meta = _read_meta(json_path)
     config = meta["model_config"]
     _check_solver_overrides("retune_pretrained", solver_overrides, config)
-    before = dict(meta.get("inference_overrides") or {})
+    recorded = dict(meta.get("inference_overrides") or {})
     for key, value in solver_overrides.items():
-        trained = before[key]["trained"] if key in before else config[key]
-        before[key] = {"trained": trained, "shipped": value}
-    meta["inference_overrides"] = before
+        trained = recorded[key]["trained"] if key in recorded else config[key]
+        recorded[key] = {"trained": trained, "shipped": value}
+    meta["inference_overrides"] = recorded
     meta["model_config"] = {**config, **solver_overrides}
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     meta["retuned"] = [*meta.get("retuned", []), {"date": stamp, "settings": dict(solver_overrides), "note": note}]
