@@ -44,8 +44,11 @@ def main() -> int:
     if model is None:
         return 2
     # only the slices up to the one asked for are read and batched
-    slices = list(builtin_test_slices("2d", max(a.slice + 1, 1)))
-    if a.slice < 0 or slices[-1][0] != a.slice:
+    if a.slice < 0:
+        print(f"error: --slice must be >= 0, got {a.slice}", file=sys.stderr)
+        return 2
+    slices = list(builtin_test_slices("2d", a.slice + 1))
+    if slices[-1][0] != a.slice:
         print(f"error: --slice must be in [0, {len(slices)}), got {a.slice}", file=sys.stderr)
         return 2
     _, batch, physics = slices[-1]
