@@ -117,6 +117,7 @@ class MOL(CertificateMixin, nn.Module):
         spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ) or ``"sll"``
         (certified SDP-based Lipschitz layers, MOL-SN). residual_scale: ``s``; residual_init_gain: scale of the
         residual's last layer at initialisation (0: ``H = s·I``). state_channels: SLL state width.
+        downsampled_layers: SLL layers run at half resolution (:class:`~molrecon.models.priors.SLLDenoiser`).
     """
 
     def __init__(self, denoiser: nn.Module | None = None, constraint: str | Constraint = "sn", max_iter: int = 100,
@@ -129,7 +130,7 @@ class MOL(CertificateMixin, nn.Module):
                  architecture: str = "plain",
                  residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0,
                  backward: str = "implicit", backward_steps: int = 5, backward_damping: float = 0.5,
-                 **constraint_options: Any) -> None:
+                 downsampled_layers: int = 0, **constraint_options: Any) -> None:
         super().__init__()
         if isinstance(constraint, Constraint):
             if constraint_options:
@@ -171,6 +172,7 @@ class MOL(CertificateMixin, nn.Module):
         self.init_lam, self.init_cg_iter = float(init_lam), int(init_cg_iter)
         self.architecture, self.residual_scale = architecture, float(residual_scale)
         self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
+        self.downsampled_layers = int(downsampled_layers)
         self.last_lip_point: torch.Tensor | None = None
         self.last_lip_points: dict[str, torch.Tensor] = {}
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
@@ -193,7 +195,8 @@ class MOL(CertificateMixin, nn.Module):
     def _build(self, dims: str) -> None:
         self.denoiser = build_prior(self.architecture, self.constraint, dims, self.channels, self.layers,
                                     self.kernel_size, self.lipschitz_target, self.residual_scale,
-                                    self.state_channels, self.residual_init_gain).to(self.log_lam.device)
+                                    self.state_channels, self.residual_init_gain,
+                                    self.downsampled_layers).to(self.log_lam.device)
         self.dims = dims
 
     def _ensure_denoiser(self, physics: LinearPhysics) -> nn.Module:
@@ -229,6 +232,7 @@ class MOL(CertificateMixin, nn.Module):
                "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter,
                "architecture": self.architecture, "residual_scale": self.residual_scale,
                "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain,
+               "downsampled_layers": self.downsampled_layers,
                **self.constraint_strategy.config()}
         if isinstance(den, WEIGHTED_PRIORS):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
