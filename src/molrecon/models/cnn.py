@@ -233,7 +233,7 @@ class ConvDenoiser(nn.Module):
         for i, (c, w) in enumerate(zip(self.convs, weights)):
             h = conv(h, w, c.bias, padding=pad)
             if i < len(self.convs) - 1:
-                h = F.relu(h)
+                h = F.relu(h, inplace=True)  # the convolution's output is needed by nothing else
         return channels_to_complex(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

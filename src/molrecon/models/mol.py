@@ -60,7 +60,7 @@ from ..physics.linear import LinearPhysics
 from ..physics.mri import check_finite
 from ..solvers.backward import BACKWARD_OPTIONS, attach_backward, check_backward_options
 from ..solvers.cg import conjugate_gradient
-from ..solvers.fixed_point import fixed_point_solve
+from ..solvers.fixed_point import finite_per_sample, fixed_point_solve
 from ..solvers.implicit import dc_solve
 from ..solvers.info import SolverInfo
 from ..solvers.timing import region
@@ -117,7 +117,6 @@ class MOL(CertificateMixin, nn.Module):
         spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ) or ``"sll"``
         (certified SDP-based Lipschitz layers, MOL-SN). residual_scale: ``s``; residual_init_gain: scale of the
         residual's last layer at initialisation (0: ``H = s·I``). state_channels: SLL state width.
-        downsampled_layers: SLL layers run at half resolution (:class:`~molrecon.models.priors.SLLDenoiser`).
     """
 
     def __init__(self, denoiser: nn.Module | None = None, constraint: str | Constraint = "sn", max_iter: int = 100,
@@ -130,7 +129,7 @@ class MOL(CertificateMixin, nn.Module):
                  architecture: str = "plain",
                  residual_scale: float = 0.9, state_channels: int = 16, residual_init_gain: float = 0.0,
                  backward: str = "implicit", backward_steps: int = 5, backward_damping: float = 0.5,
-                 downsampled_layers: int = 0, **constraint_options: Any) -> None:
+                 **constraint_options: Any) -> None:
         super().__init__()
         if isinstance(constraint, Constraint):
             if constraint_options:
@@ -172,7 +171,6 @@ class MOL(CertificateMixin, nn.Module):
         self.init_lam, self.init_cg_iter = float(init_lam), int(init_cg_iter)
         self.architecture, self.residual_scale = architecture, float(residual_scale)
         self.state_channels, self.residual_init_gain = int(state_channels), float(residual_init_gain)
-        self.downsampled_layers = int(downsampled_layers)
         self.last_lip_point: torch.Tensor | None = None
         self.last_lip_points: dict[str, torch.Tensor] = {}
         self.log_lam = nn.Parameter(torch.tensor(math.log(lam), dtype=torch.float32), requires_grad=learn_lam)
@@ -195,8 +193,7 @@ class MOL(CertificateMixin, nn.Module):
     def _build(self, dims: str) -> None:
         self.denoiser = build_prior(self.architecture, self.constraint, dims, self.channels, self.layers,
                                     self.kernel_size, self.lipschitz_target, self.residual_scale,
-                                    self.state_channels, self.residual_init_gain,
-                                    self.downsampled_layers).to(self.log_lam.device)
+                                    self.state_channels, self.residual_init_gain).to(self.log_lam.device)
         self.dims = dims
 
     def _ensure_denoiser(self, physics: LinearPhysics) -> nn.Module:
@@ -232,7 +229,6 @@ class MOL(CertificateMixin, nn.Module):
                "init_lam": self.init_lam, "init_cg_iter": self.init_cg_iter,
                "architecture": self.architecture, "residual_scale": self.residual_scale,
                "state_channels": self.state_channels, "residual_init_gain": self.residual_init_gain,
-               "downsampled_layers": self.downsampled_layers,
                **self.constraint_strategy.config()}
         if isinstance(den, WEIGHTED_PRIORS):
             cfg.update(dims=den.dims, channels=den.channels, layers=den.layers, kernel_size=den.kernel_size)
@@ -278,7 +274,7 @@ class MOL(CertificateMixin, nn.Module):
                exact: bool, where: str = "", cg_iter: int | None = None) -> torch.Tensor:
         """One MOL block ``x⁺ = (I + μN)^{-1}((1−α)x + αH(x) + μA^H b)`` with ``μ = αλ``."""
         hx = self._h(x, weights)
-        if not torch.isfinite(hx).all():
+        if not bool(finite_per_sample(hx).all()):
             raise InputError(f"MOL: the CNN output H(x) contains NaN/Inf {where} (check the weights and the "
                              f"scale of the input)")
         rhs = (1 - self.alpha) * x + self.alpha * hx + mu * aty

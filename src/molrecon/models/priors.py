@@ -22,11 +22,6 @@ constraint it has to grow towards them against the constraint. The two forms her
     ``Lip(H) ≤ L`` for *every* value of the weights: the certificate is a proof, computed from the weights
     through ``t``. ``B ≡ I`` at ``K = 0``, so ``H`` can be ``L·I`` exactly. Proof details: ``docs/theory.md``.
 
-    With ``downsampled_layers`` = k > 0 the middle k layers act at half resolution: a space-to-depth
-    rearrangement ``D`` (each 2 × 2 block of pixels, 2 × 2 × 2 in 3D, becomes 4 or 8 channels) before them and
-    its inverse after. ``D`` only permutes the entries, so it is orthogonal and the proof is unchanged; the
-    layers behind it see twice the field of view at the cost of a full-resolution layer.
-
 orthogonium (MIT) ships a 2D SLL convolution that reparametrises its kernel through AOL; MOL needs the same
 layer in 2D, 3D and 2D+t with one certificate, so the layer is written once for ``conv2d`` and ``conv3d`` here.
 """
@@ -144,9 +139,6 @@ class SLLDenoiser(nn.Module):
     channels: hidden channels of each layer. layers: number of SLL layers. kernel_size: odd kernel size.
     state_channels: channels of the state the layers act on (≥ 2; the image's real and imaginary parts plus
         ``state_channels − 2`` channels that start at zero). lipschitz_target: ``L`` (< 1 for MOL).
-    downsampled_layers: how many of the middle layers act at half resolution on the space-to-depth
-        rearranged state (module docstring; 0: every layer at full resolution). In 2D+t only the two image
-        axes are halved.
 
     Example
     -------
@@ -158,7 +150,7 @@ class SLLDenoiser(nn.Module):
     """
 
     def __init__(self, dims: str = "2d", channels: int = 32, layers: int = 5, kernel_size: int = 3,
-                 state_channels: int = 16, lipschitz_target: float = 0.95, downsampled_layers: int = 0) -> None:
+                 state_channels: int = 16, lipschitz_target: float = 0.95) -> None:
         super().__init__()
         if dims not in DIMS:
             raise InputError(f"SLLDenoiser: dims must be one of {DIMS}, got {dims!r}")
@@ -169,37 +161,26 @@ class SLLDenoiser(nn.Module):
             raise InputError(f"SLLDenoiser: kernel_size must be odd, got {kernel_size}")
         if not (0 < lipschitz_target <= 1):
             raise InputError(f"SLLDenoiser: lipschitz_target must be in (0, 1], got {lipschitz_target}")
-        if not (0 <= downsampled_layers <= layers):
-            raise InputError(f"SLLDenoiser: downsampled_layers must be in [0, layers = {layers}], got "
-                             f"{downsampled_layers}")
         self.dims, self.channels, self.layers = dims, int(channels), int(layers)
         self.kernel_size, self.state_channels = int(kernel_size), int(state_channels)
         self.lipschitz_target = float(lipschitz_target)
-        self.downsampled_layers = int(downsampled_layers)
         self.nd = 2 if dims == "2d" else 3
-        # the spatial axes (of the [B, C, *spatial] state) that the space-to-depth step halves
-        self._halved = tuple(range(2, 2 + self.nd)) if dims != "2d+t" else (3, 4)
-        self._first_low = (self.layers - self.downsampled_layers) // 2
+        shape = (self.channels, self.state_channels) + (self.kernel_size,) * self.nd
+        fan_in = self.state_channels * self.kernel_size ** self.nd
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.log_q = nn.ParameterList()
-        for i in range(self.layers):
-            state = self.state_channels * (2 ** len(self._halved) if self._is_low(i) else 1)
-            shape = (self.channels, state) + (self.kernel_size,) * self.nd
-            fan_in = state * self.kernel_size ** self.nd
+        for _ in range(self.layers):
             w = torch.empty(shape)
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.empty(self.channels).uniform_(-1, 1) / math.sqrt(fan_in)))
             self.log_q.append(nn.Parameter(torch.zeros(self.channels)))
 
-    def _is_low(self, layer: int) -> bool:
-        return self._first_low <= layer < self._first_low + self.downsampled_layers
-
     def config(self) -> dict:
         return {"dims": self.dims, "channels": self.channels, "layers": self.layers,
                 "kernel_size": self.kernel_size, "state_channels": self.state_channels,
-                "lipschitz_target": self.lipschitz_target, "downsampled_layers": self.downsampled_layers}
+                "lipschitz_target": self.lipschitz_target}
 
     def check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_complex():
@@ -222,22 +203,15 @@ class SLLDenoiser(nn.Module):
         pad = self.kernel_size // 2
         view = (-1,) + (1,) * (self.nd + 1)
         z = complex_to_channels(x)
-        spatial = z.shape[2:]
-        odd = [z.shape[a] % 2 if self.downsampled_layers and a in self._halved else 0 for a in range(2, z.ndim)]
-        # E: append zero channels (and a zero row on odd axes that are halved): an isometric embedding
-        z = F.pad(z, tuple(p for n in reversed(odd) for p in (0, n)) + (0, self.state_channels - 2))
+        z = F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2))  # E: append zero channels
         for i in range(self.layers):
-            if self.downsampled_layers and i == self._first_low:
-                z = space_to_depth(z, self._halved)
             w, inv_t = weights[2 * i], weights[2 * i + 1]
             # relu(a)/t = relu(a/t) for t > 0: scaling the kernel and bias instead of the activations keeps one
             # hidden activation per layer for backward instead of two (the ReLU's output and the product)
-            h = F.relu(conv(z, w * inv_t.view(view), self.biases[i] * inv_t, padding=pad))
-            z = torch.add(z, convt(h, w, padding=pad), alpha=-2.0)
-            if self.downsampled_layers and i == self._first_low + self.downsampled_layers - 1:
-                z = depth_to_space(z, self._halved)
-        z = z[(slice(None), slice(0, 2)) + tuple(slice(0, n) for n in spatial)]  # P: the image channels and grid
-        return self.lipschitz_target * channels_to_complex(z)
+            # (in place: the convolution's output is needed by nothing else, and a 5-8 % faster H)
+            h = F.relu(conv(z, w * inv_t.view(view), self.biases[i] * inv_t, padding=pad), inplace=True)
+            z = torch.add(z, convt(h, w, padding=pad), alpha=-2.0)  # z − 2·Kᵀh without a temporary for 2·Kᵀh
+        return self.lipschitz_target * channels_to_complex(z[:, :2])  # P: the image channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -256,45 +230,9 @@ class SLLDenoiser(nn.Module):
                 f"state_channels={self.state_channels}, L={self.lipschitz_target}")
 
 
-def space_to_depth(z: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    """``[B, C, *spatial]`` → each 2-block along ``axes`` (even sizes) moved into the channels: a permutation of
-    the entries, hence orthogonal. :func:`depth_to_space` is its inverse."""
-    shape = list(z.shape[:2])
-    for a in range(2, z.ndim):
-        shape += [z.shape[a] // 2, 2] if a in axes else [z.shape[a]]
-    z = z.reshape(shape)
-    # positions of the block offsets (the 2s) and of the coarse axes in the reshaped tensor
-    offsets, coarse, k = [], [], 2
-    for a in range(2, len(z.shape) - len(axes)):
-        coarse.append(k)
-        if a in axes:
-            offsets.append(k + 1)
-            k += 2
-        else:
-            k += 1
-    z = z.permute(0, 1, *offsets, *coarse)
-    return z.reshape(z.shape[0], -1, *z.shape[2 + len(offsets):])
-
-
-def depth_to_space(z: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    """The inverse of :func:`space_to_depth` with the same ``axes``."""
-    n = len(axes)
-    coarse = list(z.shape[2:])
-    z = z.reshape(z.shape[0], -1, *([2] * n), *coarse)  # [B, C, offsets..., coarse...]
-    order, j = [0, 1], 0
-    for a in range(2, 2 + len(coarse)):
-        order.append(2 + n + (a - 2))
-        if a in axes:
-            order.append(2 + j)
-            j += 1
-    z = z.permute(*order)
-    return z.reshape(z.shape[0], z.shape[1],
-                     *[c * 2 if a in axes else c for a, c in zip(range(2, 2 + len(coarse)), coarse)])
-
-
 def build_prior(architecture: str, constraint: str, dims: str, channels: int, layers: int, kernel_size: int,
                 lipschitz_target: float | None, residual_scale: float, state_channels: int,
-                residual_init_gain: float = 0.0, downsampled_layers: int = 0) -> nn.Module:
+                residual_init_gain: float = 0.0) -> nn.Module:
     """The network ``H`` of a MOL model with this ``architecture`` and ``constraint`` (``lipschitz_target``:
     the certified constraint's ``L``, ``None`` for the others)."""
     check_architecture(architecture, constraint)
@@ -303,8 +241,7 @@ def build_prior(architecture: str, constraint: str, dims: str, channels: int, la
                                 residual_scale=residual_scale, residual_init_gain=residual_init_gain)
     if architecture == "sll":
         return SLLDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
-                           state_channels=state_channels, lipschitz_target=lipschitz_target,
-                           downsampled_layers=downsampled_layers)
+                           state_channels=state_channels, lipschitz_target=lipschitz_target)
     certified = {"spectral_norm": True, "lipschitz_target": lipschitz_target} if constraint == "sn" else {}
     return ConvDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size, **certified)
 
@@ -319,5 +256,4 @@ def check_architecture(architecture: str, constraint: str) -> None:
                          f"serves {', '.join(ARCHITECTURES[architecture])})")
 
 
-__all__ = ["ResidualDenoiser", "SLLDenoiser", "sll_scaling", "space_to_depth", "depth_to_space", "build_prior",
-           "check_architecture"]
+__all__ = ["ResidualDenoiser", "SLLDenoiser", "sll_scaling", "build_prior", "check_architecture"]

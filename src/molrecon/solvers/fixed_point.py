@@ -52,7 +52,8 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
     Parameters
     ----------
     f: the map ``T``; called as ``f(x_sub, idx)`` with ``x_sub = x[idx]`` for the active batch indices ``idx``
-       (a LongTensor) and must return ``T(x)[idx]``. Wrap a plain ``T(x)`` with :func:`indexed`.
+       (a LongTensor) and must return ``T(x)[idx]`` without changing ``x_sub`` in place. Wrap a plain ``T(x)``
+       with :func:`indexed`.
     x0: start ``[B, ...]`` (complex or real).
     solver: ``"anderson"`` or ``"plain"``. max_iter: evaluations of ``T`` per element.
     tol: relative-change tolerance. min_iter: do at least this many iterations.
@@ -71,9 +72,10 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
     dev = x0.device
     x = x0.detach().clone()
     best = x.clone()  # T(x_k) at the best iterate
-    best_res = torch.full((B,), float("inf"), device=dev)
-    best_step = torch.full((B,), float("inf"), device=dev)
-    last_res = torch.full((B,), float("inf"), device=dev)
+    real = x0.real.dtype if x0.is_complex() else x0.dtype
+    best_res = torch.full((B,), float("inf"), device=dev, dtype=real)
+    best_step = torch.full((B,), float("inf"), device=dev, dtype=real)
+    last_res = torch.full((B,), float("inf"), device=dev, dtype=real)
     iterations = torch.zeros(B, dtype=torch.long, device=dev)
     active = torch.ones(B, dtype=torch.bool, device=dev)
     residuals: list[torch.Tensor] = []
@@ -87,19 +89,24 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
 
     if solver == "anderson":
         n = _flat_real(x0[:1]).shape[1]
-        X = x0.new_zeros((B, m, n), dtype=x0.real.dtype)
-        Fh = torch.zeros_like(X)
+        # per slot: T(x_i) and the residual g_i = T(x_i) − x_i, and the Gram matrix of the residuals, updated by
+        # one row per iteration instead of recomputed from the whole history
+        Fh = x0.new_zeros((B, m, n), dtype=x0.real.dtype)
+        Gh = torch.zeros_like(Fh)
+        GG = x0.new_zeros((B, m, m), dtype=x0.real.dtype)
         count = torch.zeros(B, dtype=torch.long, device=dev)  # history length per element
 
     for _k in range(max_iter):
         idx = active.nonzero().flatten()
         if idx.numel() == 0:
             break
-        xs = x[idx]
+        everyone = idx.numel() == B
+        # f must not change its input in place: with every element active it receives the iterate itself
+        xs = x if everyone else x[idx]
         fx = f(xs, idx)
         if fx.shape != xs.shape:
             raise InputError(f"fixed_point_solve: T returned shape {tuple(fx.shape)} for input {tuple(xs.shape)}")
-        bad = ~torch.isfinite(_flat_real(fx)).all(dim=1)
+        bad = ~finite_per_sample(fx)
         if bool(bad.any()):
             # diverged elements stop here; they keep their best value and are reported unconverged
             fx = torch.where(bad.reshape(-1, *([1] * (fx.ndim - 1))), xs, fx)
@@ -118,21 +125,29 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
         go = ~done
         if not bool(go.any()):
             continue
-        gi = idx[go]
+        all_go = bool(go.all())
+        gi = idx if all_go else idx[go]
+        whole = all_go and everyone  # the continuing elements are the whole batch: no gathered copies
         if solver == "plain":
-            x[gi] = fx[go]
+            x = _take_step(x, fx, gi, go, whole)
             continue
         # Anderson update on the elements that continue
-        xf, ff = _flat_real(xs[go]), _flat_real(fx[go])
+        xf, ff = (_flat_real(xs), _flat_real(fx)) if all_go else (_flat_real(xs[go]), _flat_real(fx[go]))
         slot = count[gi] % m
-        X[gi, slot] = xf
+        g = ff - xf
         Fh[gi, slot] = ff
+        Gh[gi, slot] = g
+        G_hist = Gh if whole else Gh[gi]
+        row = (G_hist @ g[:, :, None])[:, :, 0]  # ⟨g_i, g_new⟩ for every slot i
+        GG[gi, slot] = row
+        GG[gi, :, slot] = row
         count[gi] += 1
-        new = _anderson_mix(X[gi], Fh[gi], count[gi].clamp(max=m), reg, beta)
+        new = _anderson_mix(Fh if whole else Fh[gi], G_hist, GG if whole else GG[gi],
+                            count[gi].clamp(max=m), reg, beta)
         if new is None:
-            x[gi] = fx[go]
+            x = _take_step(x, fx, gi, go, whole)
             continue
-        ok = torch.isfinite(new).all(dim=1)
+        ok = torch.isfinite(new.sum(dim=1))
         x[gi] = unflat(torch.where(ok[:, None], new, ff)).to(x.dtype)
 
     converged = best_res < tol
@@ -141,24 +156,38 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
     return best, info
 
 
-def _anderson_mix(X: torch.Tensor, Fh: torch.Tensor, filled: torch.Tensor, reg: float,
-                  beta: float) -> torch.Tensor | None:
-    """The next iterate from the histories ``X`` and ``Fh`` ``[b, m, n]`` (of which the first ``filled`` slots
-    of each element hold entries); ``None`` when there are fewer than two entries or the system is singular.
+def _take_step(x: torch.Tensor, fx: torch.Tensor, gi: torch.Tensor, go: torch.Tensor,
+               whole: bool) -> torch.Tensor:
+    """The plain step ``x ← T(x)`` on the continuing elements. For the whole batch the iterate becomes ``T(x)``
+    itself (``T`` may return its input, e.g. a DC solve already at its tolerance, so no in-place copy)."""
+    if whole:
+        return fx.to(x.dtype)
+    x[gi] = fx[go].to(x.dtype)
+    return x
 
-    A function of its own so that its ``[b, m, n]`` temporaries are freed before ``T`` is evaluated again:
-    at 256² they are several images per history slot, live beside the CNN's working memory otherwise.
+
+def finite_per_sample(x: torch.Tensor) -> torch.Tensor:
+    """Per batch element: are all entries finite? From the sum of each element's real view, which any NaN or
+    infinity makes non-finite (an overflow of the sum of finite entries, at ~1e38, would also read as
+    non-finite); a tenth of the cost of an element-wise test at 128²."""
+    return torch.isfinite(_flat_real(x).sum(dim=1))
+
+
+def _anderson_mix(Fh: torch.Tensor, Gh: torch.Tensor, GG: torch.Tensor, filled: torch.Tensor, reg: float,
+                  beta: float) -> torch.Tensor | None:
+    """The next iterate from the histories ``Fh`` (``T(x_i)``) and ``Gh`` (residuals ``T(x_i) − x_i``),
+    ``[b, m, n]``, and their Gram matrix ``GG`` ``[b, m, m]``, of which the first ``filled`` slots of each
+    element hold entries; ``None`` when there are fewer than two entries or the system is singular.
+
+    A function of its own so that its temporaries are freed before ``T`` is evaluated again.
     """
     nmax = int(filled.max())
     if nmax < 2:
         return None
-    dev = X.device
+    dev = Fh.device
+    GG = GG[:, :nmax, :nmax]
     # elements with fewer than nmax entries: mask the unused slots out of the least-squares problem
-    Xg, Fg = X[:, :nmax], Fh[:, :nmax]
-    G = Fg - Xg  # [b, h, n]
     valid = torch.arange(nmax, device=dev)[None, :] < filled[:, None]
-    GG = G @ G.transpose(1, 2)
-    del G
     scale = GG.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-30)
     b = GG.shape[0]
     Hm = torch.zeros((b, nmax + 1, nmax + 1), dtype=GG.dtype, device=dev)
@@ -173,7 +202,10 @@ def _anderson_mix(X: torch.Tensor, Fh: torch.Tensor, filled: torch.Tensor, reg: 
         gamma = torch.linalg.solve(Hm, rhs)[:, 1:, 0] * valid.to(GG.dtype)
     except RuntimeError:  # singular system: the caller takes a plain step this iteration
         return None
-    return beta * (gamma[:, None] @ Fg)[:, 0] + (1 - beta) * (gamma[:, None] @ Xg)[:, 0]
+    mixed = (gamma[:, None] @ Fh[:, :nmax])[:, 0]
+    if beta != 1.0:  # β Σγ T(x_i) + (1 − β) Σγ x_i, with x_i = T(x_i) − g_i
+        mixed = mixed - (1 - beta) * (gamma[:, None] @ Gh[:, :nmax])[:, 0]
+    return mixed
 
 
 def indexed(T: Callable[[torch.Tensor], torch.Tensor], x_full: torch.Tensor) -> FixedPointFn:
@@ -187,4 +219,4 @@ def indexed(T: Callable[[torch.Tensor], torch.Tensor], x_full: torch.Tensor) -> 
     return f
 
 
-__all__ = ["fixed_point_solve", "indexed"]
+__all__ = ["finite_per_sample", "fixed_point_solve", "indexed"]
