@@ -128,3 +128,24 @@ def test_anderson_matches_a_reference_with_the_gram_matrix_recomputed():
             assert int(info.iterations[i]) == iters
             torch.testing.assert_close(x[i], ref, rtol=1e-9, atol=1e-12)
         assert len(set(info.iterations.tolist())) == 3  # the elements did stop at different iterations
+
+
+def test_fixed_point_keeps_the_input_and_by_product_of_the_best_iterate():
+    from molrecon.solvers import fixed_point_solve
+
+    g = torch.Generator().manual_seed(4)
+    A = 0.8 * torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=g))[0]
+    b = torch.randn(2, 6, dtype=torch.float64, generator=g)
+
+    def f(xs, idx):
+        fx = xs @ A.T + b[idx]
+        return fx, 3 * xs  # a by-product of evaluating T at xs
+
+    for solver in ("plain", "anderson"):
+        x, info = fixed_point_solve(f, torch.zeros(2, 6, dtype=torch.float64), solver=solver, tol=1e-8,
+                                    max_iter=300)
+        assert bool(info.converged.all())
+        x_k = info.extra["best_input"]
+        torch.testing.assert_close(info.extra["best_aux"], 3 * x_k)
+        torch.testing.assert_close(x, x_k @ A.T + b)  # the returned value is T at that input
+        assert not torch.equal(x_k, torch.zeros_like(x_k))

@@ -273,11 +273,19 @@ class MOL(CertificateMixin, nn.Module):
     def _block(self, x: torch.Tensor, weights, aty: torch.Tensor, physics: LinearPhysics, mu: torch.Tensor,
                exact: bool, where: str = "", cg_iter: int | None = None) -> torch.Tensor:
         """One MOL block ``x⁺ = (I + μN)^{-1}((1−α)x + αH(x) + μA^H b)`` with ``μ = αλ``."""
+        return self._data_step(x, self._checked_h(x, weights, where), aty, physics, mu, exact, cg_iter)
+
+    def _checked_h(self, x: torch.Tensor, weights, where: str) -> torch.Tensor:
         hx = self._h(x, weights)
         if not bool(finite_per_sample(hx).all()):
             raise InputError(f"MOL: the CNN output H(x) contains NaN/Inf {where} (check the weights and the "
                              f"scale of the input)")
-        rhs = (1 - self.alpha) * x + self.alpha * hx + mu * aty
+        return hx
+
+    def _data_step(self, x: torch.Tensor, hx: torch.Tensor, aty: torch.Tensor, physics: LinearPhysics,
+                   mu: torch.Tensor, exact: bool, cg_iter: int | None = None) -> torch.Tensor:
+        """The rest of the block once ``H(x)`` is known: the data-consistency solve."""
+        rhs = hx + mu * aty if self.alpha == 1.0 else (1 - self.alpha) * x + self.alpha * hx + mu * aty
         if exact:
             return dc_solve(rhs, mu, physics.normal, x0=x, max_iter=self.dc_exact_iter, tol=self.cg_tol)
         mu_d = mu.detach()
@@ -344,31 +352,34 @@ class MOL(CertificateMixin, nn.Module):
                 x0 = self.initial_image(y.detach(), physics)
             counter = {"k": 0}
 
-            def T(xs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            def T(xs: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 counter["k"] += 1
                 if idx.numel() == B:
                     ph, a = physics, aty
                 else:
                     ph, a = physics.subset(idx), aty[idx]
-                return self._block(xs, w_d, a, ph, mu, exact=False, where=f"at iteration {counter['k']}",
-                                   cg_iter=s["cg_iter"])
+                hx = self._checked_h(xs, w_d, f"at iteration {counter['k']}")
+                # H(x) goes back with the block: the solver keeps it at the best iterate for the exact block
+                return self._data_step(xs, hx, a, ph, mu, exact=False, cg_iter=s["cg_iter"]), hx
 
             x_last, info = fixed_point_solve(T, x0.detach(), solver=s["solver"], max_iter=s["max_iter"],
                                              tol=s["tol"], min_iter=s["min_iter"], m=self.anderson_m)
             if not exact_output:
+                info.extra.pop("best_input"), info.extra.pop("best_aux")
                 self._warn_unconverged(info, s)
                 return x_last, info
-            # one exact block: the output, and the a-posteriori bound ‖x_out − x*‖ ≤ c/(1−c)‖x_out − x_last‖
-            # (CG to cg_tol; its residual r enters the bound as ‖r‖/(1−c) since ‖(I + μN)^{-1}‖ ≤ 1)
-            hx = self._h(x_last, w_d)
-            if not torch.isfinite(hx).all():
-                raise InputError("MOL: the CNN output H(x) contains NaN/Inf in the final step")
-            rhs = (1 - self.alpha) * x_last + self.alpha * hx + mu * aty
+            # one exact block at the best iterate x_k, whose H(x_k) the solver kept: the output, and the
+            # a-posteriori bound ‖x_out − x*‖ ≤ c/(1−c)‖x_out − x_k‖ (CG to cg_tol, started at the inexact
+            # block's x_last; its residual r enters the bound as ‖r‖/(1−c) since ‖(I + μN)^{-1}‖ ≤ 1)
+            x_k, hx = info.extra.pop("best_input"), info.extra.pop("best_aux")
+            if not bool(torch.isfinite(info.extra["best_residual"]).all()):  # no finite T(x) for some element
+                x_k, hx = x_last, self._checked_h(x_last, w_d, "in the final step")
+            rhs = hx + mu * aty if self.alpha == 1.0 else (1 - self.alpha) * x_k + self.alpha * hx + mu * aty
             with region("final-dc", absorb=True):
                 x_out, cg_info = conjugate_gradient(lambda v: v + mu * physics.normal(v), rhs, x0=x_last,
                                                     max_iter=self.dc_exact_iter, tol=self.cg_tol)
             cg_err = cg_info.final_residual.to(x_out.real.dtype) * batch_norms(rhs)
-        self._add_bound(info, x_out, x_last, w_d, cg_err, x0 is None)
+        self._add_bound(info, x_out, x_k, w_d, cg_err, x0 is None)
         self._warn_unconverged(info, s)
         self._finish(x_out, info)
         return x_out, info

@@ -53,7 +53,9 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
     ----------
     f: the map ``T``; called as ``f(x_sub, idx)`` with ``x_sub = x[idx]`` for the active batch indices ``idx``
        (a LongTensor) and must return ``T(x)[idx]`` without changing ``x_sub`` in place. Wrap a plain ``T(x)``
-       with :func:`indexed`.
+       with :func:`indexed`. It may also return a pair ``(T(x)[idx], aux)``, ``aux`` a ``[len(idx), ...]``
+       by-product of the evaluation (e.g. a network's output inside ``T``): the solver then keeps, per element,
+       the input ``x_k`` of its best iterate and the ``aux`` computed there.
     x0: start ``[B, ...]`` (complex or real).
     solver: ``"anderson"`` or ``"plain"``. max_iter: evaluations of ``T`` per element.
     tol: relative-change tolerance. min_iter: do at least this many iterations.
@@ -62,7 +64,9 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
 
     Returns ``x`` (each element's ``T(x_k)`` at its best iterate) and a :class:`SolverInfo` with per-element
     ``iterations`` (evaluations of ``T``), ``converged``, the residual history and
-    ``extra["solver"]``, ``extra["last_step"]`` (``‖T(x_k) − x_k‖`` of the returned element, absolute).
+    ``extra["solver"]``, ``extra["last_step"]`` (``‖T(x_k) − x_k‖`` of the returned element, absolute), and
+    with an ``aux``-returning ``f`` also ``extra["best_input"]`` (``x_k``) and ``extra["best_aux"]``; both are
+    zero for an element that never produced a finite ``T(x)``.
     """
     if solver not in ("anderson", "plain"):
         raise InputError(f"fixed_point_solve: solver must be 'anderson' or 'plain', got {solver!r}")
@@ -79,6 +83,7 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
     iterations = torch.zeros(B, dtype=torch.long, device=dev)
     active = torch.ones(B, dtype=torch.bool, device=dev)
     residuals: list[torch.Tensor] = []
+    best_aux = best_input = None
     shape = x0.shape[1:]
     cplx = x0.is_complex()
 
@@ -104,6 +109,7 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
         # f must not change its input in place: with every element active it receives the iterate itself
         xs = x if everyone else x[idx]
         fx = f(xs, idx)
+        fx, aux = fx if isinstance(fx, tuple) else (fx, None)
         if fx.shape != xs.shape:
             raise InputError(f"fixed_point_solve: T returned shape {tuple(fx.shape)} for input {tuple(xs.shape)}")
         bad = ~finite_per_sample(fx)
@@ -117,6 +123,11 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
         improved = res < best_res[idx]
         sel = idx[improved]
         best[sel] = fx[improved]
+        if aux is not None:
+            if best_aux is None:
+                best_aux, best_input = aux.new_zeros((B, *aux.shape[1:])), torch.zeros_like(x)
+            best_aux[sel] = aux[improved]
+            best_input[sel] = xs[improved]
         best_res[sel] = res[improved]
         best_step[sel] = step[improved]
         done = ((res < tol) & (iterations[idx] >= min_iter)) | bad
@@ -153,6 +164,8 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
     converged = best_res < tol
     info = SolverInfo(iterations=iterations, converged=converged, residuals=residuals,
                       extra={"solver": solver, "best_residual": best_res, "last_step": best_step})
+    if best_aux is not None:
+        info.extra.update(best_input=best_input, best_aux=best_aux)
     return best, info
 
 
