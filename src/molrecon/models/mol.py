@@ -39,7 +39,8 @@ Example
 True
 
 The certificate (the theorems' constants and each solve's a-posteriori bound) is
-:class:`~molrecon.models.certificate.CertificateMixin`; the numerics live in :mod:`molrecon.solvers`, the
+:class:`~molrecon.models.certificate.CertificateMixin`, the training penalty
+:class:`~molrecon.models.penalty.PenaltyMixin`; the numerics live in :mod:`molrecon.solvers`, the
 constraints in :mod:`molrecon.models.constraints` and the networks in :mod:`molrecon.models.priors`.
 """
 
@@ -68,6 +69,7 @@ from ..tensor_utils import batch_norms
 from .certificate import WEIGHTED_PRIORS, CertificateMixin
 from .cnn import DIMS
 from .constraints import Constraint, make_constraint
+from .penalty import PenaltyMixin
 from .priors import build_prior, check_architecture
 
 #: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
@@ -79,7 +81,7 @@ def _frozen(weights: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
     return None if weights is None else [w.detach() for w in weights]
 
 
-class MOL(CertificateMixin, nn.Module):
+class MOL(CertificateMixin, PenaltyMixin, nn.Module):
     """Monotone Operator Learning reconstruction (see the module docstring for the math).
 
     Parameters
@@ -336,7 +338,6 @@ class MOL(CertificateMixin, nn.Module):
                                       max_iter=self.init_cg_iter, tol=1e-6)
         return x
 
-    # -- certificates and bounds ----------------------------------------------------------------------------
     # -- solving --------------------------------------------------------------------------------------------
     def _run(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None, weights,
              s: dict[str, Any], exact_output: bool = True) -> tuple[torch.Tensor, SolverInfo]:
@@ -485,44 +486,6 @@ class MOL(CertificateMixin, nn.Module):
             return self._h(x, self._weights(tuple(x.shape[1:])))
         finally:
             self.train(was_training)
-
-    # -- training penalty -----------------------------------------------------------------------------------
-    def extra_loss(self, x_hat: torch.Tensor, target: torch.Tensor | None = None,
-                   v0: torch.Tensor | None = None,
-                   warm: dict[str, torch.Tensor | None] | None = None) -> tuple[torch.Tensor, dict]:
-        """MOL-LR: ``lr_weight · barrier(L_est)`` with the authors' adversarial estimate around ``x_hat``
-        (detached), plus the Jacobian term with ``lr_jacobian_steps``; logs ``lipschitz`` (max over the batch
-        and the estimators) and ``lipschitz_penalty``. Zero for SN / DEQ.
-
-        Amortised estimates: ``warm`` holds the vectors named by the strategy's ``warm_keys()`` for this batch
-        (kept by the trainer's fixed-point cache): the adversarial point this slice reached last time
-        (``"lip_v"``, also accepted as ``v0``; used with ``lr_warm_steps``) and the power-iteration vector
-        (``"lip_u"``). The new vectors are left in ``last_lip_points`` (the adversarial one also in
-        ``last_lip_point``)."""
-        zero = self.log_lam.new_zeros(())
-        if not self.constraint_strategy.has_penalty:
-            return zero, {}
-        if self.denoiser is None:
-            raise InputError("MOL.extra_loss: call the model once (or pass dims=) before the penalty")
-        if not torch.isfinite(x_hat).all():
-            raise InputError("MOL.extra_loss: x_hat contains NaN/Inf")
-        warm = dict(warm or {})
-        if v0 is not None:
-            warm["lip_v"] = v0
-        weights = self._weights(tuple(x_hat.shape[1:]))
-        # a ReLU CNN's Jacobian as masked convolutions: exact, without holding a graph of H for the power iteration
-        jacobian_at = getattr(self.denoiser, "jacobian_at", None)
-        linearize = None if jacobian_at is None else (lambda v: jacobian_at(v, weights))
-        pen, logs, self.last_lip_points = self.constraint_strategy.penalty(lambda v: self._h(v, weights), x_hat,
-                                                                           warm, linearize)
-        self.last_lip_point = self.last_lip_points.get("lip_v")
-        self._lip_estimate = logs["lipschitz"]
-        return pen, logs
-
-    def enforce_lipschitz(self, estimate: float | None) -> float:
-        """The constraint's safeguard after an optimiser step (MOL-LR: rescaling above ``lr_clip``,
-        :meth:`~molrecon.models.constraints.LipschitzPenalty.enforce`); returns the scale applied (1.0: none)."""
-        return self.constraint_strategy.enforce(self.denoiser, estimate)
 
     def extra_repr(self) -> str:
         return (f"method={self.method_name!r}, solver={self.solver!r}, alpha={self.alpha}, "
