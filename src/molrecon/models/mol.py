@@ -17,8 +17,9 @@ their ~150 iterations. See ``docs/theory.md`` for the derivations.
 
 Forward: from the CG-SENSE start, plain or Anderson iterations under ``no_grad`` with per-sample stopping; the DC
 step is ``cg_iter`` CG iterations warm-started at :math:`x` (fixed points are unchanged: at a fixed point the
-warm start already solves the system). A last *exact* block (CG to ``cg_tol``) gives the output and the
-a-posteriori bound :math:`\|x_{out} - x^\star\| \le c/(1-c)\,\|x_{out} - x_n\|`.
+warm start already solves the system). A last *exact* block (CG to ``cg_tol``) at the best iterate :math:`x_k`
+gives the output and the a-posteriori bound :math:`\|x_{out} - x^\star\| \le c/(1-c)\,\|x_{out} - x_k\|`
+(``docs/theory.md`` §4); the solver keeps :math:`H(x_k)`, so this block costs no CNN evaluation.
 
 Backward: implicit (:mod:`molrecon.solvers.implicit`) — one recorded exact block, an adjoint fixed-point solve
 with vector–Jacobian products, and an implicit CG backward of the DC solve. Memory does not depend on the
