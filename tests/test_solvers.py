@@ -83,7 +83,7 @@ def _reference_anderson(T, x0, m, tol, max_iter, reg=1e-4, beta=1.0):
         res = float((fx - x).norm() / fx.norm())
         if res < best_res:
             best, best_res = fx.clone(), res
-        if res < tol and k + 1 >= 1:
+        if res < tol:
             return best, k + 1
         X, Fs = (X + [x.reshape(-1)])[-m:], (Fs + [fx.reshape(-1)])[-m:]
         if len(X) < 2:
@@ -123,8 +123,9 @@ def test_anderson_matches_a_reference_with_the_gram_matrix_recomputed():
                                     tol=1e-10, max_iter=200, beta=beta)
         assert bool(info.converged.all())
         for i in range(3):
-            ref, iters = _reference_anderson(lambda v, i=i: mats[i] @ v + shifts[i], torch.zeros(n, dtype=torch.float64),
-                                             m=3, tol=1e-10, max_iter=200, beta=beta)
+            ref, iters = _reference_anderson(lambda v, i=i: mats[i] @ v + shifts[i],
+                                             torch.zeros(n, dtype=torch.float64), m=3, tol=1e-10, max_iter=200,
+                                             beta=beta)
             assert int(info.iterations[i]) == iters
             torch.testing.assert_close(x[i], ref, rtol=1e-9, atol=1e-12)
         assert len(set(info.iterations.tolist())) == 3  # the elements did stop at different iterations

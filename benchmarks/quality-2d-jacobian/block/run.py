@@ -53,10 +53,16 @@ def main() -> None:
         jac = model.denoiser.jacobian_at(x, model._weights(tuple(x.shape[1:])))
 
         def damp(u, physics=physics):
-            return conjugate_gradient(lambda v: v + mu * physics.normal(v), u, max_iter=200, tol=1e-7)[0]
+            return conjugate_gradient(lambda w: w + mu * physics.normal(w), u, max_iter=200, tol=1e-7)[0]
+
+        def block_jvp(w, jac=jac, damp=damp):
+            return damp(jac.jvp(w))
+
+        def block_vjp(u, jac=jac, damp=damp):
+            return jac.vjp(damp(u))
 
         h_hist, v = _power(jac.jvp, jac.vjp, x.shape, x.dtype)
-        t_hist, _ = _power(lambda v: damp(jac.jvp(v)), lambda u: jac.vjp(damp(u)), x.shape, x.dtype)
+        t_hist, _ = _power(block_jvp, block_vjp, x.shape, x.dtype)
         with torch.no_grad():
             jv = jac.jvp(v)
             sampled = float(batch_norms(physics.A(jv)) ** 2 / batch_norms(jv) ** 2)
