@@ -179,12 +179,14 @@ class MultiCoilMRI(MultiCoilOperator):
             self._normal_plan = (self.maps.conj().resolve_conj(), dims, None if signs is None else signs[:, 0])
         maps_conj, dims, signs = self._normal_plan
         coil_images = self.maps * (x if signs is None else signs * x).unsqueeze(1)
+        # the mask multiplies in place: the coil stack it acts on is a fresh tensor that nothing else holds (and
+        # autograd needs neither an FFT's output nor the product's input), so no second stack is allocated
         if not dims:
-            k = self.mask * coil_images
+            k = coil_images.mul_(self.mask)
         elif signs is None:
-            k = ifft_centered(self.mask * fft_centered(coil_images, dims), dims)
+            k = ifft_centered(fft_centered(coil_images, dims).mul_(self.mask), dims)
         else:
-            k = torch.fft.ifftn(self.mask * torch.fft.fftn(coil_images, dim=dims, norm="ortho"), dim=dims,
+            k = torch.fft.ifftn(torch.fft.fftn(coil_images, dim=dims, norm="ortho").mul_(self.mask), dim=dims,
                                 norm="ortho")
         out = (maps_conj * k).sum(dim=1)
         return out if signs is None else signs * out
