@@ -285,10 +285,14 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
                              f"scale of the input)")
         return hx
 
+    def _block_rhs(self, x: torch.Tensor, hx: torch.Tensor, aty: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """``(1−α)x + αH(x) + μA^H b``, the right-hand side of the block's data-consistency solve."""
+        return hx + mu * aty if self.alpha == 1.0 else (1 - self.alpha) * x + self.alpha * hx + mu * aty
+
     def _data_step(self, x: torch.Tensor, hx: torch.Tensor, aty: torch.Tensor, physics: LinearPhysics,
                    mu: torch.Tensor, exact: bool, cg_iter: int | None = None) -> torch.Tensor:
         """The rest of the block once ``H(x)`` is known: the data-consistency solve."""
-        rhs = hx + mu * aty if self.alpha == 1.0 else (1 - self.alpha) * x + self.alpha * hx + mu * aty
+        rhs = self._block_rhs(x, hx, aty, mu)
         if exact:
             return dc_solve(rhs, mu, physics.normal, x0=x, max_iter=self.dc_exact_iter, tol=self.cg_tol)
         mu_d = mu.detach()
@@ -376,7 +380,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
             x_k, hx = info.extra.pop("best_input"), info.extra.pop("best_aux")
             if not bool(torch.isfinite(info.extra["best_residual"]).all()):  # no finite T(x) for some element
                 x_k, hx = x_last, self._checked_h(x_last, w_d, "in the final step")
-            rhs = hx + mu * aty if self.alpha == 1.0 else (1 - self.alpha) * x_k + self.alpha * hx + mu * aty
+            rhs = self._block_rhs(x_k, hx, aty, mu)
             with region("final-dc", absorb=True):
                 x_out, cg_info = conjugate_gradient(lambda v: v + mu * physics.normal(v), rhs, x0=x_last,
                                                     max_iter=self.dc_exact_iter, tol=self.cg_tol)
