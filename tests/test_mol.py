@@ -117,7 +117,6 @@ def test_monotonicity_of_F_sn():
         assert inner >= m * _norm(d) ** 2 * (1 - 1e-5)
 
 
-
 def test_sn_training_power_iteration_runs_on_a_capped_grid_close_to_the_image_norm():
     """The training-mode power iteration keeps one vector per layer on at most ``POWER_ITERATION_GRID`` points per
     axis (an image-sized vector per layer would be kept for the whole training); the norm it converges to is
@@ -143,6 +142,7 @@ def test_sn_training_power_iteration_runs_on_a_capped_grid_close_to_the_image_no
     restored.load_extra_training_state(state)
     restored.train()
     assert [float(s) for s in restored.layer_sigmas((n, 20))] == [float(s) for s in h.layer_sigmas((n, 20))]
+
 
 def test_sn_jacobian_norm_never_exceeds_certified_bound():
     torch.manual_seed(0)

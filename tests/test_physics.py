@@ -205,7 +205,6 @@ def test_physics_bad_inputs():
         P.check_kspace(torch.zeros(1, 4, 16, 16))
 
 
-
 def _held_storages(obj) -> int:
     """Bytes of the distinct tensor storages an object holds in its attributes (tuples and lists included)."""
     seen, todo = {}, list(vars(obj).values())

@@ -117,6 +117,7 @@ def test_retune_changes_only_the_solver_settings_and_keeps_the_trained_values(tm
     assert loaded.pretrained_meta["retuned"][-1]["note"] == "same PSNR, 10 % faster"
     _assert_same_fixed_point(model, loaded)
 
+
 def test_corrupted_pretrained_weights_refused(tmp_path):
     from molrecon.weights.pretrained import load_pretrained, save_pretrained
 
