@@ -358,20 +358,20 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
                 x0 = self.initial_image(y.detach(), physics)
             counter = {"k": 0}
 
-            def T(xs: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def T(xs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
                 counter["k"] += 1
                 if idx.numel() == B:
                     ph, a = physics, aty
                 else:
                     ph, a = physics.subset(idx), aty[idx]
                 hx = self._checked_h(xs, w_d, f"at iteration {counter['k']}")
-                # H(x) goes back with the block: the solver keeps it at the best iterate for the exact block
-                return self._data_step(xs, hx, a, ph, mu, exact=False, cg_iter=s["cg_iter"]), hx
+                out = self._data_step(xs, hx, a, ph, mu, exact=False, cg_iter=s["cg_iter"])
+                # for the exact last block, H(x) goes back with the block: the solver keeps it at the best iterate
+                return (out, hx) if exact_output else out
 
             x_last, info = fixed_point_solve(T, x0.detach(), solver=s["solver"], max_iter=s["max_iter"],
                                              tol=s["tol"], min_iter=s["min_iter"], m=self.anderson_m)
             if not exact_output:
-                info.extra.pop("best_input"), info.extra.pop("best_aux")
                 self._warn_unconverged(info, s)
                 return x_last, info
             # one exact block at the best iterate x_k, whose H(x_k) the solver kept: the output, and the

@@ -158,7 +158,7 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
         if new is None:
             x = _take_step(x, fx, gi, go, whole)
             continue
-        ok = torch.isfinite(new.sum(dim=1))
+        ok = finite_per_sample(new)
         x[gi] = unflat(torch.where(ok[:, None], new, ff)).to(x.dtype)
 
     converged = best_res < tol
