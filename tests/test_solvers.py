@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
@@ -14,10 +15,15 @@ def random_hpd(n, batch, cond=50.0, seed=0):
     return torch.stack(mats)
 
 
-def test_cg_matches_dense_direct_solve():
+CG_PATHS = pytest.mark.parametrize("grad", [True, False], ids=["differentiable", "in-place"])
+
+
+@CG_PATHS
+def test_cg_matches_dense_direct_solve(grad):
     M = random_hpd(12, 3)
     b = torch.randn(3, 12, dtype=torch.complex128)
-    x, info = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, max_iter=100, tol=1e-12)
+    with torch.set_grad_enabled(grad):
+        x, info = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, max_iter=100, tol=1e-12)
     ref = torch.linalg.solve(M, b)
     torch.testing.assert_close(x, ref, rtol=1e-8, atol=1e-10)
     assert info.all_converged
@@ -25,25 +31,58 @@ def test_cg_matches_dense_direct_solve():
     assert info.iterations.max() <= 14  # exact arithmetic: at most n steps; allow rounding
 
 
-def test_cg_stops_per_batch_element():
+@CG_PATHS
+def test_cg_stops_per_batch_element(grad):
     M = random_hpd(16, 2, cond=1.0)  # identity-like: one step
     M[1] = random_hpd(16, 1, cond=1e3, seed=1)[0]
     b = torch.randn(2, 16, dtype=torch.complex128)
-    _, info = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, max_iter=100, tol=1e-10)
+    with torch.set_grad_enabled(grad):
+        _, info = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, max_iter=100, tol=1e-10)
     assert info.iterations[0] <= 2 < info.iterations[1]
     assert info.all_converged
 
 
-def test_cg_warm_start_and_zero_rhs():
+@CG_PATHS
+def test_cg_warm_start_and_zero_rhs(grad):
     M = random_hpd(8, 2)
     b = torch.zeros(2, 8, dtype=torch.complex128)
     b[0] = 1.0
-    x, info = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, max_iter=50, tol=1e-10)
-    assert torch.equal(x[1], torch.zeros(8, dtype=torch.complex128))
-    ref = torch.linalg.solve(M, b)
-    x2, info2 = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, x0=ref, max_iter=50, tol=1e-8)
+    with torch.set_grad_enabled(grad):
+        x, info = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, max_iter=50, tol=1e-10)
+        assert torch.equal(x[1], torch.zeros(8, dtype=torch.complex128))
+        ref = torch.linalg.solve(M, b)
+        x2, info2 = conjugate_gradient(lambda v: (M @ v[..., None])[..., 0], b, x0=ref, max_iter=50, tol=1e-8)
     assert info2.iterations.max() <= 1
     torch.testing.assert_close(x2, ref)
+
+
+def test_in_place_cg_is_the_differentiable_one_and_leaves_its_inputs_alone():
+    """Under no_grad the CG updates its vectors in place and keeps the step lengths on the host: the same
+    recurrences, so the iterates agree (to the bit for one element), per-element stopping included, and
+    neither the right-hand side nor the warm start is touched."""
+    physics = MultiCoilMRI(simulate_coil_maps((24, 20), 4)[None], RandomMask(0.1, 4.0)((24, 20), seed=0))
+    rhs = torch.randn(3, 24, 20, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    rhs[2] = 0  # an element that is solved from the start
+    x0 = 0.5 * rhs.flip(0)
+    rhs_copy, x0_copy = rhs.clone(), x0.clone()
+
+    def op(v):
+        return v + 30.0 * physics.normal(v)
+
+    for batch in (slice(0, 1), slice(0, 3)):
+        for start in (None, x0[batch]):
+            ref, ref_info = conjugate_gradient(op, rhs[batch], start, max_iter=40, tol=1e-5)
+            with torch.no_grad():
+                x, info = conjugate_gradient(op, rhs[batch], start, max_iter=40, tol=1e-5)
+            if batch.stop == 1:
+                assert torch.equal(x, ref)
+            torch.testing.assert_close(x, ref, rtol=1e-6, atol=1e-6)
+            assert torch.equal(info.iterations, ref_info.iterations)
+            assert torch.equal(info.converged, ref_info.converged)
+            torch.testing.assert_close(info.residual_history(), ref_info.residual_history())
+            assert start is None or x.data_ptr() != start.data_ptr()
+    assert torch.equal(rhs, rhs_copy) and torch.equal(x0, x0_copy)
+    assert ref_info.iterations[2] == 0 and ref_info.iterations[0] != ref_info.iterations[1]
 
 
 def test_cg_differentiable_by_autograd():

@@ -1,9 +1,10 @@
 """Time per 2D test slice and PSNR of shipped MOL models at several (start, block) CG settings, each run timed
 right after MoDL K = 10 on the same slice, so that a changing machine load falls on both alike.
 
-    OMP_NUM_THREADS=1 python benchmarks/inference-settings/run.py mol-lr-2d-4x,mol-sn-2d-4x 16 OUT.json
+    OMP_NUM_THREADS=1 python benchmarks/inference-settings/run.py mol-lr-2d-4x,mol-sn-2d-4x 16 OUT.json [10/10,...]
 
 A setting is (CG steps of the CG-SENSE start, CG steps per block); the fixed point is the same at every setting.
+The optional fourth argument picks settings (``START/BLOCK``, comma-separated) instead of all of ``SETTINGS``.
 PSNR: the magnitude inside the object (fastMRI style), per slice against the slice's own maximum, averaged.
 """
 
@@ -29,18 +30,22 @@ SETTINGS = [(50, 15), (10, 15), (10, 10), (50, 10), (10, 8)]
 
 
 def _timed(fn):
+    """``fn()`` and its wall time, without gradients: MOL's solve runs under ``no_grad`` itself, and MoDL timed
+    with autograd on would pay for a graph that inference never uses (~20 % of its time at 128²)."""
     t0 = time.perf_counter()
-    out = fn()
+    with torch.no_grad():
+        out = fn()
     return out, time.perf_counter() - t0
 
 
 def main() -> None:
     names, count, out_path = sys.argv[1].split(","), int(sys.argv[2]), Path(sys.argv[3])
+    settings = SETTINGS if len(sys.argv) < 5 else [tuple(int(v) for v in s.split("/")) for s in sys.argv[4].split(",")]
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     modl = resolve_model("modl-2d-4x").model.eval()
     models = {n: resolve_model(n).model.eval() for n in names}
-    keys = [(n, s) for n in names for s in SETTINGS]
+    keys = [(n, s) for n in names for s in settings]
     seconds = dict.fromkeys(keys, 0.0)
     scores: dict = {k: [] for k in keys}
     iterations: dict = {k: [] for k in keys}
@@ -50,7 +55,7 @@ def main() -> None:
         support, peak = object_support(target), float(np.abs(target).max())
         y = (physics.sampling_weights() * batch["kspace"]).to(torch.complex64)
         for k, (name, setting) in enumerate(keys):
-            x, t = _timed(lambda y=y, p=physics: modl(y, p).detach())
+            x, t = _timed(lambda y=y, p=physics: modl(y, p))
             modl_seconds += t
             if k == 0:
                 modl_scores.append(psnr(x[0].numpy(), target, peak, support))

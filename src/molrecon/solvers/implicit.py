@@ -84,9 +84,8 @@ class DCSolve(torch.autograd.Function):
             return v + mu_d * normal(v)
 
         with torch.no_grad():
+            # a new tensor under no_grad (never the warm start itself, which autograd must not see as the output)
             u, _ = conjugate_gradient(op, rhs.detach(), None if x0 is None else x0.detach(), max_iter, tol)
-            if x0 is not None and u.data_ptr() == x0.data_ptr():
-                u = u.clone()  # a warm start that already solves the system comes back as is: never alias an input
         ctx.save_for_backward(u, mu_d)
         ctx.normal, ctx.max_iter, ctx.tol = normal, max_iter, tol
         return u
