@@ -48,7 +48,7 @@ def main() -> None:
     rows = []
     for i, batch, physics in builtin_test_slices("2d", count):
         x = where_h_acts(model, batch, physics)
-        jac_h = model.denoiser.jacobian_at(x, model._weights(tuple(x.shape[1:])))
+        jac_h = model.denoiser.jacobian_at(x, model.denoiser.effective_weights(tuple(x.shape[1:])))
 
         def damp(u, physics=physics):
             return conjugate_gradient(lambda w: w + mu * physics.normal(w), u, max_iter=200, tol=1e-7)[0]

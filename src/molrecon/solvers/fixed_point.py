@@ -31,17 +31,10 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError
-from ..tensor_utils import batch_norms
+from ..tensor_utils import batch_norms, flat_real_view
 from .info import SolverInfo
 
 FixedPointFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _flat_real(x: torch.Tensor) -> torch.Tensor:
-    """``[b, ...]`` (complex or real) → ``[b, n]`` real view."""
-    if x.is_complex():
-        x = torch.view_as_real(x)
-    return x.reshape(x.shape[0], -1)
 
 
 def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson", max_iter: int = 50,
@@ -93,7 +86,7 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
         return v.reshape(v.shape[0], *shape)
 
     if solver == "anderson":
-        n = _flat_real(x0[:1]).shape[1]
+        n = flat_real_view(x0[:1]).shape[1]
         # per slot: T(x_i) and the residual g_i = T(x_i) − x_i, and the Gram matrix of the residuals, updated by
         # one row per iteration instead of recomputed from the whole history
         Fh = x0.new_zeros((B, m, n), dtype=x0.real.dtype)
@@ -143,7 +136,7 @@ def fixed_point_solve(f: FixedPointFn, x0: torch.Tensor, solver: str = "anderson
             x = _take_step(x, fx, gi, go, whole)
             continue
         # Anderson update on the elements that continue
-        xf, ff = (_flat_real(xs), _flat_real(fx)) if all_go else (_flat_real(xs[go]), _flat_real(fx[go]))
+        xf, ff = flat_real_view(xs if all_go else xs[go]), flat_real_view(fx if all_go else fx[go])
         slot = count[gi] % m
         g = ff - xf
         Fh[gi, slot] = ff
@@ -183,7 +176,7 @@ def finite_per_sample(x: torch.Tensor) -> torch.Tensor:
     """Per batch element: are all entries finite? From the sum of each element's real view, which any NaN or
     infinity makes non-finite (an overflow of the sum of finite entries, at ~1e38, would also read as
     non-finite); a tenth of the cost of an element-wise test at 128²."""
-    return torch.isfinite(_flat_real(x).sum(dim=1))
+    return torch.isfinite(flat_real_view(x).sum(dim=1))
 
 
 def _anderson_mix(Fh: torch.Tensor, Gh: torch.Tensor, GG: torch.Tensor, filled: torch.Tensor, reg: float,
