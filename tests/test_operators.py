@@ -75,7 +75,11 @@ def test_operator_contract(name):
     assert op.adjointness_error(x, y) < 1e-5
     # a NUFFT's Toeplitz normal equals the composition up to the NUFFT error (measured ~1e-5), not rounding
     composed = op.A_adjoint(op.A(x))
-    assert float((op.normal(x) - composed).norm() / composed.norm()) < 1e-4
+    normal = op.normal(x)
+    assert float((normal - composed).norm() / composed.norm()) < 1e-4
+    # the CG builds x + μAᴴAx in normal's output in place: it must own its storage
+    owners = {t.untyped_storage().data_ptr() for t in (x, composed)}
+    assert normal.untyped_storage().data_ptr() not in owners
     est = op.power_norm(n_iter=60)
     assert 0.3 < est <= op.norm_bound() * (1 + 1e-5)
     sub = op.subset([1])

@@ -233,3 +233,39 @@ def test_sll_layer_is_its_formula_and_keeps_one_hidden_activation_for_backward(d
     kernels = 3 * sum(p.numel() * 4 for p in h.parameters())  # each kernel, scaled and not, and small vectors
     assert meter.live_bytes <= h.layers * per_layer + kernels < h.layers * (per_layer + 8 * pixels * 4)
     out.abs().sum().backward()
+
+
+@pytest.mark.parametrize("dims,shape", [("2d+t", (2, 4, 10, 12)), ("3d", (1, 5, 9, 7))])
+def test_3d_convolutions_run_longest_axes_first_and_give_the_same_map(dims, shape, monkeypatch):
+    """On CPU the 3-D convolutions of every prior (and the Jacobian of the ReLU CNNs) run on the spatial axes
+    sorted longest first, where PyTorch takes oneDNN instead of its im2col kernel: the same map as on the axes as
+    given, output and parameter gradients, in the caller's axis order."""
+    import molrecon.models.cnn as cnn
+    import molrecon.models.priors as priors
+
+    x = torch.randn(shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    channels = torch.zeros((1, 2, *shape[1:]))
+    assert cnn.conv_axes(channels) is not None
+    assert cnn.conv_axes(torch.zeros(1, 2, 8, 8, 8)) is None and cnn.conv_axes(torch.zeros(1, 2, 9, 8)) is None
+    torch.manual_seed(0)
+    nets = [cnn.ConvDenoiser(dims=dims, channels=4, layers=3),
+            ResidualDenoiser(dims=dims, channels=4, layers=3, residual_init_gain=1.0),
+            SLLDenoiser(dims=dims, channels=4, layers=2, state_channels=4, lipschitz_target=0.9)]
+    v = torch.randn(shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+
+    def run(net):
+        net.zero_grad()
+        out = net.apply(x, net.effective_weights(shape[1:]))
+        torch.view_as_real(out).pow(2).sum().backward()
+        jac = None if isinstance(net, SLLDenoiser) else net.jacobian_at(x, net.effective_weights(shape[1:]))
+        with torch.no_grad():
+            extra = [] if jac is None else [jac.jvp(v), jac.vjp(v)]
+        return [out.detach(), *extra, *(p.grad.clone() for p in net.parameters())]
+
+    fast = [run(net) for net in nets]
+    monkeypatch.setattr(cnn, "conv_axes", lambda t: None)
+    monkeypatch.setattr(priors, "conv_axes", lambda t: None)
+    for net, got in zip(nets, fast):
+        for a, b in zip(got, run(net), strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -124,7 +124,7 @@ def cg_sense(y: torch.Tensor, physics: LinearPhysics, lam: float | None = None, 
     weight = _weight(lam, physics)
     c = _data_scale(y, physics)
     ci = c.reshape(c.shape[0], *([1] * (y.ndim - 2)))
-    x, info = conjugate_gradient(lambda v: physics.normal(v) + weight * v, physics.A_adjoint(y * c),
+    x, info = conjugate_gradient(lambda v: physics.normal(v).add_(weight * v), physics.A_adjoint(y * c),
                                  x0=None if x0 is None else x0 * ci, max_iter=max_iter, tol=tol)
     x = x / ci
     return (x, info) if return_info else x

@@ -51,6 +51,29 @@ def _conv_fns(nd: int):
     return (F.conv2d, F.conv_transpose2d) if nd == 2 else (F.conv3d, F.conv_transpose3d)
 
 
+def conv_axes(t: torch.Tensor) -> tuple[int, ...] | None:
+    """The order of a ``[B, C, D, H, W]`` CPU tensor's axes in which its 3-D convolutions run fast: the spatial
+    axes longest first; ``None`` when they already are, in 2D and on other devices.
+
+    A convolution with a cube kernel and the same padding on every axis commutes with permuting the spatial
+    axes of its input and kernel alike. PyTorch's CPU convolution takes oneDNN only when ``B·C·size(2)·size(3)``
+    exceeds 20480 (ATen's ``ConvParams::use_mkldnn``, a rule made for 2D) and an im2col kernel otherwise: for
+    2D+time's 12 frames × 96² × 16 channels that product is 18432, and a convolution took 138 ms instead of
+    11 ms with the frames last (one thread; ``benchmarks/README.md``).
+    """
+    if t.ndim != 5 or t.device.type != "cpu":
+        return None
+    order = sorted(range(3), key=lambda i: -t.shape[2 + i])
+    return None if order == [0, 1, 2] else (0, 1, *(2 + i for i in order))
+
+
+def permute_axes(t: torch.Tensor, perm: tuple[int, ...] | None, inverse: bool = False) -> torch.Tensor:
+    """``t`` (an activation or a kernel) in the order ``perm`` of :func:`conv_axes`, or back with ``inverse``."""
+    if perm is None:
+        return t
+    return t.permute(tuple(perm.index(i) for i in range(len(perm))) if inverse else perm)
+
+
 def complex_to_channels(x: torch.Tensor) -> torch.Tensor:
     """``[B, *sp]`` complex → ``[B, 2, *sp]`` real (real, imaginary)."""
     # a view with the channels innermost: in 2D these are channels-last strides, which oneDNN's CPU convolutions
@@ -230,11 +253,13 @@ class ConvDenoiser(nn.Module):
         conv = F.conv2d if self.nd == 2 else F.conv3d
         pad = self.kernel_size // 2
         h = complex_to_channels(x)
+        perm = conv_axes(h)
+        h = permute_axes(h, perm)
         for i, (c, w) in enumerate(zip(self.convs, weights)):
-            h = conv(h, w, c.bias, padding=pad)
+            h = conv(h, permute_axes(w, perm), c.bias, padding=pad)
             if i < len(self.convs) - 1:
                 h = F.relu(h, inplace=True)  # the convolution's output is needed by nothing else
-        return channels_to_complex(h)
+        return channels_to_complex(permute_axes(h, perm, inverse=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -243,7 +268,8 @@ class ConvDenoiser(nn.Module):
     def jacobian_at(self, x: torch.Tensor, weights: list[torch.Tensor]) -> ReLUJacobian:
         """The Jacobian of :meth:`apply` at ``x`` as a linear operator (:class:`ReLUJacobian`): the same
         convolutions without bias, with the ReLUs' pass masks at ``x`` in between."""
-        return ReLUJacobian(weights, _relu_masks(self, x, weights), self.nd, self.kernel_size // 2)
+        masks, perm = _relu_masks(self, x, weights)
+        return ReLUJacobian(weights, masks, self.nd, self.kernel_size // 2, perm=perm)
 
     @torch.no_grad()
     def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
@@ -279,15 +305,19 @@ class ConvDenoiser(nn.Module):
 
 
 @torch.no_grad()
-def _relu_masks(net: ConvDenoiser, x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Where each hidden ReLU of ``net`` passes at ``x`` (bool, one tensor per hidden layer)."""
+def _relu_masks(net: ConvDenoiser, x: torch.Tensor,
+                weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], tuple[int, ...] | None]:
+    """Where each hidden ReLU of ``net`` passes at ``x`` (bool, one tensor per hidden layer), in the axis order
+    of :func:`conv_axes`, which is returned with them."""
     conv = F.conv2d if net.nd == 2 else F.conv3d
     h, masks = complex_to_channels(x), []
+    perm = conv_axes(h)
+    h = permute_axes(h, perm)
     for c, w in zip(net.convs[:-1], weights[:-1]):
-        h = conv(h, w, c.bias, padding=net.kernel_size // 2)
+        h = conv(h, permute_axes(w, perm), c.bias, padding=net.kernel_size // 2)
         masks.append(h > 0)
         h = F.relu(h)
-    return masks
+    return masks, perm
 
 
 class ReLUJacobian:
@@ -302,31 +332,31 @@ class ReLUJacobian:
     """
 
     def __init__(self, weights: list[torch.Tensor], masks: list[torch.Tensor], nd: int, padding: int,
-                 scale: float = 1.0, identity: bool = False) -> None:
-        self.weights, self.masks, self.padding = weights, masks, padding
+                 scale: float = 1.0, identity: bool = False, perm: tuple[int, ...] | None = None) -> None:
+        self.weights, self.masks, self.padding, self.perm = weights, masks, padding, perm
         self.conv, self.conv_t = _conv_fns(nd)
         self.scale, self.identity = float(scale), bool(identity)
 
     def _outer(self, v: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
-        body = channels_to_complex(body)
+        body = channels_to_complex(permute_axes(body, self.perm, inverse=True))
         return self.scale * (v + body) if self.identity else (body if self.scale == 1.0 else self.scale * body)
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """:math:`J v` for a complex image batch ``v``."""
-        h = complex_to_channels(v)
+        h = permute_axes(complex_to_channels(v), self.perm)  # the masks' axis order
         for i, w in enumerate(self.weights):
-            h = self.conv(h, w, None, padding=self.padding)
+            h = self.conv(h, permute_axes(w, self.perm), None, padding=self.padding)
             if i < len(self.masks):
                 h = h.mul_(self.masks[i])  # in place: the convolution keeps its input, not its output
         return self._outer(v, h)
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         r""":math:`J^T u` in the real inner product :math:`\mathrm{Re}\langle a, b\rangle` of complex images."""
-        g = complex_to_channels(u)
+        g = permute_axes(complex_to_channels(u), self.perm)
         for i in reversed(range(len(self.weights))):
             if i < len(self.masks):
                 g = g * self.masks[i]
-            g = self.conv_t(g, self.weights[i], None, padding=self.padding)
+            g = self.conv_t(g, permute_axes(self.weights[i], self.perm), None, padding=self.padding)
         return self._outer(u, g)
 
 

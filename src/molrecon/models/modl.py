@@ -82,7 +82,7 @@ class MoDL(nn.Module):
         r"""Solve :math:`(A^H A + \lambda I)x = A^H y + \lambda z` by CG (differentiable through the iterations)."""
         lam = self.lam_value()
         with region("cg"):
-            return conjugate_gradient(lambda v: physics.normal(v) + lam * v, atb + lam * z, x0=x0,
+            return conjugate_gradient(lambda v: physics.normal(v).add_(lam * v), atb + lam * z, x0=x0,
                                       max_iter=self.cg_iter, tol=self.cg_tol)
 
     @scale_invariant

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..names import ARCHITECTURES
-from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels
+from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -82,7 +82,8 @@ class ResidualDenoiser(ConvDenoiser):
     def jacobian_at(self, x: torch.Tensor, weights: list[torch.Tensor]) -> ReLUJacobian:
         """``s·(I + J_N)`` at ``x`` (:class:`~molrecon.models.cnn.ReLUJacobian`)."""
         body = super().jacobian_at(x, weights)
-        return ReLUJacobian(body.weights, body.masks, self.nd, body.padding, self.residual_scale, identity=True)
+        return ReLUJacobian(body.weights, body.masks, self.nd, body.padding, self.residual_scale, identity=True,
+                            perm=body.perm)
 
     @torch.no_grad()
     def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
@@ -203,15 +204,16 @@ class SLLDenoiser(nn.Module):
         pad = self.kernel_size // 2
         view = (-1,) + (1,) * (self.nd + 1)
         z = complex_to_channels(x)
-        z = F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2))  # E: append zero channels
+        perm = conv_axes(z)
+        z = permute_axes(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)), perm)  # E: zero channels
         for i in range(self.layers):
-            w, inv_t = weights[2 * i], weights[2 * i + 1]
+            w, inv_t = permute_axes(weights[2 * i], perm), weights[2 * i + 1]
             # relu(a)/t = relu(a/t) for t > 0: scaling the kernel and bias instead of the activations keeps one
             # hidden activation per layer for backward instead of two (the ReLU's output and the product)
             # (in place: the convolution's output is needed by nothing else, and a 5-8 % faster H)
             h = F.relu(conv(z, w * inv_t.view(view), self.biases[i] * inv_t, padding=pad), inplace=True)
             z = torch.add(z, convt(h, w, padding=pad), alpha=-2.0)  # z − 2·Kᵀh without a temporary for 2·Kᵀh
-        return self.lipschitz_target * channels_to_complex(z[:, :2])  # P: the image channels
+        return self.lipschitz_target * channels_to_complex(permute_axes(z[:, :2], perm, inverse=True))  # P
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

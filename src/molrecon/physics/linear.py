@@ -55,7 +55,7 @@ class LinearPhysics(ABC):
         """Measurements → image ``[B, *spatial]``."""
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """``AᴴA x``."""
+        """``AᴴA x``, a new tensor: the solvers build ``x + μAᴴA x`` in it in place."""
         return self.A_adjoint(self.A(x))
 
     def zero_filled(self, y: torch.Tensor) -> torch.Tensor:

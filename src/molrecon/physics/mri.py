@@ -188,8 +188,11 @@ class MultiCoilMRI(MultiCoilOperator):
         else:
             k = torch.fft.ifftn(torch.fft.fftn(coil_images, dim=dims, norm="ortho").mul_(self.mask), dim=dims,
                                 norm="ortho")
-        out = (maps_conj * k).sum(dim=1)
-        return out if signs is None else signs * out
+        # in place, for the same reason: neither the inverse FFT nor the sum keeps its output for backward. On
+        # this CPU every image-sized temporary (128 KiB at 128², glibc's mmap threshold) is mapped, faulted in
+        # and unmapped again, and the CG applies this operator in every step
+        out = k.mul_(maps_conj).sum(dim=1)
+        return out if signs is None else out.mul_(signs)
 
     def normal_fft_dims(self) -> tuple[int, ...]:
         """The FFT axes along which the mask varies: :meth:`normal` transforms only these (see there)."""

@@ -81,7 +81,7 @@ class DCSolve(torch.autograd.Function):
         mu_d = mu.detach()
 
         def op(v: torch.Tensor) -> torch.Tensor:
-            return v + mu_d * normal(v)
+            return normal(v).mul_(mu_d).add_(v)  # under no_grad only: normal's output is a new tensor
 
         with torch.no_grad():
             # a new tensor under no_grad (never the warm start itself, which autograd must not see as the output)
@@ -96,7 +96,7 @@ class DCSolve(torch.autograd.Function):
         normal = ctx.normal
 
         def op(v: torch.Tensor) -> torch.Tensor:
-            return v + mu * normal(v)
+            return normal(v).mul_(mu).add_(v)
 
         # The implicit fixed-point backward calls this backward once per adjoint iteration with slowly changing
         # ``grad_u``: warm-starting CG at the previous solution cuts the CG work several-fold (same tolerance).
