@@ -235,11 +235,12 @@ def test_sll_layer_is_its_formula_and_keeps_one_hidden_activation_for_backward(d
     out.abs().sum().backward()
 
 
-@pytest.mark.parametrize("dims,shape", [("2d+t", (2, 4, 10, 12)), ("3d", (1, 5, 9, 7))])
+@pytest.mark.parametrize("dims,shape", [("2d+t", (2, 4, 10, 12)), ("3d", (1, 5, 9, 7)), ("2d+t", (1, 4, 64, 48))])
 def test_3d_convolutions_run_longest_axes_first_and_give_the_same_map(dims, shape, monkeypatch):
     """On CPU the 3-D convolutions of every prior (and the Jacobian of the ReLU CNNs) run on the spatial axes
-    sorted longest first, where PyTorch takes oneDNN instead of its im2col kernel: the same map as on the axes as
-    given, output and parameter gradients, in the caller's axis order."""
+    sorted longest first, and a thin input gets zero channels, where PyTorch takes oneDNN instead of its im2col
+    kernel: the same map as the plain convolutions on the axes as given, output and parameter gradients, in the
+    caller's axis order."""
     import molrecon.models.cnn as cnn
     import molrecon.models.priors as priors
 
@@ -247,6 +248,17 @@ def test_3d_convolutions_run_longest_axes_first_and_give_the_same_map(dims, shap
     channels = torch.zeros((1, 2, *shape[1:]))
     assert cnn.conv_axes(channels) is not None
     assert cnn.conv_axes(torch.zeros(1, 2, 8, 8, 8)) is None and cnn.conv_axes(torch.zeros(1, 2, 9, 8)) is None
+    padded = []
+    plain_convolve = cnn.convolve
+
+    def spy(conv, h, w, bias, padding):
+        def recording(h_in, w_in, b, padding):
+            padded.append(h_in.shape[1] > h.shape[1])
+            return conv(h_in, w_in, b, padding=padding)
+
+        return plain_convolve(recording, h, w, bias, padding)
+
+    monkeypatch.setattr(cnn, "convolve", spy)
     torch.manual_seed(0)
     nets = [cnn.ConvDenoiser(dims=dims, channels=4, layers=3),
             ResidualDenoiser(dims=dims, channels=4, layers=3, residual_init_gain=1.0),
@@ -263,8 +275,10 @@ def test_3d_convolutions_run_longest_axes_first_and_give_the_same_map(dims, shap
         return [out.detach(), *extra, *(p.grad.clone() for p in net.parameters())]
 
     fast = [run(net) for net in nets]
+    assert any(padded) == (shape[2] == 64)  # the thin first layer of the large shape only
     monkeypatch.setattr(cnn, "conv_axes", lambda t: None)
     monkeypatch.setattr(priors, "conv_axes", lambda t: None)
+    monkeypatch.setattr(cnn, "convolve", lambda conv, h, w, bias, padding: conv(h, w, bias, padding=padding))
     for net, got in zip(nets, fast):
         for a, b in zip(got, run(net), strict=True):
             assert a.shape == b.shape
