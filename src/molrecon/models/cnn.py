@@ -35,6 +35,8 @@ iteration, otherwise there is no fixed point to differentiate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,7 +78,8 @@ MAX_PADDED_CHANNELS = 8
 the 2 channels on im2col, one thread)."""
 
 
-def convolve(conv, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+def convolve(conv: Callable[..., torch.Tensor], h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+             padding: int) -> torch.Tensor:
     """``conv(h, w, bias, padding)``, with a thin 3-D CPU input zero-padded to the few channels that make PyTorch
     take oneDNN: the 2-channel first layer of a 64³ CNN is below :data:`ONEDNN_MIN_PRODUCT` in any axis order.
     Zero channels with zero kernel slices add nothing, so this is the same convolution."""

@@ -188,8 +188,8 @@ class MultiCoilMRI(MultiCoilOperator):
         else:
             k = torch.fft.ifftn(torch.fft.fftn(coil_images, dim=dims, norm="ortho").mul_(self.mask), dim=dims,
                                 norm="ortho")
-        # in place, for the same reason: neither the inverse FFT nor the sum keeps its output for backward. On
-        # this CPU every image-sized temporary (128 KiB at 128², glibc's mmap threshold) is mapped, faulted in
+        # in place, for the same reason: neither the inverse FFT nor the sum keeps its output for backward. With
+        # glibc every temporary of 128 KiB or more (its mmap threshold: one image at 128²) can be mapped, faulted in
         # and unmapped again, and the CG applies this operator in every step
         out = k.mul_(maps_conj).sum(dim=1)
         return out if signs is None else out.mul_(signs)
