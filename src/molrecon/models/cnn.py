@@ -272,8 +272,10 @@ class ConvDenoiser(nn.Module):
             out.append(conv.weight / torch.clamp(sigma / t, min=1.0))
         return out
 
-    def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-        """``H(x)`` with the given effective weights."""
+    def apply(self, x: torch.Tensor, weights: list[torch.Tensor],
+              masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``H(x)`` with the given effective weights; given a list ``masks``, the hidden ReLUs' pass masks at ``x``
+        are appended to it (bool, in the axis order of :func:`conv_axes`)."""
         conv = F.conv2d if self.nd == 2 else F.conv3d
         pad = self.kernel_size // 2
         h = complex_to_channels(x)
@@ -282,6 +284,8 @@ class ConvDenoiser(nn.Module):
         for i, (c, w) in enumerate(zip(self.convs, weights)):
             h = convolve(conv, h, permute_axes(w, perm), c.bias, pad)
             if i < len(self.convs) - 1:
+                if masks is not None:
+                    masks.append(h > 0)
                 h = F.relu(h, inplace=True)  # the convolution's output is needed by nothing else
         return channels_to_complex(permute_axes(h, perm, inverse=True))
 
@@ -292,8 +296,11 @@ class ConvDenoiser(nn.Module):
     def jacobian_at(self, x: torch.Tensor, weights: list[torch.Tensor]) -> ReLUJacobian:
         """The Jacobian of :meth:`apply` at ``x`` as a linear operator (:class:`ReLUJacobian`): the same
         convolutions without bias, with the ReLUs' pass masks at ``x`` in between."""
-        masks, perm = _relu_masks(self, x, weights)
-        return ReLUJacobian(weights, masks, self.nd, self.kernel_size // 2, perm=perm)
+        masks: list[torch.Tensor] = []
+        with torch.no_grad():
+            ConvDenoiser.apply(self, x, weights, masks)  # the plain network: a residual form adds its own I
+        return ReLUJacobian(weights, masks, self.nd, self.kernel_size // 2,
+                            perm=conv_axes(complex_to_channels(x)))
 
     @torch.no_grad()
     def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
@@ -326,22 +333,6 @@ class ConvDenoiser(nn.Module):
     def extra_repr(self) -> str:
         sn = f", spectral_norm(L<={self.lipschitz_target})" if self.spectral_norm else ""
         return f"dims={self.dims!r}, channels={self.channels}, layers={self.layers}{sn}"
-
-
-@torch.no_grad()
-def _relu_masks(net: ConvDenoiser, x: torch.Tensor,
-                weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], tuple[int, ...] | None]:
-    """Where each hidden ReLU of ``net`` passes at ``x`` (bool, one tensor per hidden layer), in the axis order
-    of :func:`conv_axes`, which is returned with them."""
-    conv = F.conv2d if net.nd == 2 else F.conv3d
-    h, masks = complex_to_channels(x), []
-    perm = conv_axes(h)
-    h = permute_axes(h, perm)
-    for c, w in zip(net.convs[:-1], weights[:-1]):
-        h = convolve(conv, h, permute_axes(w, perm), c.bias, net.kernel_size // 2)
-        masks.append(h > 0)
-        h = F.relu(h)
-    return masks, perm
 
 
 class ReLUJacobian:
