@@ -35,3 +35,10 @@ def batch_norms(x: torch.Tensor) -> torch.Tensor:
     6 µs at 128², one thread), which made the norms of the fixed-point iteration a sixth of a MOL solve.
     """
     return torch.linalg.vector_norm(flat_real_view(x), dim=1)
+
+
+def finite_per_sample(x: torch.Tensor) -> torch.Tensor:
+    """Per batch element: are all entries finite? From the sum of each element's real view, which any NaN or
+    infinity makes non-finite (an overflow of the sum of finite entries, at ~1e38, would also read as
+    non-finite); a tenth of the cost of an element-wise test at 128²."""
+    return torch.isfinite(flat_real_view(x).sum(dim=1))

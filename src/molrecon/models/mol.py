@@ -61,12 +61,12 @@ from ..normalization import model_normalization, scale_invariant
 from ..physics.linear import LinearPhysics
 from ..physics.mri import check_finite
 from ..solvers.backward import BACKWARD_OPTIONS, attach_backward, check_backward_options
-from ..solvers.cg import conjugate_gradient
-from ..solvers.fixed_point import finite_per_sample, fixed_point_solve
+from ..solvers.cg import conjugate_gradient, shifted_normal
+from ..solvers.fixed_point import fixed_point_solve
 from ..solvers.implicit import dc_solve
 from ..solvers.info import SolverInfo
 from ..solvers.timing import region
-from ..tensor_utils import batch_norms
+from ..tensor_utils import batch_norms, finite_per_sample
 from .certificate import WEIGHTED_PRIORS, CertificateMixin
 from .cnn import DIMS
 from .constraints import Constraint, make_constraint
@@ -297,7 +297,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
             return dc_solve(rhs, mu, physics.normal, x0=x, max_iter=self.dc_exact_iter, tol=self.cg_tol)
         mu_d = mu.detach()
         with region("cg"):
-            out, _ = conjugate_gradient(lambda v: physics.normal(v).mul_(mu_d).add_(v), rhs, x0=x,
+            out, _ = conjugate_gradient(shifted_normal(physics.normal, mu_d), rhs, x0=x,
                                         max_iter=self.cg_iter if cg_iter is None else cg_iter, tol=self.cg_tol)
         return out
 
@@ -339,7 +339,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         """CG-SENSE start: ``argmin λ0‖Ax − b‖² + ‖x‖²`` (λ0 = ``init_lam``, ``init_cg_iter`` CG iterations)."""
         lam0 = self.init_lam
         with torch.no_grad(), region("init", absorb=True):
-            x, _ = conjugate_gradient(lambda v: physics.normal(v).mul_(lam0).add_(v), lam0 * physics.A_adjoint(y),
+            x, _ = conjugate_gradient(shifted_normal(physics.normal, lam0), lam0 * physics.A_adjoint(y),
                                       max_iter=self.init_cg_iter, tol=1e-6)
         return x
 
@@ -382,7 +382,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
                 x_k, hx = x_last, self._checked_h(x_last, w_d, "in the final step")
             rhs = self._block_rhs(x_k, hx, aty, mu)
             with region("final-dc", absorb=True):
-                x_out, cg_info = conjugate_gradient(lambda v: physics.normal(v).mul_(mu).add_(v), rhs, x0=x_last,
+                x_out, cg_info = conjugate_gradient(shifted_normal(physics.normal, mu), rhs, x0=x_last,
                                                     max_iter=self.dc_exact_iter, tol=self.cg_tol)
             cg_err = cg_info.final_residual.to(x_out.real.dtype) * batch_norms(rhs)
         self._add_bound(info, x_out, x_k, w_d, cg_err, x0 is None)

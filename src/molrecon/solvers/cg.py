@@ -22,6 +22,13 @@ from ..tensor_utils import batch_dot
 from .info import SolverInfo
 
 
+def shifted_normal(normal: Callable[[torch.Tensor], torch.Tensor],
+                   mu: torch.Tensor | float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v ↦ v + μ·N v``, the matrix of a data-consistency solve, built in ``N v`` in place: ``normal``
+    (``LinearPhysics.normal``) returns a new tensor, and neither product keeps its output for backward."""
+    return lambda v: normal(v).mul_(mu).add_(v)
+
+
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 

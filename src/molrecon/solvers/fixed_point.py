@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError
-from ..tensor_utils import batch_norms, flat_real_view
+from ..tensor_utils import batch_norms, finite_per_sample, flat_real_view
 from .info import SolverInfo
 
 FixedPointFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -172,13 +172,6 @@ def _take_step(x: torch.Tensor, fx: torch.Tensor, gi: torch.Tensor, go: torch.Te
     return x
 
 
-def finite_per_sample(x: torch.Tensor) -> torch.Tensor:
-    """Per batch element: are all entries finite? From the sum of each element's real view, which any NaN or
-    infinity makes non-finite (an overflow of the sum of finite entries, at ~1e38, would also read as
-    non-finite); a tenth of the cost of an element-wise test at 128²."""
-    return torch.isfinite(flat_real_view(x).sum(dim=1))
-
-
 def _anderson_mix(Fh: torch.Tensor, Gh: torch.Tensor, GG: torch.Tensor, filled: torch.Tensor, reg: float,
                   beta: float) -> torch.Tensor | None:
     """The next iterate from the histories ``Fh`` (``T(x_i)``) and ``Gh`` (residuals ``T(x_i) − x_i``),
@@ -225,4 +218,4 @@ def indexed(T: Callable[[torch.Tensor], torch.Tensor], x_full: torch.Tensor) -> 
     return f
 
 
-__all__ = ["finite_per_sample", "fixed_point_solve", "indexed"]
+__all__ = ["fixed_point_solve", "indexed"]

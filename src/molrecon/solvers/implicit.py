@@ -52,7 +52,7 @@ from contextvars import ContextVar
 import torch
 
 from ..tensor_utils import batch_dot
-from .cg import conjugate_gradient
+from .cg import conjugate_gradient, shifted_normal
 from .fixed_point import fixed_point_solve, indexed
 from .info import SolverInfo
 
@@ -79,13 +79,10 @@ class DCSolve(torch.autograd.Function):
     def forward(ctx, rhs: torch.Tensor, mu: torch.Tensor, normal: Callable[[torch.Tensor], torch.Tensor],
                 x0: torch.Tensor | None, max_iter: int, tol: float) -> torch.Tensor:  # type: ignore[override]
         mu_d = mu.detach()
-
-        def op(v: torch.Tensor) -> torch.Tensor:
-            return normal(v).mul_(mu_d).add_(v)  # under no_grad only: normal's output is a new tensor
-
         with torch.no_grad():
             # a new tensor under no_grad (never the warm start itself, which autograd must not see as the output)
-            u, _ = conjugate_gradient(op, rhs.detach(), None if x0 is None else x0.detach(), max_iter, tol)
+            u, _ = conjugate_gradient(shifted_normal(normal, mu_d), rhs.detach(),
+                                      None if x0 is None else x0.detach(), max_iter, tol)
         ctx.save_for_backward(u, mu_d)
         ctx.normal, ctx.max_iter, ctx.tol = normal, max_iter, tol
         return u
@@ -94,10 +91,6 @@ class DCSolve(torch.autograd.Function):
     def backward(ctx, grad_u: torch.Tensor):  # type: ignore[override]
         u, mu = ctx.saved_tensors
         normal = ctx.normal
-
-        def op(v: torch.Tensor) -> torch.Tensor:
-            return normal(v).mul_(mu).add_(v)
-
         # The implicit fixed-point backward calls this backward once per adjoint iteration with slowly changing
         # ``grad_u``: warm-starting CG at the previous solution cuts the CG work several-fold (same tolerance).
         inner = _INNER_CG.get()
@@ -106,7 +99,7 @@ class DCSolve(torch.autograd.Function):
             warm = None
         max_iter = ctx.max_iter if inner is None else min(inner.budget, ctx.max_iter)
         with torch.no_grad():
-            grad_rhs, _ = conjugate_gradient(op, grad_u, warm, max_iter, ctx.tol)
+            grad_rhs, _ = conjugate_gradient(shifted_normal(normal, mu), grad_u, warm, max_iter, ctx.tol)
         ctx.warm = grad_rhs
         if inner is not None:
             inner.result, inner.calls = grad_rhs, inner.calls + 1
