@@ -4,7 +4,9 @@ right after MoDL K = 10 on the same slice, so that a changing machine load falls
     OMP_NUM_THREADS=1 python benchmarks/inference-settings/run.py mol-lr-2d-4x,mol-sn-2d-4x 16 OUT.json [10/10,...]
 
 A setting is (CG steps of the CG-SENSE start, CG steps per block); the fixed point is the same at every setting.
-The optional fourth argument picks settings (``START/BLOCK``, comma-separated) instead of all of ``SETTINGS``.
+The optional fourth argument picks settings (``START/BLOCK`` or ``START/BLOCK/TOL``, comma-separated) instead of
+all of ``SETTINGS``; ``TOL`` overrides the forward tolerance (relative change), which moves the answer within the
+solver's error bound.
 PSNR: the magnitude inside the object (fastMRI style), per slice against the slice's own maximum, averaged.
 """
 
@@ -29,6 +31,12 @@ from molrecon.weights.loading import resolve_model  # noqa: E402
 SETTINGS = [(50, 15), (10, 15), (10, 10), (50, 10), (10, 8)]
 
 
+def _setting(text: str) -> tuple:
+    """``START/BLOCK[/TOL]`` → ``(start, block)`` or ``(start, block, tol)``."""
+    parts = text.split("/")
+    return tuple(int(v) for v in parts[:2]) + tuple(float(v) for v in parts[2:3])
+
+
 def _timed(fn):
     """``fn()`` and its wall time, without gradients: MOL's solve runs under ``no_grad`` itself, and MoDL timed
     with autograd on would pay for a graph that inference never uses (~20 % of its time at 128²)."""
@@ -40,11 +48,12 @@ def _timed(fn):
 
 def main() -> None:
     names, count, out_path = sys.argv[1].split(","), int(sys.argv[2]), Path(sys.argv[3])
-    settings = SETTINGS if len(sys.argv) < 5 else [tuple(int(v) for v in s.split("/")) for s in sys.argv[4].split(",")]
+    settings = SETTINGS if len(sys.argv) < 5 else [_setting(s) for s in sys.argv[4].split(",")]
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     modl = resolve_model("modl-2d-4x").model.eval()
     models = {n: resolve_model(n).model.eval() for n in names}
+    model_tol = {n: float(m.tol) for n, m in models.items()}
     keys = [(n, s) for n in names for s in settings]
     seconds = dict.fromkeys(keys, 0.0)
     scores: dict = {k: [] for k in keys}
@@ -61,7 +70,7 @@ def main() -> None:
                 modl_scores.append(psnr(x[0].numpy(), target, peak, support))
             model = models[name]
             model.init_cg_iter = setting[0]
-            (x, info), t = _timed(lambda m=model, s=setting, y=y, p=physics: m.solve(y, p, cg_iter=s[1]))
+            (x, info), t = _timed(lambda m=model, s=setting, y=y, p=physics: m.solve(y, p, cg_iter=s[1], **({"tol": s[2]} if len(s) > 2 else {})))
             seconds[(name, setting)] += t
             scores[(name, setting)].append(psnr(x[0].numpy(), target, peak, support))
             iterations[(name, setting)].append(int(info.iterations[0]))
@@ -72,11 +81,12 @@ def main() -> None:
     for (name, setting) in keys:
         per_slice = seconds[(name, setting)] / n
         row = {"model": name, "init_cg_iter": setting[0], "cg_iter": setting[1], "seconds_per_slice": per_slice,
+               "tol": setting[2] if len(setting) > 2 else model_tol[name],
                "ratio_to_modl": per_slice / modl_per_slice, "psnr": float(np.mean(scores[(name, setting)])),
                "iterations_mean": float(np.mean(iterations[(name, setting)])),
                "iterations_max": int(max(iterations[(name, setting)]))}
         rows.append(row)
-        print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps: {per_slice:.3f} s/slice "
+        print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps, tol {row['tol']:.0e}: {per_slice:.3f} s/slice "
               f"({row['ratio_to_modl']:.2f}x MoDL), PSNR {row['psnr']:.4f} dB, {row['iterations_mean']:.1f} "
               f"iterations (max {row['iterations_max']})")
     out_path.write_text(json.dumps({"slices": n, "threads": 1, "machine": machine_info(), "rows": rows}, indent=1))

@@ -20,10 +20,13 @@ from ..solvers.timing import region
 from ..tensor_utils import batch_norms
 from .cnn import ConvDenoiser
 from .lipschitz import adversarial_lipschitz, jacobian_spectral_norm
-from .priors import SLLDenoiser
+from .priors import OrthogonalDenoiser, SLLDenoiser
 
+#: certified networks: 1-Lipschitz layers scaled by ``L``, whatever the weights; the certificate at every call
+CERTIFIED_PRIORS = {SLLDenoiser: "certified: L of 1-Lipschitz SLL layers",
+                    OrthogonalDenoiser: "certified: L times the kernel bounds of orthogonal convolutions"}
 #: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
-WEIGHTED_PRIORS = (ConvDenoiser, SLLDenoiser)
+WEIGHTED_PRIORS = (ConvDenoiser, *CERTIFIED_PRIORS)
 #: ascent steps of the adversarial estimate in :meth:`CertificateMixin.certificate`, at the least (the authors')
 CERTIFICATE_ASCENT_STEPS = 10
 
@@ -46,8 +49,8 @@ class CertificateMixin:
     def _lipschitz_for_bound(self, x: torch.Tensor, weights) -> tuple[float, bool]:
         """``(L, certified)`` used for the a-posteriori bound of a solve."""
         den = self.denoiser
-        if isinstance(den, SLLDenoiser):
-            return den.certified_lipschitz(tuple(x.shape[1:])), True  # by construction, in every mode
+        if isinstance(den, tuple(CERTIFIED_PRIORS)):
+            return den.certified_lipschitz(tuple(x.shape[1:]), weights), True  # in every mode
         if self.constraint == "sn" and isinstance(den, ConvDenoiser):
             t = den.per_layer_target
             L = 1.0
@@ -91,8 +94,7 @@ class CertificateMixin:
         if self.constraint == "sn" and isinstance(den, WEIGHTED_PRIORS):
             with torch.no_grad():
                 L = den.certified_lipschitz(spatial)
-            estimator = ("certified: L of 1-Lipschitz SLL layers" if isinstance(den, SLLDenoiser)
-                         else "certified: product of circular-embedding conv norms")
+            estimator = CERTIFIED_PRIORS.get(type(den), "certified: product of circular-embedding conv norms")
             certified = L < 1
         else:
             if x is None:
@@ -146,5 +148,5 @@ class CertificateMixin:
                            "method": self.method_name, "final_step": step, "init": "cg-sense" if from_start else "x0"})
 
 
-__all__ = ["CertificateMixin", "CERTIFICATE_ASCENT_STEPS", "WEIGHTED_PRIORS", "contraction_factor",
+__all__ = ["CertificateMixin", "CERTIFICATE_ASCENT_STEPS", "CERTIFIED_PRIORS", "WEIGHTED_PRIORS", "contraction_factor",
            "robustness_constant"]

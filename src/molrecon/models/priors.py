@@ -2,7 +2,7 @@ r"""Parametrisations of MOL's network ``H`` that can represent near-identity map
 
 A plain ReLU CNN ``H`` (:class:`~molrecon.models.cnn.ConvDenoiser`) starts near the zero map, far from the
 near-identity maps a good prior needs (a denoiser of a decent image is close to the identity); under a Lipschitz
-constraint it has to grow towards them against the constraint. The two forms here start at ``H ≈ L·I``:
+constraint it has to grow towards them against the constraint. The residual and SLL forms start at ``H ≈ L·I``:
 
 ``"residual"`` (:class:`ResidualDenoiser`, for MOL-LR and the DEQ)
     :math:`H(x) = s\,(x + N(x))` with :math:`N` a plain CNN and :math:`s < 1` (``residual_scale``), the MOL analogue
@@ -22,8 +22,17 @@ constraint it has to grow towards them against the constraint. The two forms her
     ``Lip(H) ≤ L`` for *every* value of the weights: the certificate is a proof, computed from the weights
     through ``t``. ``B ≡ I`` at ``K = 0``, so ``H`` can be ``L·I`` exactly. Proof details: ``docs/theory.md``.
 
+``"orthogonal"`` (:class:`OrthogonalDenoiser`, for MOL-SN)
+    :math:`H = L\cdot P\circ G_n\circ\dots\circ G_1\circ E` with
+    :math:`G(z) = Q_2\,\operatorname{MaxMin}(Q_1 z + b_1) + b_2`, ``Q`` orthogonal convolutions
+    (:mod:`molrecon.models.orthogonal`; an isometry from the state to the hidden channels and a co-isometry back).
+    MaxMin (GroupSort of pairs) is a permutation at every point, so each ``G`` is 1-Lipschitz, and the kernels'
+    norms are bounded from the weights. It starts at a random orthogonal map, not near ``L·I``; in one-epoch probes
+    it trained 1 dB above the SLL network (``benchmarks/README.md``, "MOL parametrisations").
+
 orthogonium (MIT) ships a 2D SLL convolution that reparametrises its kernel through AOL; MOL needs the same
-layer in 2D, 3D and 2D+t with one certificate, so the layer is written once for ``conv2d`` and ``conv3d`` here.
+layer in 2D, 3D and 2D+t with one certificate, so the layer is written once for ``conv2d`` and ``conv3d`` here;
+likewise the orthogonal convolutions (orthogonium's AOC layers are 2D).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from torch import nn
 from ..errors import InputError
 from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
+from .orthogonal import conv_norm_bound, max_min, orthogonal_kernel
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -232,6 +242,106 @@ class SLLDenoiser(nn.Module):
                 f"state_channels={self.state_channels}, L={self.lipschitz_target}")
 
 
+class OrthogonalDenoiser(nn.Module):
+    r"""Certified ``H = L·P∘G_n∘…∘G_1∘E`` with ``G(z) = Q_2\,\mathrm{MaxMin}(Q_1 z + b_1) + b_2`` (module docstring).
+
+    ``Q_1`` (state → hidden) and ``Q_2`` (hidden → state) are orthogonal convolutions
+    (:func:`~molrecon.models.orthogonal.orthogonal_kernel`), MaxMin sorts channel pairs. Every ``G`` is
+    1-Lipschitz, so ``Lip(H) ≤ L``; :meth:`certified_lipschitz` proves it from the kernels
+    (:func:`~molrecon.models.orthogonal.conv_norm_bound`, which reads ``L·(1 + ~1e-6)`` from rounding).
+
+    Parameters are those of :class:`SLLDenoiser`; ``channels`` (hidden) must be even.
+
+    Example
+    -------
+    >>> h = OrthogonalDenoiser(dims="2d", channels=8, layers=2, state_channels=4, lipschitz_target=0.9)
+    >>> h(torch.randn(1, 16, 16, dtype=torch.complex64)).shape
+    torch.Size([1, 16, 16])
+    >>> 0.9 <= h.certified_lipschitz((16, 16)) < 0.90001
+    True
+    """
+
+    def __init__(self, dims: str = "2d", channels: int = 32, layers: int = 5, kernel_size: int = 3,
+                 state_channels: int = 16, lipschitz_target: float = 0.99) -> None:
+        super().__init__()
+        if dims not in DIMS:
+            raise InputError(f"OrthogonalDenoiser: dims must be one of {DIMS}, got {dims!r}")
+        if layers < 1 or channels < 2 or channels % 2 or state_channels < 2:
+            raise InputError(f"OrthogonalDenoiser: need layers >= 1, an even channels >= 2 and state_channels >= 2; "
+                             f"got {layers}, {channels}, {state_channels}")
+        if kernel_size % 2 != 1:
+            raise InputError(f"OrthogonalDenoiser: kernel_size must be odd, got {kernel_size}")
+        if not (0 < lipschitz_target <= 1):
+            raise InputError(f"OrthogonalDenoiser: lipschitz_target must be in (0, 1], got {lipschitz_target}")
+        self.dims, self.channels, self.layers = dims, int(channels), int(layers)
+        self.kernel_size, self.state_channels = int(kernel_size), int(state_channels)
+        self.lipschitz_target = float(lipschitz_target)
+        self.nd = 2 if dims == "2d" else 3
+        c = max(self.channels, self.state_channels)
+        c += c % 2  # the projectors have rank c/2
+        blocks = (self.kernel_size - 1) * self.nd
+        self.rotations, self.frames, self.biases = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        for _ in range(self.layers):
+            for fan_in, width in ((self.state_channels, self.channels), (self.channels, self.state_channels)):
+                # Gaussian matrices: their QR factors are uniformly distributed orthogonal matrices and frames
+                self.rotations.append(nn.Parameter(torch.randn(c, c)))
+                self.frames.append(nn.Parameter(torch.randn(blocks, c, c // 2)))
+                bound = 1.0 / math.sqrt(fan_in * self.kernel_size ** self.nd)
+                self.biases.append(nn.Parameter(torch.empty(width).uniform_(-bound, bound)))
+
+    def config(self) -> dict:
+        return {"dims": self.dims, "channels": self.channels, "layers": self.layers,
+                "kernel_size": self.kernel_size, "state_channels": self.state_channels,
+                "lipschitz_target": self.lipschitz_target}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_complex():
+            raise InputError(f"OrthogonalDenoiser: input must be a complex tensor, got "
+                             f"{getattr(x, 'dtype', type(x))}")
+        if x.ndim != self.nd + 1:
+            raise InputError(f"OrthogonalDenoiser({self.dims!r}): expected [B, {self.nd} spatial axes], got shape "
+                             f"{tuple(x.shape)}")
+
+    def effective_weights(self, spatial: tuple[int, ...]) -> list[torch.Tensor]:
+        """``[Q_1 of layer 1, Q_2 of layer 1, …]``, the orthogonal kernels, computed once per reconstruction."""
+        out = []
+        for i, (rotation, frames) in enumerate(zip(self.rotations, self.frames)):
+            widths = (self.channels, self.state_channels)
+            out.append(orthogonal_kernel(rotation, frames, self.nd, self.kernel_size, widths[i % 2],
+                                         widths[1 - i % 2]))
+        return out
+
+    def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """``H(x)`` with the given kernels."""
+        conv = F.conv2d if self.nd == 2 else F.conv3d
+        pad = self.kernel_size // 2
+        z = complex_to_channels(x)
+        perm = conv_axes(z)
+        z = permute_axes(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)), perm)  # E: zero channels
+        for i in range(self.layers):
+            h = max_min(conv(z, permute_axes(weights[2 * i], perm), self.biases[2 * i], padding=pad))
+            z = conv(h, permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], padding=pad)
+        return self.lipschitz_target * channels_to_complex(permute_axes(z[:, :2], perm, inverse=True))  # P
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.apply(x, self.effective_weights(tuple(x.shape[1:])))
+
+    @torch.no_grad()
+    def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
+        """``L·Π‖Q‖``, each ``‖Q‖`` bounded from its kernel: E is an isometry, P a projection, MaxMin and the
+        biases do not add to a Lipschitz constant. Valid on every grid."""
+        kernels = weights if weights is not None else self.effective_weights(spatial)
+        return self.lipschitz_target * math.prod(conv_norm_bound(k) for k in kernels)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return (f"dims={self.dims!r}, channels={self.channels}, layers={self.layers}, "
+                f"state_channels={self.state_channels}, L={self.lipschitz_target}")
+
+
 def build_prior(architecture: str, constraint: str, dims: str, channels: int, layers: int, kernel_size: int,
                 lipschitz_target: float | None, residual_scale: float, state_channels: int,
                 residual_init_gain: float = 0.0) -> nn.Module:
@@ -241,6 +351,9 @@ def build_prior(architecture: str, constraint: str, dims: str, channels: int, la
     if architecture == "residual":
         return ResidualDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
                                 residual_scale=residual_scale, residual_init_gain=residual_init_gain)
+    if architecture == "orthogonal":
+        return OrthogonalDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
+                                  state_channels=state_channels, lipschitz_target=lipschitz_target)
     if architecture == "sll":
         return SLLDenoiser(dims=dims, channels=channels, layers=layers, kernel_size=kernel_size,
                            state_channels=state_channels, lipschitz_target=lipschitz_target)
@@ -258,4 +371,4 @@ def check_architecture(architecture: str, constraint: str) -> None:
                          f"serves {', '.join(ARCHITECTURES[architecture])})")
 
 
-__all__ = ["ResidualDenoiser", "SLLDenoiser", "sll_scaling", "build_prior", "check_architecture"]
+__all__ = ["ResidualDenoiser", "SLLDenoiser", "OrthogonalDenoiser", "sll_scaling", "build_prior", "check_architecture"]

@@ -1,0 +1,107 @@
+r"""Orthogonal convolutions in 2D and 3D, and a bound on a convolution's norm computed from its kernel.
+
+**Block-convolution orthogonal parametrisation** (BCOP; Li, Haghifam, Holtz & Jacobsen, NeurIPS 2019; orthogonium's
+AOC layers build on it in 2D). A 2-tap convolution along one axis with taps ``P`` and ``I − P``, ``P`` an orthogonal
+projector, is orthogonal: its frequency response ``P + e^{-iω}(I − P)`` is unitary at every frequency. An orthogonal
+1×1 convolution followed by ``k − 1`` such blocks along each axis is an orthogonal convolution with a ``k^d``
+kernel (:func:`orthogonal_kernel`). Its first ``c_out`` output and ``c_in`` input channels form a convolution of
+norm ≤ 1: an isometry when ``c_out ≥ c_in`` (the input is embedded), a co-isometry otherwise (the output is
+projected). The construction is written once for ``conv2d`` and ``conv3d``.
+
+**The bound** (:func:`conv_norm_bound`) does not rely on the construction: it is computed from the kernel, so it
+is a proof for any kernel. With ``G_s`` the Gram kernel of ``K Kᵀ`` (a ``2k − 1`` kernel of ``c × c`` matrices,
+``c`` the smaller channel count), the frequency response of ``K Kᵀ`` is ``Σ_s G_s e^{iωs}`` and
+
+.. math:: \|K\|^2 \le \lambda_{\max}(G_0) + \sum_{s \ne 0} \|G_s\|_2 .
+
+A zero-padded convolution on a finite grid is a compression of the convolution on the infinite grid, so the bound
+holds on every grid. For an orthogonal kernel ``G_0 = I`` and ``G_{s≠0} = 0``: the bound is 1 up to rounding.
+Proofs: ``docs/theory.md`` (the repository's copy).
+
+Example
+-------
+>>> g = torch.Generator().manual_seed(0)
+>>> rotation, frames = torch.randn(8, 8, generator=g), torch.randn(4, 8, 4, generator=g)
+>>> k = orthogonal_kernel(rotation, frames, nd=2, kernel_size=3, out_channels=8, in_channels=4)
+>>> k.shape
+torch.Size([8, 4, 3, 3])
+>>> abs(conv_norm_bound(k) - 1.0) < 1e-5
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def orthonormal(a: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns spanning ``a``'s (``[..., n, r]``, ``r ≤ n``): the QR factor ``Q`` with the signs that
+    make ``R``'s diagonal positive, so that the map is smooth and differentiable."""
+    q, r = torch.linalg.qr(a)
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    return q * torch.where(signs == 0, torch.ones_like(signs), signs).unsqueeze(-2)
+
+
+def _conv(nd: int):
+    return F.conv2d if nd == 2 else F.conv3d
+
+
+def compose_kernels(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The kernel of ``x ↦ outer ⋆ (inner ⋆ x)`` (cross-correlations, as ``conv2d``/``conv3d`` compute):
+    ``C[o, i, u] = Σ_m Σ_t outer[o, m, t] inner[m, i, u − t]``, of size ``k_outer + k_inner − 1`` per axis."""
+    nd = outer.ndim - 2
+    spatial = tuple(range(2, 2 + nd))
+    padding = tuple(s - 1 for s in outer.shape[2:])
+    return _conv(nd)(inner.transpose(0, 1), outer.flip(spatial), padding=padding).transpose(0, 1)
+
+
+def orthogonal_kernel(rotation: torch.Tensor, frames: torch.Tensor, nd: int, kernel_size: int,
+                      out_channels: int, in_channels: int) -> torch.Tensor:
+    """An orthogonal ``kernel_size^nd`` convolution kernel ``[out_channels, in_channels, *k]`` (module docstring).
+
+    ``rotation`` ``[c, c]`` gives the orthogonal 1×1 convolution, ``frames`` ``[(k − 1)·nd, c, r]`` the projectors
+    ``V Vᵀ`` of the 2-tap blocks (block ``j`` runs along axis ``j mod nd``); ``c ≥ max(out_channels, in_channels)``.
+    Unconstrained parameters: both are orthonormalised here (:func:`orthonormal`).
+    """
+    c = rotation.shape[0]
+    if frames.shape[0] != (kernel_size - 1) * nd or frames.shape[1] != c:
+        raise ValueError(f"orthogonal_kernel: frames must be [{(kernel_size - 1) * nd}, {c}, r], got "
+                         f"{tuple(frames.shape)}")
+    kernel = orthonormal(rotation).reshape(c, c, *(1,) * nd)
+    v = orthonormal(frames)
+    projectors = v @ v.transpose(-1, -2)
+    eye = torch.eye(c, dtype=rotation.dtype, device=rotation.device)
+    for j, p in enumerate(projectors):
+        shape = [c, c] + [1] * nd
+        shape[2 + j % nd] = 2
+        block = torch.stack([p, eye - p], dim=-1).reshape(shape)
+        kernel = compose_kernels(block, kernel)
+    return kernel[:out_channels, :in_channels]
+
+
+def conv_norm_bound(kernel: torch.Tensor) -> float:
+    r"""An upper bound on the operator norm of the convolution with ``kernel`` ``[c_out, c_in, *k]`` on any grid,
+    zero-padded or not: :math:`\sqrt{\lambda_{\max}(G_0) + \sum_{s\ne0}\|G_s\|_2}` (module docstring), in float64."""
+    k = kernel.detach().double()
+    nd = k.ndim - 2
+    if k.shape[0] > k.shape[1]:
+        k = k.transpose(0, 1).flip(tuple(range(2, 2 + nd)))  # Kᵀ: the Gram of the side with fewer channels
+    gram = _conv(nd)(k, k, padding=tuple(s - 1 for s in k.shape[2:]))  # [c, c, *(2k − 1)]
+    blocks = gram.flatten(2).permute(2, 0, 1)
+    centre = blocks.shape[0] // 2
+    norms = torch.linalg.matrix_norm(blocks, ord=2)
+    top = torch.linalg.eigvalsh(blocks[centre]).max()
+    return math.sqrt(float(top + norms.sum() - norms[centre]))
+
+
+def max_min(z: torch.Tensor) -> torch.Tensor:
+    """MaxMin (GroupSort of size 2) over the channel axis: channel pairs ``(i, i + C/2)`` become their maximum and
+    minimum. A permutation at every point, so 1-Lipschitz and norm-preserving."""
+    a, b = z.chunk(2, dim=1)
+    return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
+__all__ = ["orthonormal", "compose_kernels", "orthogonal_kernel", "conv_norm_bound", "max_min"]

@@ -1,0 +1,115 @@
+"""Tests for the orthogonal convolutions (models/orthogonal.py) and the certified orthogonal MOL-SN network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from molrecon.models import MOL
+from molrecon.models.lipschitz import jacobian_spectral_norm
+from molrecon.models.orthogonal import compose_kernels, conv_norm_bound, max_min, orthogonal_kernel
+from molrecon.models.priors import OrthogonalDenoiser
+from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
+
+torch.set_num_threads(1)
+
+
+def _dense(kernel: torch.Tensor, spatial: tuple[int, ...], circular: bool) -> torch.Tensor:
+    """The convolution with ``kernel`` on ``spatial`` as a dense ``[c_out·N, c_in·N]`` matrix (float64)."""
+    k = kernel.detach().double()
+    nd, c_in = k.ndim - 2, k.shape[1]
+    conv = F.conv2d if nd == 2 else F.conv3d
+    n = c_in * int(torch.tensor(spatial).prod())
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, c_in, *spatial)
+    pad = k.shape[-1] // 2
+    if circular:
+        out = conv(F.pad(eye, (pad, pad) * nd, mode="circular"), k)
+    else:
+        out = conv(eye, k, padding=pad)
+    return out.reshape(n, -1).T
+
+
+def _kernel(nd: int, out_channels: int, in_channels: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    c = max(out_channels, in_channels)
+    return orthogonal_kernel(torch.randn(c, c, generator=g), torch.randn(2 * nd, c, c // 2, generator=g),
+                             nd, 3, out_channels, in_channels)
+
+
+@pytest.mark.parametrize("nd,spatial", [(2, (6, 5)), (3, (4, 5, 3))])
+@pytest.mark.parametrize("out_channels,in_channels", [(6, 6), (6, 2), (2, 6)])
+def test_orthogonal_kernel_is_an_isometry_or_a_co_isometry(nd, spatial, out_channels, in_channels):
+    """Circularly, every singular value of the convolution is 1 (square), or its Gram on the smaller side is the
+    identity; zero-padded, no singular value exceeds 1."""
+    k = _kernel(nd, out_channels, in_channels)
+    assert k.shape == (out_channels, in_channels, *(3,) * nd)
+    m = _dense(k, spatial, circular=True)
+    gram = m.T @ m if out_channels >= in_channels else m @ m.T
+    torch.testing.assert_close(gram, torch.eye(gram.shape[0], dtype=torch.float64), atol=2e-5, rtol=0)
+    assert float(torch.linalg.matrix_norm(_dense(k, spatial, circular=False), ord=2)) <= 1 + 2e-5
+
+
+def test_composed_kernel_is_the_composition_of_the_convolutions():
+    g = torch.Generator().manual_seed(1)
+    outer, inner = torch.randn(3, 4, 2, 3, generator=g), torch.randn(4, 2, 3, 2, generator=g)
+    x = torch.randn(1, 2, 9, 8, generator=g)
+    composed = compose_kernels(outer, inner)
+    assert composed.shape == (3, 2, 4, 4)
+    torch.testing.assert_close(F.conv2d(x, composed), F.conv2d(F.conv2d(x, inner), outer), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,spatial", [((5, 3, 3, 3), (7, 6)), ((2, 6, 3, 3), (5, 5)),
+                                           ((3, 2, 3, 3, 3), (4, 3, 5))])
+def test_norm_bound_dominates_any_kernel_on_every_grid(shape, spatial):
+    """A proof for arbitrary (non-orthogonal) kernels: at least the exact norm, zero-padded and circular."""
+    k = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    bound = conv_norm_bound(k)
+    for circular in (False, True):
+        exact = float(torch.linalg.matrix_norm(_dense(k, spatial, circular), ord=2))
+        assert exact <= bound * (1 + 1e-12)
+    assert bound < 3 * exact  # and not vacuous
+    assert conv_norm_bound(_kernel(len(shape) - 2, 6, 2)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_max_min_sorts_channel_pairs():
+    z = torch.tensor([[1.0, -2.0, 3.0, 0.5]]).reshape(1, 4, 1, 1)
+    assert max_min(z).flatten().tolist() == [3.0, 0.5, 1.0, -2.0]
+
+
+@pytest.mark.parametrize("dims,shape", [("2d", (2, 16, 16)), ("3d", (1, 8, 8, 8)), ("2d+t", (1, 4, 12, 12))])
+def test_orthogonal_denoiser_jacobian_norm_below_certificate(dims, shape):
+    torch.manual_seed(0)
+    h = OrthogonalDenoiser(dims=dims, channels=8, layers=3, state_channels=4, lipschitz_target=0.9)
+    cert = h.certified_lipschitz(shape[1:])
+    assert 0.9 <= cert < 0.9 * (1 + 1e-4)
+    g = torch.Generator().manual_seed(3)
+    x = 2 * torch.randn(shape, generator=g, dtype=torch.complex64)
+    jac = jacobian_spectral_norm(h, x, n_iter=40, generator=torch.Generator().manual_seed(1))
+    assert 0.3 * cert < float(jac.max()) <= cert * (1 + 1e-4)
+    x2 = x + 0.1 * torch.randn(shape, generator=g, dtype=torch.complex64)
+    assert float((h(x) - h(x2)).abs().norm()) <= cert * float((x - x2).abs().norm()) * (1 + 1e-5)
+
+
+def test_orthogonal_certificate_is_computed_from_the_kernels():
+    """The certificate reads the kernels: a kernel pushed off orthogonality raises it."""
+    torch.manual_seed(0)
+    h = OrthogonalDenoiser(dims="2d", channels=4, layers=2, state_channels=4, lipschitz_target=0.9)
+    weights = h.effective_weights((8, 8))
+    assert h.certified_lipschitz((8, 8), weights) < 0.9 * (1 + 1e-4)
+    weights[1] = 1.5 * weights[1]
+    assert h.certified_lipschitz((8, 8), weights) == pytest.approx(0.9 * 1.5, rel=1e-4)
+
+
+def test_mol_sn_orthogonal_certificate_and_bound():
+    maps = simulate_coil_maps((16, 16), 3)[None]
+    physics = MultiCoilMRI(maps, RandomMask(0.08, 3.0)((16, 16), seed=0))
+    y = physics.A(torch.randn((1, 16, 16), dtype=torch.complex64, generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    model = MOL(constraint="sn", architecture="orthogonal", dims="2d", channels=6, layers=2, state_channels=4,
+                lipschitz_target=0.9, lam=10.0).eval()
+    _, info = model.solve(y, physics)
+    cert = model.certificate(physics)
+    assert cert["certified"] and 0.9 <= cert["L"] < 0.9 * (1 + 1e-4)
+    assert "orthogonal" in cert["estimator"]
+    assert info.extra["bound_certified"]
