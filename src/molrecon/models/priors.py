@@ -46,7 +46,7 @@ from torch import nn
 from ..errors import InputError
 from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
-from .orthogonal import conv_norm_bound, max_min, orthogonal_kernel, orthonormal
+from .orthogonal import conv_norm_bound, max_min, orthogonal_kernel
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -283,10 +283,10 @@ class OrthogonalDenoiser(nn.Module):
         self.rotations, self.frames, self.biases = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
         for _ in range(self.layers):
             for fan_in, width in ((self.state_channels, self.channels), (self.channels, self.state_channels)):
-                # orthonormal to start with (QR factors of Gaussian matrices: uniformly distributed), so that
-                # their QR is the identity map there and an optimiser's step is relative to entries of ~c^-1/2
-                self.rotations.append(nn.Parameter(orthonormal(torch.randn(c, c))))
-                self.frames.append(nn.Parameter(orthonormal(torch.randn(blocks, c, c // 2))))
+                # orthonormal to start with (uniformly distributed: QR factors of Gaussian matrices), so that an
+                # optimiser's step is relative to entries of ~c^-1/2
+                self.rotations.append(nn.Parameter(torch.linalg.qr(torch.randn(c, c))[0]))
+                self.frames.append(nn.Parameter(torch.linalg.qr(torch.randn(blocks, c, c // 2))[0]))
                 bound = 1.0 / math.sqrt(fan_in * self.kernel_size ** self.nd)
                 self.biases.append(nn.Parameter(torch.empty(width).uniform_(-bound, bound)))
 
