@@ -50,7 +50,7 @@ class CertificateMixin:
         """``(L, certified)`` used for the a-posteriori bound of a solve."""
         den = self.denoiser
         if isinstance(den, tuple(CERTIFIED_PRIORS)):
-            return den.certified_lipschitz(tuple(x.shape[1:]), weights), True  # in every mode
+            return den.certified_lipschitz(tuple(x.shape[1:])), True  # from the weights, in every mode
         if self.constraint == "sn" and isinstance(den, ConvDenoiser):
             t = den.per_layer_target
             L = 1.0
