@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,13 +373,19 @@ def test_shipped_recipe_entries_follow_the_shipped_models_training_configs():
     from molrecon.weights.pretrained import pretrained_info
 
     for name, shipped, changed in (("mol-lr-residual", "mol-lr-2d-4x", {}),
-                                   ("mol-sn-sll", "mol-sn-2d-4x", {"cg_iter": 15})):
+                                   ("mol-sn-orthogonal", "mol-sn-2d-4x", {"cg_iter": 15})):
         config = pretrained_info(shipped)["training"]["config"]
         model, train = _model_section(name, "2d", None, None, None)
         assert model == {**config["model"], **changed}  # the bench's 2D size is the shipped CNN
         assert train == {"fixed_point_cache": True}
     model, _ = _model_section("mol-lr-residual@lr_jacobian_steps=null", "2d", None, None, None)
     assert model["lr_jacobian_steps"] is None and model["lr_threshold"] == 0.9
+    # the SLL MOL-SN shipped before is its config file's model section, at 15 CG steps with the cache
+    from molrecon.train import load_config
+
+    sll = load_config(Path(__file__).resolve().parents[1] / "configs" / "mol_sn_2d_sll.yaml")["model"]
+    model, train = _model_section("mol-sn-sll", "2d", None, None, None)
+    assert model == {**sll, "cg_iter": 15} and train == {"fixed_point_cache": True}
 
 
 def test_time_to_psnr_first_crossing():

@@ -1,6 +1,9 @@
 """How much of each SLL layer's 1-Lipschitz budget a MOL-SN model uses (diagnostic for ``docs/theory.md`` §SLL).
 
-    .venv/bin/python tools/sll_tightness.py [mol-sn-2d-4x] [--grid 128 128]
+    .venv/bin/python tools/sll_tightness.py MODEL [--grid 128 128]
+
+MODEL: a MOL-SN with an SLL network, shipped name or training checkpoint (e.g. ``runs/mol_sn_2d_sll/best.pt``
+from ``configs/mol_sn_2d_sll.yaml``; the shipped ``mol-sn-2d-4x`` is an orthogonal network since 2026-12-06).
 
 An SLL layer ``z − 2 Kᵀ T⁻¹ ReLU(K z + b)`` is 1-Lipschitz because ``T ⪰ K Kᵀ``. The number printed per layer is
 ``ρ = λ_max(T^{-1/2} K Kᵀ T^{-1/2})`` for the circulant convolution on the grid ``n + k − 1`` (which bounds the
@@ -16,10 +19,10 @@ import argparse
 
 import torch
 
-from molrecon import load_pretrained
 from molrecon.data import builtin_test_example
 from molrecon.models.lipschitz import jacobian_spectral_norm
 from molrecon.models.priors import SLLDenoiser, sll_scaling
+from molrecon.weights.loading import resolve_model
 
 
 def layer_tightness(weight: torch.Tensor, t: torch.Tensor, spatial: tuple[int, ...]) -> float:
@@ -34,12 +37,12 @@ def layer_tightness(weight: torch.Tensor, t: torch.Tensor, spatial: tuple[int, .
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("name", nargs="?", default="mol-sn-2d-4x")
+    p.add_argument("name", help="shipped model name or training checkpoint of a MOL-SN with an SLL network")
     p.add_argument("--grid", type=int, nargs="+", default=[128, 128])
     p.add_argument("--examples", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(1)
-    model = load_pretrained(a.name).eval()
+    model = resolve_model(a.name).model.eval()
     h = model.denoiser
     if not isinstance(h, SLLDenoiser):
         raise SystemExit(f"{a.name}: H is not an SLL network ({type(h).__name__})")
