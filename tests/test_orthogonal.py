@@ -72,9 +72,32 @@ def test_norm_bound_dominates_any_kernel_on_every_grid(shape, spatial):
     assert conv_norm_bound(_kernel(len(shape) - 2, 6, 2)) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_max_min_sorts_channel_pairs():
+def test_max_min_sorts_channel_pairs_and_keeps_booleans_for_its_derivatives():
+    """Pairs (i, i + C/2) become (max, min); gradients of every order and forward-mode tangents are those of
+    ``torch.maximum``/``minimum``; backward keeps one boolean per pair, not the float input."""
+    from torch.autograd import forward_ad
+
+    from molrecon.bench.saved import SavedTensorMeter
+
     z = torch.tensor([[1.0, -2.0, 3.0, 0.5]]).reshape(1, 4, 1, 1)
     assert max_min(z).flatten().tolist() == [3.0, 0.5, 1.0, -2.0]
+
+    def reference(u):
+        a, b = u.chunk(2, dim=1)
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+    z = torch.randn(2, 6, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert torch.autograd.gradcheck(max_min, (z,)) and torch.autograd.gradgradcheck(max_min, (z,))
+    t = torch.randn_like(z)
+    with forward_ad.dual_level():
+        tangents = [forward_ad.unpack_dual(f(forward_ad.make_dual(z.detach(), t))).tangent
+                    for f in (max_min, reference)]
+    torch.testing.assert_close(*tangents)
+    x = torch.randn(1, 8, 16, 16, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        out = max_min(2.0 * x)
+    assert meter.live_bytes == 4 * 16 * 16  # 4 pairs per position, one byte each
+    del out
 
 
 @pytest.mark.parametrize("dims,shape", [("2d", (2, 16, 16)), ("3d", (1, 8, 8, 8)), ("2d+t", (1, 4, 12, 12))])

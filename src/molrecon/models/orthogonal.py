@@ -104,11 +104,49 @@ def conv_norm_bound(kernel: torch.Tensor) -> float:
     return math.sqrt(float(top + norms.sum() - norms[centre]))
 
 
+class _MaxMin(torch.autograd.Function):
+    """MaxMin that keeps one boolean per channel pair for its derivatives instead of both float inputs."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        a, b = z.chunk(2, dim=1)
+        first = a >= b
+        ctx.save_for_backward(first)
+        ctx.save_for_forward(first)
+        return _MaxMin._route(first, z)
+
+    @staticmethod
+    def _route(first: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s channel pairs swapped where ``first`` is False, written into one output (no half-size
+        temporaries and concatenation: at the peak of a training step they were a second copy)."""
+        u, v = t.chunk(2, dim=1)
+        if torch.is_grad_enabled() and t.requires_grad:  # a derivative of the derivative (double backward)
+            return torch.cat([torch.where(first, u, v), torch.where(first, v, u)], dim=1)
+        out = torch.empty(t.shape, dtype=t.dtype, device=t.device)  # contiguous, whatever t's strides
+        for half, (p, q) in zip(out.chunk(2, dim=1), ((u, v), (v, u))):
+            if half.is_contiguous():
+                torch.where(first, p, q, out=half)
+            else:  # a batch of several: each element's half is a block of its own
+                half.copy_(torch.where(first, p, q))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # the map is its own transpose at a point: a swap of each pair or none
+        (first,) = ctx.saved_tensors
+        return _MaxMin._route(first, grad)
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
+        (first,) = ctx.saved_tensors
+        return _MaxMin._route(first, tangent)
+
+
 def max_min(z: torch.Tensor) -> torch.Tensor:
     """MaxMin (GroupSort of size 2) over the channel axis: channel pairs ``(i, i + C/2)`` become their maximum and
-    minimum. A permutation at every point, so 1-Lipschitz and norm-preserving."""
-    a, b = z.chunk(2, dim=1)
-    return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+    minimum. A permutation at every point, so 1-Lipschitz and norm-preserving. For backward it keeps one boolean
+    per pair (its derivative is the same swap), not the float input."""
+    return _MaxMin.apply(z)
 
 
 __all__ = ["orthonormal", "compose_kernels", "orthogonal_kernel", "conv_norm_bound", "max_min"]
