@@ -117,9 +117,10 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         ``backward_damping`` from the fixed point). Changes only the gradient, never the forward solve.
     init_lam, init_cg_iter: CG-SENSE start (the authors': λ = 100, 50 iterations).
     architecture: the parametrisation of ``H`` (:mod:`molrecon.models.priors`): ``"plain"`` (the paper's CNN;
-        spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ) or ``"sll"``
-        (certified SDP-based Lipschitz layers, MOL-SN). residual_scale: ``s``; residual_init_gain: scale of the
-        residual's last layer at initialisation (0: ``H = s·I``). state_channels: SLL state width.
+        spectral-normalised under MOL-SN), ``"residual"`` (``H = s(x + N(x))``, MOL-LR / DEQ), ``"sll"``
+        (certified SDP-based Lipschitz layers, MOL-SN) or ``"orthogonal"`` (certified orthogonal convolutions
+        with MaxMin, MOL-SN). residual_scale: ``s``; residual_init_gain: scale of the residual's last layer at
+        initialisation (0: ``H = s·I``). state_channels: state width of the certified networks.
     """
 
     def __init__(self, denoiser: nn.Module | None = None, constraint: str | Constraint = "sn", max_iter: int = 100,
