@@ -70,7 +70,8 @@ def main() -> None:
                 modl_scores.append(psnr(x[0].numpy(), target, peak, support))
             model = models[name]
             model.init_cg_iter = setting[0]
-            (x, info), t = _timed(lambda m=model, s=setting, y=y, p=physics: m.solve(y, p, cg_iter=s[1], **({"tol": s[2]} if len(s) > 2 else {})))
+            overrides = {"cg_iter": setting[1], **({"tol": setting[2]} if len(setting) > 2 else {})}
+            (x, info), t = _timed(lambda m=model, o=overrides, y=y, p=physics: m.solve(y, p, **o))
             seconds[(name, setting)] += t
             scores[(name, setting)].append(psnr(x[0].numpy(), target, peak, support))
             iterations[(name, setting)].append(int(info.iterations[0]))
@@ -86,8 +87,8 @@ def main() -> None:
                "iterations_mean": float(np.mean(iterations[(name, setting)])),
                "iterations_max": int(max(iterations[(name, setting)]))}
         rows.append(row)
-        print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps, tol {row['tol']:.0e}: {per_slice:.3f} s/slice "
-              f"({row['ratio_to_modl']:.2f}x MoDL), PSNR {row['psnr']:.4f} dB, {row['iterations_mean']:.1f} "
+        print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps, tol {row['tol']:.0e}: "
+              f"{per_slice:.3f} s/slice ({row['ratio_to_modl']:.2f}x MoDL), PSNR {row['psnr']:.4f} dB, {row['iterations_mean']:.1f} "
               f"iterations (max {row['iterations_max']})")
     out_path.write_text(json.dumps({"slices": n, "threads": 1, "machine": machine_info(), "rows": rows}, indent=1))
 
