@@ -88,8 +88,8 @@ def main() -> None:
                "iterations_max": int(max(iterations[(name, setting)]))}
         rows.append(row)
         print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps, tol {row['tol']:.0e}: "
-              f"{per_slice:.3f} s/slice ({row['ratio_to_modl']:.2f}x MoDL), PSNR {row['psnr']:.4f} dB, {row['iterations_mean']:.1f} "
-              f"iterations (max {row['iterations_max']})")
+              f"{per_slice:.3f} s/slice ({row['ratio_to_modl']:.2f}x MoDL), PSNR {row['psnr']:.4f} dB, "
+              f"{row['iterations_mean']:.1f} iterations (max {row['iterations_max']})")
     out_path.write_text(json.dumps({"slices": n, "threads": 1, "machine": machine_info(), "rows": rows}, indent=1))
 
 
