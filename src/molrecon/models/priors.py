@@ -265,6 +265,11 @@ class SLLDenoiser(_CertifiedStateNetwork):
 ORTHOGONAL_INIT_SCALE = 0.1
 
 
+#: run the orthogonal network's 2D convolutions on channels-last tensors on CPU: oneDNN's 16 → 32-channel 3×3
+#: convolution takes 0.7 instead of 2.2 ms at 128² there (one thread), and MaxMin's halves stay cheap to write
+CHANNELS_LAST_2D_CPU = True
+
+
 class OrthogonalDenoiser(_CertifiedStateNetwork):
     r"""Certified ``H = L·P∘G_n∘…∘G_1∘E`` with ``G(z) = Q_2\,\mathrm{MaxMin}(Q_1 z + b_1) + b_2`` (module docstring).
 
@@ -319,6 +324,8 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
         z = complex_to_channels(x)
         perm = conv_axes(z)
         z = permute_axes(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)), perm)  # E: zero channels
+        if self.nd == 2 and z.device.type == "cpu" and CHANNELS_LAST_2D_CPU:
+            z = z.contiguous(memory_format=torch.channels_last)
         for i in range(self.layers):
             h = max_min(conv(z, permute_axes(weights[2 * i], perm), self.biases[2 * i], padding=pad))
             z = conv(h, permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], padding=pad)
