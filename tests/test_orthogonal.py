@@ -148,8 +148,9 @@ def test_mol_sn_orthogonal_certificate_and_bound():
 def test_orthogonal_denoiser_on_channels_last_is_the_same_map(batch, monkeypatch):
     """On CPU the 2D network runs channels-last (oneDNN's fast path): the same output, input and kernel gradients
     and forward-mode tangents as on the default layout."""
-    import molrecon.models.priors as priors
     from torch.autograd import forward_ad
+
+    import molrecon.models.priors as priors
 
     torch.manual_seed(0)
     h = OrthogonalDenoiser(dims="2d", channels=8, layers=3, state_channels=4, lipschitz_target=0.9)
