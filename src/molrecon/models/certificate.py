@@ -22,7 +22,7 @@ from .cnn import ConvDenoiser
 from .lipschitz import adversarial_lipschitz, jacobian_spectral_norm
 from .priors import OrthogonalDenoiser, SLLDenoiser
 
-#: certified networks: 1-Lipschitz layers scaled by ``L``, whatever the weights; the certificate at every call
+#: certified networks and the certificate's description: a proof read from the weights, in every mode
 CERTIFIED_PRIORS = {SLLDenoiser: "certified: L of 1-Lipschitz SLL layers",
                     OrthogonalDenoiser: "certified: L times the kernel bounds of orthogonal convolutions"}
 #: networks whose weights MOL normalises once per reconstruction (``effective_weights`` + ``apply``)
