@@ -122,7 +122,7 @@ def test_orthogonal_certificate_is_computed_from_the_kernels():
     assert h.certified_lipschitz((8, 8), weights) < 0.9 * (1 + 1e-4)
     weights[1] = 1.5 * weights[1]
     assert h.certified_lipschitz((8, 8), weights) == pytest.approx(0.9 * 1.5, rel=1e-4)
-    # from the parameters, cached per set of their values: a training step invalidates it
+    # without weights, from the parameters' own kernels: a training step changes it
     first = h.certified_lipschitz((8, 8))
     assert first == h.certified_lipschitz((8, 8), h.effective_weights((8, 8)))
     with torch.no_grad():

@@ -49,8 +49,9 @@ class CertificateMixin:
     def _lipschitz_for_bound(self, x: torch.Tensor, weights) -> tuple[float, bool]:
         """``(L, certified)`` used for the a-posteriori bound of a solve."""
         den = self.denoiser
-        if isinstance(den, tuple(CERTIFIED_PRIORS)):
-            return den.certified_lipschitz(tuple(x.shape[1:])), True  # from the weights, in every mode
+        spatial = tuple(x.shape[1:])
+        if isinstance(den, tuple(CERTIFIED_PRIORS)):  # read from this solve's weights, in every mode
+            return self._per_weights(spatial, lambda: den.certified_lipschitz(spatial, weights)), True
         if self.constraint == "sn" and isinstance(den, ConvDenoiser):
             t = den.per_layer_target
             L = 1.0
@@ -60,14 +61,17 @@ class CertificateMixin:
             return L, not den.training
         if self.training:
             return (self._lip_estimate if self._lip_estimate is not None else math.nan), False
-        # An estimate either way (MOL-LR / DEQ): computed once per image size and set of weights, at the first
-        # reconstruction of that size, so that inference does not pay a Jacobian power iteration per solve.
-        key = (tuple(x.shape[1:]), tuple((p.data_ptr(), p._version) for p in self.denoiser.parameters()))
+        # An estimate either way (MOL-LR / DEQ), at the first reconstruction of each size, so that inference does
+        # not pay a Jacobian power iteration per solve.
+        return self._per_weights(spatial, lambda: float(jacobian_spectral_norm(
+            lambda v: self._h(v, weights), x[:1], n_iter=10, generator=torch.Generator().manual_seed(0)).max())), False
+
+    def _per_weights(self, spatial: tuple[int, ...], compute) -> float:
+        """``compute()``, once per image size and set of parameter values (``_bound_lip_cache``)."""
+        key = (spatial, tuple((p.data_ptr(), p._version) for p in self.denoiser.parameters()))
         if self._bound_lip_cache.get("key") != key:
-            est = jacobian_spectral_norm(lambda v: self._h(v, weights), x[:1], n_iter=10,
-                                         generator=torch.Generator().manual_seed(0))
-            self._bound_lip_cache = {"key": key, "L": float(est.max())}
-        return self._bound_lip_cache["L"], False
+            self._bound_lip_cache = {"key": key, "L": compute()}
+        return self._bound_lip_cache["L"]
 
     def certificate(self, physics: LinearPhysics, x: torch.Tensor | None = None,
                     power_iterations: int = 300) -> dict:
