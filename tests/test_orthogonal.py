@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from molrecon.models import MOL
 from molrecon.models.lipschitz import jacobian_spectral_norm
-from molrecon.models.orthogonal import compose_kernels, conv_norm_bound, max_min, orthogonal_kernel
+from molrecon.models.orthogonal import compose_kernels, conv_norm_bound, max_min, orthogonal_block, orthogonal_kernel
 from molrecon.models.priors import OrthogonalDenoiser
 from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
 
@@ -97,6 +97,44 @@ def test_max_min_sorts_channel_pairs_and_keeps_booleans_for_its_derivatives():
     with SavedTensorMeter() as meter:
         out = max_min(2.0 * x)
     assert meter.live_bytes == 4 * 16 * 16  # 4 pairs per position, one byte each
+    del out
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_orthogonal_block_is_its_formula_and_keeps_no_hidden_floats(nd):
+    """The block's value and every gradient are those of the plain composition; inside an adjoint solve it
+    returns the state's gradient only; for backward it keeps its input and one boolean per pair, not the
+    MaxMin output."""
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.solvers.implicit import _STATE_GRADIENTS_ONLY
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+            for shape in [(2, 4) + (5,) * nd, (8, 4) + (3,) * nd, (8,), (4, 8) + (3,) * nd, (4,)]]
+    conv = F.conv2d if nd == 2 else F.conv3d
+    z, q1, b1, q2, b2 = args
+    reference = conv(max_min(conv(z, q1, b1, padding=1)), q2, b2, padding=1)
+    out = orthogonal_block(*args, 1)
+    torch.testing.assert_close(out, reference)
+    assert torch.autograd.gradcheck(lambda *a: orthogonal_block(*a, 1), tuple(args))
+    v = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    wanted = torch.autograd.grad(reference, args, v)
+    for got, want in zip(torch.autograd.grad(out, args, v), wanted):
+        torch.testing.assert_close(got, want)
+    token = _STATE_GRADIENTS_ONLY.set(True)
+    try:
+        orthogonal_block(*args, 1).backward(v)
+    finally:
+        _STATE_GRADIENTS_ONLY.reset(token)
+    torch.testing.assert_close(z.grad, wanted[0])
+    assert all(t.grad is None for t in args[1:])
+    x = torch.randn((1, 16) + (8,) * nd, requires_grad=True)
+    weights = [torch.randn(shape, requires_grad=True) for shape in [(32, 16) + (3,) * nd, (32,), (16, 32) + (3,) * nd,
+                                                                   (16,)]]
+    with SavedTensorMeter() as meter:
+        out = orthogonal_block(2.0 * x, *weights, 1)
+    kernels = sum(4 * w.numel() for w in weights[:3])  # Q1, b1, Q2 (saved parameters count too)
+    assert meter.live_bytes == 4 * 16 * 8 ** nd + 16 * 8 ** nd + kernels  # the input, one byte per pair
     del out
 
 

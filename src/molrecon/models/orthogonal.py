@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
 
+from ..solvers.implicit import state_gradients_only
+
 
 def orthonormal(a: torch.Tensor, iterations: int = 15) -> torch.Tensor:
     """The orthonormal columns closest to ``a``'s (``[..., n, r]``, ``r ≤ n``): the polar factor ``U Vᵀ`` of
@@ -163,4 +165,73 @@ def max_min(z: torch.Tensor) -> torch.Tensor:
     return _sorted_pairs(z)
 
 
-__all__ = ["orthonormal", "compose_kernels", "orthogonal_kernel", "conv_norm_bound", "max_min"]
+def _conv_backward(grad: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, padding: int,
+                   mask: tuple[bool, bool, bool]) -> tuple:
+    """``(grad_input, grad_weight, grad_bias)`` of a stride-1 convolution, each only where ``mask`` asks for it."""
+    nd = weight.ndim - 2
+    return torch.ops.aten.convolution_backward(grad, inputs, weight, [weight.shape[0]], [1] * nd, [padding] * nd,
+                                               [1] * nd, False, [0] * nd, 1, list(mask))
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """``t``'s layout: channels-last (2D or 3D) where it is laid out so, else contiguous."""
+    last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.ndim)
+    if last is not None and not t.is_contiguous() and t.is_contiguous(memory_format=last):
+        return last
+    return torch.contiguous_format
+
+
+class _OrthogonalBlock(torch.autograd.Function):
+    """``Q_2 MaxMin(Q_1 z + b_1) + b_2`` keeping the input ``z`` and one boolean per pair for backward: the
+    MaxMin output, which ``Q_2``'s kernel gradient needs, is recomputed from them when that gradient is wanted."""
+
+    @staticmethod
+    def forward(ctx, z, q1, b1, q2, b2, padding: int):
+        conv = _conv(q1.ndim - 2)
+        u = conv(z, q1, b1, padding=padding)
+        a, b = u.chunk(2, dim=1)
+        first = a >= b
+        out = conv(_sorted_pairs(u), q2, b2, padding=padding)
+        ctx.padding = padding
+        ctx.save_for_backward(z, q1, b1, q2, first)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, q1, b1, q2, first = ctx.saved_tensors
+        pad = ctx.padding
+        wants = ctx.needs_input_grad
+        parameters = any(wants[1:5]) and not state_gradients_only()
+        # the input gradient needs the hidden input's shape and layout only: an uninitialised one (an expanded
+        # placeholder is copied into that layout first, 3x slower on CPU; a transposed convolution 1.4x)
+        hidden = torch.empty((grad.shape[0], q2.shape[1], *grad.shape[2:]), dtype=grad.dtype, device=grad.device,
+                             memory_format=_memory_format(z))
+        (grad_h, _, _) = _conv_backward(grad, hidden, q2, pad, (True, False, False))
+        del hidden
+        grad_u = _MaxMin._route(first, grad_h)
+        del grad_h
+        grad_z, grad_q1, grad_b1 = _conv_backward(grad_u, z, q1, pad, (wants[0], parameters, parameters))
+        grad_q2 = grad_b2 = None
+        if parameters:
+            h = _sorted_pairs(_conv(q1.ndim - 2)(z, q1, b1, padding=pad).detach())
+            _, grad_q2, grad_b2 = _conv_backward(grad, h, q2, pad, (False, True, True))
+        return grad_z, grad_q1, grad_b1, grad_q2, grad_b2, None
+
+
+def orthogonal_block(z: torch.Tensor, q1: torch.Tensor, b1: torch.Tensor, q2: torch.Tensor, b2: torch.Tensor,
+                     padding: int) -> torch.Tensor:
+    """``Q_2 MaxMin(Q_1 z + b_1) + b_2`` with stride-1 convolutions (2D or 3D by the kernels' rank).
+
+    Under autograd it keeps ``z`` and one boolean per channel pair, not the float MaxMin output: that is
+    recomputed (one convolution) when the kernels' gradients are taken, and not at all inside an adjoint solve,
+    which wants gradients with respect to the state only (:func:`molrecon.solvers.implicit.state_gradients_only`).
+    Forward-mode derivatives and a call without any derivative take the plain composition.
+    """
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (z, q1, b1, q2, b2))
+    if tracked and all(forward_ad.unpack_dual(t).tangent is None for t in (z, q1, b1, q2, b2)):
+        return _OrthogonalBlock.apply(z, q1, b1, q2, b2, padding)
+    conv = _conv(q1.ndim - 2)
+    return conv(max_min(conv(z, q1, b1, padding=padding)), q2, b2, padding=padding)
+
+
+__all__ = ["orthonormal", "compose_kernels", "orthogonal_kernel", "conv_norm_bound", "max_min", "orthogonal_block"]

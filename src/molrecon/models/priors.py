@@ -47,7 +47,7 @@ from torch import nn
 from ..errors import InputError
 from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
-from .orthogonal import conv_norm_bound, max_min, orthogonal_kernel
+from .orthogonal import conv_norm_bound, orthogonal_block, orthogonal_kernel
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -319,7 +319,6 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
 
     def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """``H(x)`` with the given kernels."""
-        conv = F.conv2d if self.nd == 2 else F.conv3d
         pad = self.kernel_size // 2
         z = complex_to_channels(x)
         perm = conv_axes(z)
@@ -327,8 +326,8 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
         if self.nd == 2 and z.device.type == "cpu" and CHANNELS_LAST_2D_CPU:
             z = z.contiguous(memory_format=torch.channels_last)
         for i in range(self.layers):
-            h = max_min(conv(z, permute_axes(weights[2 * i], perm), self.biases[2 * i], padding=pad))
-            z = conv(h, permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], padding=pad)
+            z = orthogonal_block(z, permute_axes(weights[2 * i], perm), self.biases[2 * i],
+                                 permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], pad)
         return self.lipschitz_target * channels_to_complex(permute_axes(z[:, :2], perm, inverse=True))  # P
 
     @torch.no_grad()

@@ -71,6 +71,20 @@ class _InnerCG:
 #: Set by :func:`attach_implicit_backward` for the duration of an adjoint solve with ``inner_cg_iter`` only.
 _INNER_CG: ContextVar[_InnerCG | None] = ContextVar("inner_cg", default=None)
 
+#: True for the duration of an adjoint solve, whose vector-Jacobian products are taken with respect to the state.
+_STATE_GRADIENTS_ONLY: ContextVar[bool] = ContextVar("state_gradients_only", default=False)
+
+
+def state_gradients_only() -> bool:
+    """Whether the backward now running wants gradients with respect to the state only (inside an adjoint solve).
+
+    Autograd's own operations skip the parameter gradients that nobody asked for; a custom ``backward`` cannot see
+    which were asked for, and may read this instead to skip them (and whatever it would recompute for them). It is
+    a context variable of the calling thread: where autograd runs a backward on another thread (CUDA), it reads
+    False, and the parameter gradients are computed and discarded as before.
+    """
+    return _STATE_GRADIENTS_ONLY.get()
+
 
 class DCSolve(torch.autograd.Function):
     """``u = (I + mu·N)^{-1} rhs`` by CG with an implicit (CG) backward for ``rhs`` and ``mu``."""
@@ -175,12 +189,16 @@ def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str 
             (jtg,) = torch.autograd.grad(out, x_in, g, retain_graph=True)
             return v + jtg
 
-        with torch.enable_grad():
-            if inner_cg_iter is None:
-                g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter, tol=tol,
-                                            m=m)
-            else:
-                g, info = _solve_adjoint_pairs(adjoint_step, v, int(inner_cg_iter), solver, max_iter, tol, m)
+        token = _STATE_GRADIENTS_ONLY.set(True)
+        try:
+            with torch.enable_grad():
+                if inner_cg_iter is None:
+                    g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter,
+                                                tol=tol, m=m)
+                else:
+                    g, info = _solve_adjoint_pairs(adjoint_step, v, int(inner_cg_iter), solver, max_iter, tol, m)
+        finally:
+            _STATE_GRADIENTS_ONLY.reset(token)
         fallback = "none"
         bad = ~info.converged
         if bool(bad.any()):
@@ -207,4 +225,4 @@ def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str 
     return out
 
 
-__all__ = ["DCSolve", "dc_solve", "attach_implicit_backward"]
+__all__ = ["DCSolve", "dc_solve", "attach_implicit_backward", "state_gradients_only"]
