@@ -47,7 +47,7 @@ from torch import nn
 from ..errors import InputError
 from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
-from .orthogonal import conv_norm_bound, orthogonal_block, orthogonal_kernel
+from .orthogonal import conv_norm_bound, orthogonal_block, orthogonal_kernels
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -274,7 +274,7 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
     r"""Certified ``H = L·P∘G_n∘…∘G_1∘E`` with ``G(z) = Q_2\,\mathrm{MaxMin}(Q_1 z + b_1) + b_2`` (module docstring).
 
     ``Q_1`` (state → hidden) and ``Q_2`` (hidden → state) are orthogonal convolutions
-    (:func:`~molrecon.models.orthogonal.orthogonal_kernel`), MaxMin sorts channel pairs. Every ``G`` is
+    (:func:`~molrecon.models.orthogonal.orthogonal_kernels`), MaxMin sorts channel pairs. Every ``G`` is
     1-Lipschitz, so ``Lip(H) ≤ L``; :meth:`certified_lipschitz` proves it from the kernels
     (:func:`~molrecon.models.orthogonal.conv_norm_bound`, about ``1 + 1e-6`` per kernel from rounding).
 
@@ -310,12 +310,9 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
 
     def effective_weights(self, spatial: tuple[int, ...]) -> list[torch.Tensor]:
         """``[Q_1 of layer 1, Q_2 of layer 1, …]``, the orthogonal kernels, computed once per reconstruction."""
-        out = []
-        for i, (rotation, frames) in enumerate(zip(self.rotations, self.frames)):
-            widths = (self.channels, self.state_channels)
-            out.append(orthogonal_kernel(rotation, frames, self.nd, self.kernel_size, widths[i % 2],
-                                         widths[1 - i % 2]))
-        return out
+        widths = [(self.channels, self.state_channels), (self.state_channels, self.channels)] * self.layers
+        return orthogonal_kernels(torch.stack(list(self.rotations)), torch.stack(list(self.frames)), self.nd,
+                                  self.kernel_size, widths)
 
     def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """``H(x)`` with the given kernels."""
