@@ -71,6 +71,31 @@ def test_project_ball_respects_norm_and_mask(problem):
     assert float((rnd * (1 - ex.physics.mask)).abs().max()) == 0.0
 
 
+def test_attack_takes_the_exact_gradient_of_a_model_trained_jacobian_free(problem):
+    """The attack's ascent direction is the implicit gradient whatever backward mode the model trained with: a
+    Jacobian-free gradient of the solve would be a weaker attack on exactly the models that use it."""
+    from molrecon.evaluate.robustness.attack import _objective
+
+    ex = problem[0]
+    delta = 0.01 * torch.randn(ex.y.shape, dtype=ex.y.dtype, generator=torch.Generator().manual_seed(0))
+    delta = delta * ex.physics.mask
+    x_ref, _ = R.reconstruct(_mol("sn"), ex.y, ex.physics, tol=1e-6, max_iter=300)
+    grads = {}
+    for mode in ("implicit", "jfb"):
+        model = _mol("sn", backward=mode)
+        grads[mode] = _objective(model, ex.y, ex.physics, delta, x_ref, True, 1e-6)[1]
+        d = delta.clone().requires_grad_(True)
+        x = model(ex.y + d, ex.physics, tol=1e-6)
+        (own,) = torch.autograd.grad((x - x_ref).abs().pow(2).sum(), d)
+        grads[mode + " own"] = own
+    torch.testing.assert_close(grads["jfb"], grads["implicit"], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(grads["implicit own"], grads["implicit"], rtol=1e-4, atol=1e-8)
+    rel = float((grads["jfb own"] - grads["implicit"]).norm() / grads["implicit"].norm())
+    assert rel > 1e-3  # the model's own Jacobian-free gradient differs: the check above can fail
+    with pytest.raises(InputError, match="backward"):
+        _mol("sn")(ex.y, ex.physics, backward="exact")
+
+
 def test_attack_beats_best_of_50_random_and_respects_constraints(problem):
     ex = problem[0]
     model = _mol("sn")

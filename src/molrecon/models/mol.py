@@ -73,8 +73,10 @@ from .constraints import Constraint, make_constraint
 from .penalty import PenaltyMixin
 from .priors import build_prior, check_architecture
 
-#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
-SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
+#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides (``backward``, the
+#: backward mode, matters to :meth:`MOL.forward` only: an attack through a model trained with ``jfb`` asks for the
+#: exact ``implicit`` gradient).
+SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict", "backward")
 
 
 def _frozen(weights: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
@@ -334,6 +336,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         unknown = sorted(set(overrides) - set(SOLVE_OVERRIDES))
         if unknown:
             raise InputError(f"MOL: {unknown} are not solver settings ({', '.join(SOLVE_OVERRIDES)})")
+        if overrides.get("backward") is not None:
+            check_backward_options(overrides["backward"], {}, where="MOL")
         return {k: getattr(self, k) if overrides.get(k) is None else overrides[k] for k in SOLVE_OVERRIDES}
 
     def initial_image(self, y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
@@ -455,8 +459,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
                    "tol": self.backward_tol if self.backward_tol is not None else s["tol"] / 10,
                    "m": self.anderson_m, "on_info": record, "inner_cg_iter": self.backward_cg_iter,
                    "steps": self.backward_steps, "damping": self.backward_damping}
-        mine = BACKWARD_OPTIONS[self.backward]
-        x_out = attach_backward(self.backward, step, x_star, **{k: v for k, v in options.items() if k in mine})
+        mine = BACKWARD_OPTIONS[s["backward"]]
+        x_out = attach_backward(s["backward"], step, x_star, **{k: v for k, v in options.items() if k in mine})
         w_d = _frozen(weights)
         self._add_bound(info, x_out, x_star, w_d, None, x0 is None)
         self._finish(x_out, info)

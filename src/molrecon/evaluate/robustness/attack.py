@@ -51,6 +51,8 @@ def _objective(model: Any, y: torch.Tensor, physics: LinearPhysics, delta: torch
                need_grad: bool, tol: float | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """``(‖x(y+δ) − x_ref‖ per element, ∂‖·‖²/∂δ or None, warnings)``."""
     overrides = {"tol": tol} if is_fixed_point_model(model) and tol is not None else {}
+    if need_grad and is_fixed_point_model(model):
+        overrides["backward"] = "implicit"  # the exact gradient, whatever backward mode the model trained with
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if need_grad:
