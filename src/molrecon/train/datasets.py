@@ -128,7 +128,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         # warn_only: a few kernels (e.g. some CUDA scatter ops) have no deterministic version; warn, don't fail.
         torch.use_deterministic_algorithms(True, warn_only=True)
         # Deterministic kernels only read what they wrote. torch's default here also fills every fresh allocation
-        # with NaN (a check for reads of uninitialised memory), which took 15-20 % of a MOL training step on CPU:
+        # with NaN (a check for reads of uninitialised memory), which took 5-7 % of a MOL training step on CPU:
         # most of it in the FFTs' output buffers of the CG steps.
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.deterministic = True
