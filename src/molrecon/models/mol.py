@@ -73,10 +73,8 @@ from .constraints import Constraint, make_constraint
 from .penalty import PenaltyMixin
 from .priors import build_prior, check_architecture
 
-#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides (``backward``, the
-#: backward mode, matters to :meth:`MOL.forward` only: an attack through a model trained with ``jfb`` asks for the
-#: exact ``implicit`` gradient).
-SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict", "backward")
+#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
+SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
 
 
 def _frozen(weights: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
@@ -336,8 +334,6 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         unknown = sorted(set(overrides) - set(SOLVE_OVERRIDES))
         if unknown:
             raise InputError(f"MOL: {unknown} are not solver settings ({', '.join(SOLVE_OVERRIDES)})")
-        if overrides.get("backward") is not None:
-            check_backward_options(overrides["backward"], {}, where="MOL")
         return {k: getattr(self, k) if overrides.get(k) is None else overrides[k] for k in SOLVE_OVERRIDES}
 
     def initial_image(self, y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
@@ -431,11 +427,16 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
 
     @scale_invariant
     def forward(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None = None,
-                **overrides: Any) -> torch.Tensor:
-        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by the ``backward`` mode (default implicit
-        differentiation), equivariant in the k-space scale (:mod:`molrecon.normalization`);
+                backward: str | None = None, **overrides: Any) -> torch.Tensor:
+        """Reconstruct ``x`` (complex ``[B, *spatial]``), differentiable by the ``backward`` mode (``None``: the
+        model's own, default implicit differentiation; an attack on a model trained with ``jfb`` asks for
+        ``"implicit"``), equivariant in the k-space scale (:mod:`molrecon.normalization`);
         ``overrides`` as in :meth:`solve` (the backward tolerance follows an overridden ``tol``)."""
         s = self._settings(overrides)
+        if backward is None:
+            backward = self.backward
+        else:
+            check_backward_options(backward, {}, where="MOL")
         self._check_inputs(y, physics, x0)
         self._ensure_denoiser(physics)
         weights = self._weights(tuple(physics.spatial_shape))  # once: the same H for every iteration
@@ -459,8 +460,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
                    "tol": self.backward_tol if self.backward_tol is not None else s["tol"] / 10,
                    "m": self.anderson_m, "on_info": record, "inner_cg_iter": self.backward_cg_iter,
                    "steps": self.backward_steps, "damping": self.backward_damping}
-        mine = BACKWARD_OPTIONS[s["backward"]]
-        x_out = attach_backward(s["backward"], step, x_star, **{k: v for k, v in options.items() if k in mine})
+        mine = BACKWARD_OPTIONS[backward]
+        x_out = attach_backward(backward, step, x_star, **{k: v for k, v in options.items() if k in mine})
         w_d = _frozen(weights)
         self._add_bound(info, x_out, x_star, w_d, None, x0 is None)
         self._finish(x_out, info)

@@ -51,14 +51,14 @@ def _objective(model: Any, y: torch.Tensor, physics: LinearPhysics, delta: torch
                need_grad: bool, tol: float | None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """``(‖x(y+δ) − x_ref‖ per element, ∂‖·‖²/∂δ or None, warnings)``."""
     overrides = {"tol": tol} if is_fixed_point_model(model) and tol is not None else {}
-    if need_grad and is_fixed_point_model(model):
-        overrides["backward"] = "implicit"  # the exact gradient, whatever backward mode the model trained with
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if need_grad:
             d = delta.detach().clone().requires_grad_(True)
             with torch.enable_grad():
-                x = model(y + d, physics, **overrides)
+                # the exact gradient, whatever backward mode the model trained with
+                grad_mode = {"backward": "implicit"} if is_fixed_point_model(model) else {}
+                x = model(y + d, physics, **overrides, **grad_mode)
                 f2 = (x - x_ref).abs().pow(2).reshape(x.shape[0], -1).sum(dim=1)
                 (g,) = torch.autograd.grad(f2.sum(), d)
             value = f2.detach().clamp_min(0).sqrt()
