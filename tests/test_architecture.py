@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "molrecon"
 #: Lowest layer first. A part may import parts of its own layer or of a lower one, never of a higher one.
 LAYERS: list[set[str]] = [
     {"errors", "_version", "names"},
-    {"io", "tensor_utils", "metrics", "distributed", "normalization"},
+    {"io", "tensor_utils", "metrics", "distributed", "normalization", "precision"},
     {"physics"},
     {"solvers"},
     {"recon", "data", "formats"},

@@ -70,6 +70,19 @@ def test_info(tmp_path, capsys):
     assert "coils: 4" in out and "acceleration" in out
 
 
+def test_every_command_runs_without_tf32(tmp_path, capsys):
+    """The command line turns TF32 off for cuDNN convolutions and cuBLAS products (PyTorch's default on
+    Ampere and later GPUs), so that MOL's tolerance and certificates speak of IEEE float32 (molrecon/precision.py)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        write_file(tmp_path / "in.h5")
+        assert main(["info", str(tmp_path / "in.h5")]) == 0
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _nan(d):
     d["kspace"][0, 0, 3, 3] = np.nan
 

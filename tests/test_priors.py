@@ -161,13 +161,16 @@ def test_prior_is_the_certified_network_at_inference_settings():
     assert float(jac.max()) > 0.05
 
 
-def test_shipped_mol_sn_certificate_bounds_jacobian_at_real_images():
-    """The shipped MOL-SN's certified L is at least the largest Jacobian norm of its H (``model.prior``) that an
+@pytest.mark.parametrize("name,kind", [("mol-sn-2d-4x", "2d"),
+                                       pytest.param("mol-sn-3d-4x", "3d", marks=pytest.mark.slow),
+                                       pytest.param("mol-sn-2dt-4x", "dynamic", marks=pytest.mark.slow)])
+def test_shipped_mol_sn_certificate_bounds_jacobian_at_real_images(name, kind):
+    """Each shipped MOL-SN's certified L is at least the largest Jacobian norm of its H (``model.prior``) that an
     independent power iteration finds at real (built-in test) images and at their reconstructions."""
     from molrecon import load_pretrained
 
-    model = load_pretrained("mol-sn-2d-4x")
-    y, physics, target = builtin_test_example(0)
+    model = load_pretrained(name)
+    y, physics, target = builtin_test_example(0, kind=kind)
     cert = model.certificate(physics)
     assert cert["certified"] and cert["L"] < 1
     x_rec = model(y, physics)

@@ -8,6 +8,7 @@ import sys
 
 from ._version import __version__
 from .errors import MolreconError
+from .precision import use_ieee_float32
 
 COMMAND_MODULES = ["recon", "convert", "info", "evaluate", "demo", "models", "train", "data", "robustness", "bench"]
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    use_ieee_float32()  # every method in IEEE float32 on GPUs too (molrecon/precision.py)
     try:
         return int(args.func(args) or 0)
     except MolreconError as exc:

@@ -34,6 +34,7 @@ import gc
 import importlib
 import json
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +43,16 @@ from typing import Any
 
 from ..errors import InputError, MolreconError
 from ..names import LEARNED_METHODS
+from ..precision import use_ieee_float32
 from .saved import SavedTensorMeter
+
+#: what the last line of a child that ran out of memory says (CUDA's caching allocator; PyTorch's CPU allocator)
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory")
+
+
+class StepOutOfMemory(MolreconError):
+    """The measured step did not fit in the device's memory (or the kernel killed its process)."""
+
 
 # name -> builder(spec) -> (model, forward(y, physics) -> x)
 STEP_BUILDERS: dict[str, Callable] = {}
@@ -320,7 +330,10 @@ def _run_child(spec: dict, timeout: float, in_process: bool) -> dict:
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise MolreconError(f"memory benchmark child failed for {spec['method']}: {tail[0]}")
+        message = f"memory benchmark child failed for {spec['method']}: {tail[0]}"
+        if proc.returncode == -signal.SIGKILL or any(s in tail[0] for s in OUT_OF_MEMORY_MESSAGES):
+            raise StepOutOfMemory(message)
+        raise MolreconError(message)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise MolreconError(f"memory benchmark child for {spec['method']} printed no result")
@@ -330,6 +343,7 @@ def _run_child(spec: dict, timeout: float, in_process: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
+    use_ieee_float32()  # the arithmetic of the command line that starts this child
     print(json.dumps(_child(spec)), flush=True)
     return 0
 

@@ -56,6 +56,31 @@ def plot_memory(rows: Sequence[dict], path: str | os.PathLike, summary: Sequence
     save_figure_atomic(fig, path)
 
 
+def plot_fit(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Peak MiB of one 3D training step vs the volume's side, one line per method; a cross where the step ran out
+    of memory (``molrecon bench fit``)."""
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    top = max([r["peak_mib"] for r in rows if r["fits"]] or [1.0])
+    for method in dict.fromkeys(r["method"] for r in rows):
+        own = sorted((r for r in rows if r["method"] == method), key=lambda r: r["size"])
+        color, marker = STYLE.get(method, ("k", "x"))
+        fits = [r for r in own if r["fits"]]
+        ax.plot([r["size"] for r in fits], [r["peak_mib"] for r in fits], marker=marker, color=color, label=method)
+        for r in own:
+            if not r["fits"]:
+                ax.plot([r["size"]], [top], marker="X", ms=10, color=color, ls="none")
+    ax.set_xlabel("volume side N (N³ voxels)")
+    ax.set_ylabel("peak memory of one training step (MiB)")
+    ax.set_title(f"3D training step on {rows[0]['device'] if rows else '?'} (X: out of memory)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+
+
 def plot_speed(results: dict[str, Any], path: str | os.PathLike) -> None:
     """Left: share of inference time per component (stacked bars per model). Right: forward iterations to
     ``tol``, plain vs Anderson."""

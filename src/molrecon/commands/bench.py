@@ -1,10 +1,11 @@
-"""``molrecon bench memory|speed|train|gradient|quality``: the benchmarks of ``benchmarks/README.md`` (JSON +
+"""``molrecon bench memory|fit|speed|train|gradient|quality``: the benchmarks of ``benchmarks/README.md`` (JSON +
 markdown + PNG).
 
 Examples
 --------
     molrecon bench memory --out benchmarks/memory                       # the full grid
     molrecon bench memory --dims 2d --methods modl mol-lr --modl-iters 1 2 --mol-iters 5 10 --shape-2d 64 64
+    molrecon bench fit --device cuda --out /tmp/fit                    # the 3D size at which MoDL stops fitting
     molrecon bench speed --out benchmarks/speed                         # pretrained mol-lr-2d-4x if shipped
     molrecon bench speed --checkpoint runs/mol_lr_2d/last.pt --out /tmp/speed
     molrecon bench train --out benchmarks/train --dims 2d 3d 2d+t      # step time, time to a val PSNR
@@ -20,8 +21,9 @@ from pathlib import Path
 import torch
 
 from ..bench.gradient import DEFAULT_MODELS, DEFAULT_MODES, gradient_markdown, run_gradient_bench
+from ..bench.memory_fit import DEFAULT_FIT_SIZES, fit_markdown, run_fit_sweep, summarize_fit
 from ..bench.memory_sweep import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
-from ..bench.plots import plot_memory, plot_quality, plot_speed, plot_train
+from ..bench.plots import plot_fit, plot_memory, plot_quality, plot_speed, plot_train
 from ..bench.quality import quality_markdown, run_quality_bench
 from ..bench.speed import bench_classical, bench_model, load_examples, random_modl, random_mol, speed_markdown
 from ..bench.train import DEFAULT_TRAIN_METHODS, run_train_bench, train_markdown
@@ -83,6 +85,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="MOL-LR: backpropagate the Lipschitz penalty with the data term (joint) or after it "
                    "(after_data, as train.penalty_backward)")
     m.set_defaults(func=run_memory)
+
+    f = bsub.add_parser("fit", help="the largest 3D volume on which one training step fits on the device",
+                        description="One 3D training step per method at each cubic size N³ (ascending, a fresh "
+                        "process each) until it runs out of memory; reports where MoDL stops fitting while MOL "
+                        "still trains. Writes OUT/fit.json, fit.md, fit.png.")
+    f.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
+    f.add_argument("--methods", nargs="+", default=["modl", "mol-sn", "mol-lr"], choices=LEARNED_METHODS)
+    f.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_FIT_SIZES), metavar="N",
+                   help=f"volume sides to try (default {' '.join(map(str, DEFAULT_FIT_SIZES))})")
+    f.add_argument("--modl-k", type=int, default=10, help="MoDL's unrolled iterations (default 10)")
+    f.add_argument("--mol-iters", type=int, default=5, help="MOL/DEQ forward iterations, run in full (default 5; "
+                   "MOL's memory does not grow with them)")
+    f.add_argument("--coils", type=int, default=8)
+    f.add_argument("--channels", type=int, default=16, help="CNN channels (default 16, the 3D configs')")
+    f.add_argument("--layers", type=int, default=5)
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--threads", type=int, default=1, help="torch threads in each child (default 1)")
+    f.add_argument("--timeout", type=float, default=600.0, help="seconds per step")
+    f.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model setting of the MOL/DEQ methods (e.g. architecture=orthogonal)")
+    f.set_defaults(func=run_fit)
 
     s = bsub.add_parser("speed", help="inference time, iterations to tol (plain vs Anderson), CNN share",
                         description="Inference time per slice/volume, forward iterations to --tol with the plain "
@@ -292,6 +315,38 @@ def run_speed(args: argparse.Namespace) -> int:
             [{"method": c["label"], f"time/{unit} (s)": f"{c['time_per_item_s']:.3f}"} for c in classical],
             ["method", f"time/{unit} (s)"])
     _write_report(out, "speed", results, md, lambda path: plot_speed(results, path))
+    return 0
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    if args.modl_k < 1 or args.mol_iters < 1:
+        raise InputError("bench fit: --modl-k and --mol-iters must be >= 1")
+    model_settings = _settings(args.model_set, "--set")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    iters = {m: (args.modl_k if m == "modl" else args.mol_iters) for m in args.methods}
+    machine = machine_info()
+    settings = {"threads": args.threads, "model_set": model_settings, "iters": iters,
+                "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step"}
+
+    def save(rows: list[dict], final: bool = False) -> None:
+        summary = summarize_fit(rows)
+        write_json_atomic(out / "fit.json", {"rows": rows, "summary": summary, "settings": settings,
+                                             "complete": final, "machine": machine})
+        write_text_atomic(out / "fit.md", fit_markdown(rows, summary))
+        if final:
+            plot_fit(rows, out / "fit.png")
+
+    def on_row(row: dict, rows: list[dict]) -> None:
+        what = f"peak {row['peak_mib']:9.1f} MiB" if row["fits"] else "out of memory"
+        print(f"  {row['method']:7s} {row['size']:4d}³  {what}", flush=True)
+        save(rows)
+
+    rows = run_fit_sweep(args.methods, args.sizes, iters, coils=args.coils, channels=args.channels,
+                         layers=args.layers, device=args.device, threads=args.threads, timeout=args.timeout,
+                         model_settings=model_settings, on_row=on_row)
+    save(rows, final=True)
+    print(fit_markdown(rows, summarize_fit(rows)))
     return 0
 
 
