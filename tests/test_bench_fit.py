@@ -21,6 +21,7 @@ def _card(limits: dict[str, int]):
     calls = []
 
     def measure(method, max_iter, shape, **kwargs):
+        assert kwargs["penalty_backward"] == "after_data"
         calls.append((method, shape[0], kwargs["model_kwargs"]))
         if shape[0] > limits[method]:
             raise StepOutOfMemory(f"memory benchmark child failed for {method}: CUDA out of memory")
@@ -87,5 +88,7 @@ def test_bench_fit_command_writes_json_markdown_and_plot(tmp_path, capsys):
     assert result["complete"] and [r["fits"] for r in result["rows"]] == [True, True]
     assert result["rows"][0]["peak_mib"] > 0 and (out / "fit.png").stat().st_size > 0
     assert "| modl | 2 |" in (out / "fit.md").read_text()
-    assert main(["bench", "fit", "--modl-k", "0", "--out", str(out)]) == 2
+    assert main(["bench", "fit", "--modl-k", "0", "--out", str(tmp_path / "refused")]) == 2
     assert "must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "fit", "--sizes", "2", "--out", str(tmp_path / "refused")]) == 2
+    assert "sizes must be >= 4" in capsys.readouterr().err and not (tmp_path / "refused").exists()

@@ -32,12 +32,13 @@ DEFAULT_FIT_SIZES = (64, 96, 128, 160, 192, 224, 256)
 def run_fit_sweep(methods: Sequence[str], sizes: Sequence[int], iters: dict[str, int], coils: int = 8,
                   channels: int = 16, layers: int = 5, device: str = "cpu", threads: int = 1,
                   timeout: float = 600.0, model_settings: dict[str, Any] | None = None,
-                  measure: Callable[..., dict] = measure_step_memory,
+                  penalty_backward: str = "after_data", measure: Callable[..., dict] = measure_step_memory,
                   on_row: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
     """One row per (method, size) tried: ``{"method", "iters", "size", "shape", "fits", "peak_mib" | "error"}``.
 
     ``iters``: MoDL's unrolled ``K``, MOL's forward ``max_iter`` (run in full: ``tol`` 1e-12), per method.
-    ``model_settings``: model keys of every method but MoDL. A step that fails for another reason than memory
+    ``model_settings``: model keys of every method but MoDL. ``penalty_backward``: MOL-LR's penalty backward
+    (``"after_data"``, as its configs train, or ``"joint"``). A step that fails for another reason than memory
     raises: that is a bug, not a size.
     """
     if not methods or not sizes:
@@ -56,7 +57,7 @@ def run_fit_sweep(methods: Sequence[str], sizes: Sequence[int], iters: dict[str,
             try:
                 r = measure(method, int(iters[method]), shape=(n, n, n), dims="3d", coils=coils,
                             channels=channels, layers=layers, device=device, threads=threads,
-                            model_kwargs=kwargs, timeout=timeout)
+                            model_kwargs=kwargs, timeout=timeout, penalty_backward=penalty_backward)
             except StepOutOfMemory as exc:
                 rows.append({**row, "fits": False, "error": str(exc)})
             else:

@@ -105,6 +105,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--timeout", type=float, default=600.0, help="seconds per step")
     f.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
                    help="model setting of the MOL/DEQ methods (e.g. architecture=orthogonal)")
+    f.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default="after_data",
+                   help="MOL-LR: the Lipschitz penalty's backward after the data term's (after_data, as every "
+                   "MOL-LR config trains) or with it (joint)")
     f.set_defaults(func=run_fit)
 
     s = bsub.add_parser("speed", help="inference time, iterations to tol (plain vs Anderson), CNN share",
@@ -323,13 +326,14 @@ def run_fit(args: argparse.Namespace) -> int:
         raise InputError("bench fit: --modl-k and --mol-iters must be >= 1")
     model_settings = _settings(args.model_set, "--set")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     iters = {m: (args.modl_k if m == "modl" else args.mol_iters) for m in args.methods}
     machine = machine_info()
     settings = {"threads": args.threads, "model_set": model_settings, "iters": iters,
+                "penalty_backward": args.penalty_backward,
                 "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step"}
 
     def save(rows: list[dict], final: bool = False) -> None:
+        out.mkdir(parents=True, exist_ok=True)
         summary = summarize_fit(rows)
         write_json_atomic(out / "fit.json", {"rows": rows, "summary": summary, "settings": settings,
                                              "complete": final, "machine": machine})
@@ -344,7 +348,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     rows = run_fit_sweep(args.methods, args.sizes, iters, coils=args.coils, channels=args.channels,
                          layers=args.layers, device=args.device, threads=args.threads, timeout=args.timeout,
-                         model_settings=model_settings, on_row=on_row)
+                         model_settings=model_settings, penalty_backward=args.penalty_backward, on_row=on_row)
     save(rows, final=True)
     print(fit_markdown(rows, summarize_fit(rows)))
     return 0
