@@ -300,3 +300,34 @@ def test_a_failing_model_is_reported_not_fatal(problem):
     assert "diverged" in res["errors"]["deq"][0]
     assert res["attack"]["mol-sn"][0]["amplification_max"] > 0
     assert "## Failures" in R.markdown_report(res)
+
+
+def test_attack_and_its_figure_on_a_volume(tmp_path):
+    """3D data (and 2D+time, the same shapes): the attack runs on the volume, the figure shows its central plane."""
+    from molrecon.physics import MultiCoilMRI, mask_for
+
+    shape = (6, 12, 12)
+    g = torch.Generator().manual_seed(0)
+    physics = MultiCoilMRI(simulate_coil_maps(shape, 2, dims="3d")[None],
+                           mask_for("3d", 2.0)(shape, seed=0, dims="3d"), dims="3d")
+    target = torch.randn((1, *shape), generator=g, dtype=torch.complex64)
+    ex = R.Example(y=physics.A(target), physics=physics, target=target, max_value=float(target.abs().max()),
+                   name="volume")
+    torch.manual_seed(0)
+    models = {"modl": MoDL(K=2, dims="3d", channels=4, layers=2)}
+    res = R.run_robustness(models, [ex], R.RobustnessConfig(eps=(0.01,), attack_steps=2, parts=("attack",)))
+    assert res["attack"]["modl"][0]["amplification_max"] > 0
+    images = res["_images"]["modl"]
+    assert images["clean"].shape == images["difference"].shape == images["target"].shape == shape[1:]
+    np.testing.assert_allclose(images["target"], target[0, shape[0] // 2].abs().numpy())
+    paths = R.write_report(res, tmp_path / "rep")
+    assert paths["adversarial_examples"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_default_models_follow_the_kind_of_data():
+    from molrecon.commands.robustness import DEFAULT_MODELS, default_models
+
+    assert default_models("2d") == default_models("radial") == DEFAULT_MODELS
+    assert set(default_models("3d").split(",")) == {"modl-3d-4x", "mol-lr-3d-4x", "mol-sn-3d-4x"}
+    assert set(default_models("dynamic").split(",")) == {"modl-2dt-4x", "mol-lr-2dt-4x", "mol-sn-2dt-4x"}
+    assert all(n.endswith("-2dt-radial") for n in default_models("radial-dynamic").split(","))

@@ -21,9 +21,24 @@ from ..evaluate.robustness import (
 )
 from ..names import DIMS_OF_KIND
 from ..physics import MultiCoilMRI, achieved_acceleration
+from ..weights.pretrained import available_names, parse_name
 
 DEFAULT_MODELS = "mol-sn-2d-4x,mol-lr-2d-4x,modl-2d-4x,deq-2d-4x"
 PARTS = ("attack", "random", "convergence", "uniqueness", "shift")
+
+
+def default_models(kind: str) -> str:
+    """The models a study of ``kind`` compares by default: :data:`DEFAULT_MODELS` on 2D slices, the shipped
+    learned models of the kind's dims (and trajectory) otherwise."""
+    dims = DIMS_OF_KIND[kind]
+    if dims == "2d":
+        return DEFAULT_MODELS
+    radial = kind.startswith("radial")
+    names = [n for n in available_names() if (p := parse_name(n))["dims"] == dims
+             and (p.get("trajectory") == "radial") == radial]
+    if not names:
+        raise InputError(f"robustness: no shipped model for the {kind!r} data; name some with --models")
+    return ",".join(names)
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -43,12 +58,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "measured amplification; convergence far past the training iteration count; fixed points from several "
         "starts; PSNR under other accelerations and extra noise. Writes OUT/robustness.json, robustness.md and "
         "PNG plots. Built-in data is SIMULATED (inverse crime).")
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help="comma-separated pretrained names or checkpoint paths (default: %(default)s)")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated pretrained names or checkpoint paths (default: {DEFAULT_MODELS} for 2D "
+                   "slices; the shipped models of the kind's dims otherwise, e.g. mol-sn-3d-4x,modl-3d-4x)")
     p.add_argument("--data", default="builtin",
                    help="folder of multicoil HDF5 files (fastMRI layout) or 'builtin' (built-in test split)")
-    p.add_argument("--kind", default="2d", choices=[k for k, d in DIMS_OF_KIND.items() if d == "2d"],
-                   help="built-in data kind of 2D slices (Cartesian 2d, or radial)")
+    p.add_argument("--kind", default="2d", choices=list(DIMS_OF_KIND),
+                   help="built-in data kind: 2D slices (2d, radial), 3D volumes (3d) or series (dynamic, "
+                   "radial-dynamic); a volume or a series counts as one slice")
     p.add_argument("--slices", type=int, default=2, help="number of test slices, evenly spread (default 2)")
     p.add_argument("--data-accel", type=float, default=None,
                    help="mask the slices at this acceleration (default: the files' stored masks)")
@@ -92,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         conv_slices=args.conv_slices, uniqueness_slices=args.uniqueness_slices,
         accelerations=_floats(args.accels, "--accels"), noise_snr_db=_floats(args.noise_snr, "--noise-snr"),
         parts=parts, seed=args.seed).validate()
-    models = load_models([s for s in args.models.split(",")], device=args.device)
+    names = args.models if args.models is not None else default_models(args.kind)
+    models = load_models([s for s in names.split(",")], device=args.device)
     data = None if str(args.data) == "builtin" else args.data
     examples = load_examples(data, args.slices, acceleration=args.data_accel, kind=args.kind)
     ph = examples[0].physics

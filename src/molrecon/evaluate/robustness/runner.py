@@ -218,11 +218,16 @@ def _aggregate_random(eps: Sequence[float], per_slice: list[list[dict]]) -> list
 
 def _example_images(model: Any, y: torch.Tensor, physics: LinearPhysics, x_ref: torch.Tensor, delta: torch.Tensor,
                     ex: Example, cfg: RobustnessConfig) -> dict[str, np.ndarray]:
-    """Magnitudes of x(b), x(b+δ) (largest ε) and |x(b+δ) − x(b)| of the first slice, for the figure."""
+    """Magnitudes of x(b), x(b+δ) (largest ε) and |x(b+δ) − x(b)| of the first slice, for the figure (of a
+    volume or a series, its central plane along the first axis)."""
     x_adv, _ = reconstruct(model, y + delta, physics, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter)
-    a, b = x_ref[0].abs().cpu().numpy(), x_adv[0].abs().cpu().numpy()
-    return {"clean": a, "perturbed": b, "difference": (x_adv[0] - x_ref[0]).abs().cpu().numpy(),
-            "target": ex.target[0].abs().cpu().numpy(), "eps": float(cfg.eps[-1])}
+
+    def plane(x: torch.Tensor) -> np.ndarray:
+        x = x[0].abs()
+        return (x[x.shape[0] // 2] if x.ndim == 3 else x).cpu().numpy()
+
+    return {"clean": plane(x_ref), "perturbed": plane(x_adv), "difference": plane(x_adv - x_ref),
+            "target": plane(ex.target), "eps": float(cfg.eps[-1])}
 
 
 def verdicts(res: Mapping[str, Any]) -> dict[str, Any]:
