@@ -23,9 +23,10 @@ from typing import Any
 from ..errors import InputError
 from ..evaluate.report import markdown_table
 from .memory import StepOutOfMemory, measure_step_memory
+from .memory_sweep import MIB
 
-MIB = float(2 ** 20)
-#: cubic sizes tried by default (a GPU of 80 GiB holds MoDL K = 10 with the 5 × 16 3-D CNN up to ~200³)
+#: cubic sizes tried by default, up to where an 80 GiB card is expected to run out for MoDL K = 10 with the 5 × 16
+#: 3-D CNN (an estimate from the CPU peaks, not a measurement)
 DEFAULT_FIT_SIZES = (64, 96, 128, 160, 192, 224, 256)
 
 
