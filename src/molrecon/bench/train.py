@@ -63,7 +63,7 @@ TRAIN_METHODS: dict[str, dict[str, Any]] = {
                    "lam": 100.0, "cg_iter": 15, "_train": {"fixed_point_cache": True}},
 }
 #: The shipped 2D recipes: name -> (shipped model, changes). Each is the training config stored with that model
-#: (so the entry follows whatever is shipped), MOL-SN at the 15 CG steps per block it runs at inference, with the cache.
+#: (so the entry follows whatever is shipped), MOL-SN at the 15 CG steps per block it trained with, with the cache.
 SHIPPED_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "mol-lr-residual": ("mol-lr-2d-4x", {}),
     "mol-sn-orthogonal": ("mol-sn-2d-4x", {"cg_iter": 15, "_train": {"fixed_point_cache": True}}),
