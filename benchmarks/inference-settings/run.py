@@ -63,8 +63,8 @@ def main() -> None:
         target = batch["target"][0].numpy()
         support, peak = object_support(target), float(np.abs(target).max())
         y = (physics.sampling_weights() * batch["kspace"]).to(torch.complex64)
-        # untimed: the first solve on a new operator builds what later calls reuse, which would otherwise fall on
-        # whichever setting comes first
+        # untimed: the first solve on a new operator ran up to ~25 % slower than the ones after it (measured, cause
+        # not traced), which would otherwise fall on whichever setting comes first
         _timed(lambda y=y, p=physics: modl(y, p))
         _timed(lambda y=y, p=physics: models[names[0]].solve(y, p))
         for k, (name, setting) in enumerate(keys):
