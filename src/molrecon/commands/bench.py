@@ -241,11 +241,8 @@ def run_memory(args: argparse.Namespace) -> int:
 
     def save(rows: list[dict], final: bool = False) -> None:
         summary = summarize_memory(rows, args.budget_gib)
-        write_json_atomic(out / "memory.json", {"rows": rows, "summary": summary, "settings": settings,
-                                                "complete": final, "machine": machine})
-        write_text_atomic(out / "memory.md", memory_markdown(rows, summary))
-        if final:
-            plot_memory(rows, out / "memory.png", summary)
+        plot = (lambda path: plot_memory(rows, path, summary)) if final else None
+        _save_sweep(out, "memory", rows, summary, memory_markdown(rows, summary), settings, machine, plot)
 
     def on_row(row: dict, rows: list[dict]) -> None:
         allocated = f", allocated {row['allocated_mib']:8.1f} MiB" if "allocated_mib" in row else ""
@@ -259,9 +256,6 @@ def run_memory(args: argparse.Namespace) -> int:
                             model_settings=model_settings, allocated=not args.no_allocated,
                             penalty_backward=args.penalty_backward)
     save(rows, final=True)
-    print()
-    print((out / "memory.md").read_text())
-    print(f"wrote {out / 'memory.json'}, {out / 'memory.md'}, {out / 'memory.png'}")
     return 0
 
 
@@ -333,13 +327,9 @@ def run_fit(args: argparse.Namespace) -> int:
                 "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step"}
 
     def save(rows: list[dict], final: bool = False) -> None:
-        out.mkdir(parents=True, exist_ok=True)
         summary = summarize_fit(rows)
-        write_json_atomic(out / "fit.json", {"rows": rows, "summary": summary, "settings": settings,
-                                             "complete": final, "machine": machine})
-        write_text_atomic(out / "fit.md", fit_markdown(rows, summary))
-        if final:
-            plot_fit(rows, out / "fit.png")
+        plot = (lambda path: plot_fit(rows, path)) if final else None
+        _save_sweep(out, "fit", rows, summary, fit_markdown(rows, summary), settings, machine, plot)
 
     def on_row(row: dict, rows: list[dict]) -> None:
         what = f"peak {row['peak_mib']:9.1f} MiB" if row["fits"] else "out of memory"
@@ -350,7 +340,6 @@ def run_fit(args: argparse.Namespace) -> int:
                          layers=args.layers, device=args.device, threads=args.threads, timeout=args.timeout,
                          model_settings=model_settings, penalty_backward=args.penalty_backward, on_row=on_row)
     save(rows, final=True)
-    print(fit_markdown(rows, summarize_fit(rows)))
     return 0
 
 
@@ -431,6 +420,20 @@ def run_quality(args: argparse.Namespace) -> int:
     md = quality_markdown(results)
     _write_report(out, "quality", results, md, lambda path: plot_quality(results["rows"], path))
     return 0
+
+
+def _save_sweep(out: Path, stem: str, rows: list[dict], summary: dict, md: str, settings: dict, machine: dict,
+                plot=None) -> None:
+    """A sweep's ``OUT/<stem>.json`` and ``.md`` after each row (``complete`` false); with ``plot``, the final
+    report through :func:`_write_report`."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"rows": rows, "summary": summary, "settings": settings, "complete": plot is not None,
+               "machine": machine}
+    if plot is None:
+        write_json_atomic(out / f"{stem}.json", payload)
+        write_text_atomic(out / f"{stem}.md", md)
+    else:
+        _write_report(out, stem, payload, md, plot)
 
 
 def _write_report(out: Path, stem: str, payload: dict, md: str, plot) -> None:
