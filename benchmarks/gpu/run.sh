@@ -58,7 +58,8 @@ for p in $PARTS; do
     tests) part tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_device.py ;;
     speed) part speed 180 "$PY" -m molrecon bench speed --device "$DEVICE" --examples 4 --repeats 5 --threads 4 \
              --out "$RES/speed" ;;
-    memory)  # the CPU rows' commands (benchmarks/README.md, "Exact peak"): the shipped recipes' settings
+    memory)  # the CPU rows' commands (benchmarks/README.md, "Exact peak"): the shipped recipes' network and
+             # solver settings (their fixed λ and L do not change what a step keeps in memory)
       part memory-modl 120 "$PY" -m molrecon bench memory --device "$DEVICE" --dims 2d --methods modl \
         --modl-iters 10 20 --threads 4 --out "$RES/memory-modl"
       part memory-mol-sn 120 "$PY" -m molrecon bench memory --device "$DEVICE" --dims 2d --methods mol-sn \
