@@ -45,10 +45,13 @@ def test_memory_sweep_rows_follow_the_json_contract(tmp_path):
 
     rc = main(["bench", "memory", "--out", str(tmp_path), "--dims", "2d", "--methods", "modl", "mol-lr",
                "--modl-iters", "1", "2", "--mol-iters", "1", "3", "--shape-2d", "16", "16", "--coils-2d", "2",
-               "--channels-2d", "4", "--layers", "3"])
+               "--channels-2d", "4", "--layers", "3", "--recipe", "mol-lr-2d-4x"])
     assert rc == 0
     data = json.loads((tmp_path / "memory.json").read_text())
     assert data["complete"] is True and "platform" in data["machine"]
+    # the shipped MOL-LR recipe's model settings and its penalty backward, at the benchmark's size
+    assert data["settings"]["method_settings"]["mol-lr"]["architecture"] == "residual"
+    assert {r["penalty_backward"] for r in data["rows"]} == {"after_data"}
     assert [(r["method"], r["iters"]) for r in data["rows"]] == [("modl", 1), ("modl", 2), ("mol-lr", 1),
                                                                  ("mol-lr", 3)]
     for r in data["rows"]:

@@ -49,6 +49,38 @@ def test_fit_sweep_stops_each_method_at_its_first_out_of_memory():
     assert "| modl | 10 | 10240 | 81920 | out of memory |" in text
 
 
+def test_a_recipe_sets_its_methods_model_under_the_given_settings():
+    from molrecon.bench.recipes import recipe_settings
+    from molrecon.weights.pretrained import pretrained_info
+
+    recipes, backward = recipe_settings(["mol-lr-2d-4x", "mol-sn-3d-4x"], ["modl", "mol-lr", "mol-sn"], "bench")
+    assert backward == "after_data" and set(recipes) == {"mol-lr", "mol-sn"}
+    shipped = pretrained_info("mol-lr-2d-4x")["training"]["config"]["model"]
+    assert recipes["mol-lr"] == {k: v for k, v in shipped.items()
+                                 if k not in ("method", "dims", "channels", "layers", "max_iter")}
+    assert recipes["mol-sn"]["architecture"] == "orthogonal" and "max_iter" not in recipes["mol-sn"]
+    measure, calls = _card({"modl": 64, "mol-sn": 64, "mol-lr": 64})
+    run_fit_sweep(["modl", "mol-lr", "mol-sn"], [32], {"modl": 10, "mol-sn": 5, "mol-lr": 5},
+                  model_settings={"cg_iter": 7}, method_settings=recipes, measure=measure)
+    kwargs = {m: kw for m, _, kw in calls}
+    assert kwargs["modl"] == {}
+    assert kwargs["mol-lr"] == {**recipes["mol-lr"], "cg_iter": 7, "tol": 1e-12}  # --set over the recipe
+    assert kwargs["mol-lr"]["lr_jacobian_steps"] == shipped["lr_jacobian_steps"]
+    assert kwargs["mol-sn"] == {**recipes["mol-sn"], "cg_iter": 7, "tol": 1e-12}
+
+
+@pytest.mark.parametrize("names,methods,message", [
+    (["mol-lr-2d-4x"], ["modl", "mol-sn"], "is a mol-lr recipe"),
+    (["mol-lr-2d-4x", "mol-lr-3d-4x"], ["mol-lr"], "two --recipe of method mol-lr"),
+    (["no-such-model"], ["mol-lr"], "unknown pretrained model"),
+])
+def test_a_recipe_of_another_method_or_twice_one_method_is_refused(names, methods, message):
+    from molrecon.bench.recipes import recipe_settings
+
+    with pytest.raises(InputError, match=message):
+        recipe_settings(names, methods, "bench fit")
+
+
 def test_fit_summary_without_a_crossing():
     measure, _ = _card({"modl": 64, "mol-sn": 32})
     rows = run_fit_sweep(["modl", "mol-sn"], [32, 64, 96], {"modl": 10, "mol-sn": 5}, measure=measure)
@@ -92,3 +124,7 @@ def test_bench_fit_command_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "must be >= 1" in capsys.readouterr().err
     assert main(["bench", "fit", "--sizes", "2", "--out", str(tmp_path / "refused")]) == 2
     assert "sizes must be >= 4" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main(["bench", "fit", "--methods", "modl", "--recipe", "mol-sn-3d-4x", "--out",
+                 str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "--recipe mol-sn-3d-4x is a mol-sn recipe" in err and not (tmp_path / "refused").exists()

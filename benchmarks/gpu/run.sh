@@ -58,25 +58,20 @@ for p in $PARTS; do
     tests) part tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_device.py ;;
     speed) part speed 180 "$PY" -m molrecon bench speed --device "$DEVICE" --examples 4 --repeats 5 --threads 4 \
              --out "$RES/speed" ;;
-    memory)  # the CPU rows' commands (benchmarks/README.md, "Exact peak"): the shipped recipes' network and
-             # solver settings (their fixed λ and L do not change what a step keeps in memory)
+    memory)  # the CPU rows' commands (benchmarks/README.md, "Exact peak"): the shipped 2D recipes at 64 channels
       part memory-modl 120 "$PY" -m molrecon bench memory --device "$DEVICE" --dims 2d --methods modl \
         --modl-iters 10 20 --threads 4 --out "$RES/memory-modl"
       part memory-mol-sn 120 "$PY" -m molrecon bench memory --device "$DEVICE" --dims 2d --methods mol-sn \
-        --mol-iters 5 50 --set architecture=orthogonal --set backward=jfb --set state_channels=32 --threads 4 \
-        --out "$RES/memory-mol-sn"
+        --mol-iters 5 50 --recipe mol-sn-2d-4x --threads 4 --out "$RES/memory-mol-sn"
       part memory-mol-lr 120 "$PY" -m molrecon bench memory --device "$DEVICE" --dims 2d --methods mol-lr \
-        --mol-iters 5 50 --penalty-backward after_data --set architecture=residual --set residual_scale=0.9 \
-        --set cg_iter=15 --set lr_weight=1e-5 --set lr_threshold=0.9 --set lr_clip=null \
-        --set lr_jacobian_steps=3 --set lr_jacobian_threshold=0.95 --threads 4 --out "$RES/memory-mol-lr" ;;
+        --mol-iters 5 50 --recipe mol-lr-2d-4x --threads 4 --out "$RES/memory-mol-lr" ;;
     train) part train 240 "$PY" -m molrecon bench train --device "$DEVICE" --dims 2d --steps 30 --val-every 15 \
              --limit-train 20 --limit-val 2 --threads 4 --methods modl-k10 mol-sn-orthogonal mol-lr-residual \
              --out "$RES/train" ;;
     fit) part fit-modl-mol-lr 240 "$PY" -m molrecon bench fit --device "$DEVICE" --methods modl mol-lr \
-           --set architecture=residual --threads 4 --out "$RES/fit-modl-mol-lr"
+           --recipe mol-lr-2d-4x --threads 4 --out "$RES/fit-modl-mol-lr"
          part fit-mol-sn 150 "$PY" -m molrecon bench fit --device "$DEVICE" --methods mol-sn \
-           --set architecture=orthogonal --set state_channels=16 --set lipschitz_target=0.99 --threads 4 \
-           --out "$RES/fit-mol-sn" ;;
+           --recipe mol-sn-3d-4x --threads 4 --out "$RES/fit-mol-sn" ;;
     *) log "unknown part $p (tests speed memory train fit)" ;;
   esac
 done

@@ -34,13 +34,15 @@ def run_fit_sweep(methods: Sequence[str], sizes: Sequence[int], iters: dict[str,
                   channels: int = 16, layers: int = 5, device: str = "cpu", threads: int = 1,
                   timeout: float = 600.0, model_settings: dict[str, Any] | None = None,
                   penalty_backward: str = "after_data", measure: Callable[..., dict] = measure_step_memory,
-                  on_row: Callable[[dict, list[dict]], None] | None = None) -> list[dict]:
+                  on_row: Callable[[dict, list[dict]], None] | None = None,
+                  method_settings: dict[str, dict[str, Any]] | None = None) -> list[dict]:
     """One row per (method, size) tried: ``{"method", "iters", "size", "shape", "fits", "peak_mib" | "error"}``.
 
     ``iters``: MoDL's unrolled ``K``, MOL's forward ``max_iter`` (run in full: ``tol`` 1e-12), per method.
-    ``model_settings``: model keys of every method but MoDL. ``penalty_backward``: MOL-LR's penalty backward
-    (``"after_data"``, as its configs train, or ``"joint"``). A step that fails for another reason than memory
-    raises: that is a bug, not a size.
+    ``model_settings``: model keys of every method but MoDL; ``method_settings``: model keys per method, under
+    ``model_settings`` (a shipped recipe's, :func:`molrecon.bench.recipes.recipe_settings`).
+    ``penalty_backward``: MOL-LR's penalty backward (``"after_data"``, as its configs train, or ``"joint"``). A
+    step that fails for another reason than memory raises: that is a bug, not a size.
     """
     if not methods or not sizes:
         raise InputError("bench fit: need at least one method and one size")
@@ -51,7 +53,9 @@ def run_fit_sweep(methods: Sequence[str], sizes: Sequence[int], iters: dict[str,
         raise InputError(f"bench fit: no iteration count for {missing}")
     rows: list[dict] = []
     for method in methods:
-        kwargs = {} if method == "modl" else {**(model_settings or {}), "tol": 1e-12}
+        kwargs = {**(method_settings or {}).get(method, {})}
+        if method != "modl":
+            kwargs.update({**(model_settings or {}), "tol": 1e-12})
         for n in sorted(int(s) for s in sizes):
             row = {"method": method, "iters": int(iters[method]), "size": n, "shape": [n, n, n],
                    "coils": coils, "channels": channels, "layers": layers, "device": device}

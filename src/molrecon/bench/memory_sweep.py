@@ -41,7 +41,8 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                      force_iters: bool = True, timeout: float = 3600.0,
                      on_row: Callable[[dict, list[dict]], None] | None = None,
                      model_settings: dict[str, Any] | None = None, allocated: bool = True,
-                     penalty_backward: str = "joint") -> list[dict]:
+                     penalty_backward: str = "joint",
+                     method_settings: dict[str, dict[str, Any]] | None = None) -> list[dict]:
     """Measure :func:`measure_step_memory` over ``dims × method × iterations``, sequentially.
 
     Every row follows the ``memory.json`` contract ``{"method", "iters", "dims", "shape", "peak_mib",
@@ -49,7 +50,8 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
     seconds of the step, and the running peak after each phase: forward, loss, backward, optimiser step).
     ``on_row(row, rows_so_far)`` is called after each measurement (the CLI rewrites the JSON there, so a long
     sweep that is interrupted keeps what it measured). ``model_settings``: model keys for every method but MoDL
-    (e.g. the shipped MOL-LR recipe's ``architecture``, ``lr_jacobian_steps``). ``allocated``: each row also
+    (e.g. ``architecture``); ``method_settings``: model keys per method, under ``model_settings`` (e.g. a shipped
+    recipe's, :func:`molrecon.bench.recipes.recipe_settings`). ``allocated``: each row also
     gets the exact peak of live tensor memory, ``allocated_mib`` (and per phase), see the module docstring.
     ``penalty_backward``: ``"after_data"`` backpropagates MOL-LR's penalty after the data term, as the trainer's
     ``train.penalty_backward``.
@@ -70,7 +72,8 @@ def run_memory_sweep(methods: Sequence[str] = ("modl", "mol-lr", "mol-sn"),
                 r = measure_step_memory(method, int(k), shape=sz["shape"], dims=dims, coils=sz["coils"],
                                         channels=sz["channels"], layers=sz["layers"], batch=batch,
                                         acceleration=acceleration, device=device, seed=seed, threads=threads,
-                                        model_kwargs={**(model_settings if method != "modl" else {}),
+                                        model_kwargs={**(method_settings or {}).get(method, {}),
+                                                      **(model_settings if method != "modl" else {}),
                                                       **_mol_kwargs(method, force_iters)}, timeout=timeout,
                                         repeats=repeats, allocated=allocated, penalty_backward=penalty_backward)
                 row = {"method": method, "iters": int(k), "dims": dims, "shape": list(sz["shape"]),

@@ -41,7 +41,7 @@ from ..names import FIXED_POINT_METHODS
 from ..train.config import parse_scalar
 from ..train.trainer import Trainer
 from ..weights.checkpoint import capture_rng_state, restore_rng_state
-from ..weights.pretrained import pretrained_info
+from .recipes import recipe_sections
 
 # name -> model section (without dims/channels/layers, which the run sets the same for every method)
 TRAIN_METHODS: dict[str, dict[str, Any]] = {
@@ -84,9 +84,9 @@ def shipped_recipe(name: str) -> dict[str, Any]:
     """The entry of :data:`SHIPPED_RECIPES` ``name``: the shipped model's training config (model section without
     dims/channels/layers, and its ``fixed_point_cache``) with the entry's changes."""
     shipped, changes = SHIPPED_RECIPES[name]
-    config = pretrained_info(shipped)["training"]["config"]
-    model = {k: v for k, v in config["model"].items() if k not in ("dims", "channels", "layers")}
-    train = {"fixed_point_cache": bool(config.get("train", {}).get("fixed_point_cache", False))}
+    method, model, recipe_train = recipe_sections(shipped)
+    model = {"method": method, **model}
+    train = {"fixed_point_cache": bool(recipe_train.get("fixed_point_cache", False))}
     train.update(changes.get("_train", {}))
     return {**model, **{k: v for k, v in changes.items() if k != "_train"}, "_train": train}
 

@@ -5,6 +5,7 @@ Examples
 --------
     molrecon bench memory --out benchmarks/memory                       # the full grid
     molrecon bench memory --dims 2d --methods modl mol-lr --modl-iters 1 2 --mol-iters 5 10 --shape-2d 64 64
+    molrecon bench memory --dims 2d --methods modl mol-lr --recipe mol-lr-2d-4x --mol-iters 5 50  # the recipe
     molrecon bench fit --device cuda --out /tmp/fit                    # the 3D size at which MoDL stops fitting
     molrecon bench speed --out benchmarks/speed                         # pretrained mol-lr-2d-4x if shipped
     molrecon bench speed --checkpoint runs/mol_lr_2d/last.pt --out /tmp/speed
@@ -25,6 +26,7 @@ from ..bench.memory_fit import DEFAULT_FIT_SIZES, fit_markdown, run_fit_sweep, s
 from ..bench.memory_sweep import DEFAULT_ITERS, memory_markdown, run_memory_sweep, summarize_memory
 from ..bench.plots import plot_fit, plot_memory, plot_quality, plot_speed, plot_train
 from ..bench.quality import quality_markdown, run_quality_bench
+from ..bench.recipes import recipe_settings
 from ..bench.speed import bench_classical, bench_model, load_examples, random_modl, random_mol, speed_markdown
 from ..bench.train import DEFAULT_TRAIN_METHODS, run_train_bench, train_markdown
 from ..data.builtin import normalize_kind
@@ -79,11 +81,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-allocated", action="store_true",
                    help="skip the exact allocated peak (on CPU a second, profiled child per point)")
     m.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model setting of the MOL/DEQ methods (e.g. architecture=residual, lr_jacobian_steps=3: "
-                   "the shipped MOL-LR recipe's terms)")
-    m.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default="joint",
+                   help="model setting of the MOL/DEQ methods (e.g. architecture=residual); over --recipe")
+    m.add_argument("--recipe", action="append", default=[], metavar="NAME",
+                   help="the training recipe of the shipped model NAME (e.g. mol-lr-2d-4x) for its method: the "
+                   "model settings of its training config, the size excepted (repeatable, one per method)")
+    m.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default=None,
                    help="MOL-LR: backpropagate the Lipschitz penalty with the data term (joint) or after it "
-                   "(after_data, as train.penalty_backward)")
+                   "(after_data, as train.penalty_backward; default: the MOL-LR recipe's, else joint)")
     m.set_defaults(func=run_memory)
 
     f = bsub.add_parser("fit", help="the largest 3D volume on which one training step fits on the device",
@@ -104,10 +108,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--threads", type=int, default=1, help="torch threads in each child (default 1)")
     f.add_argument("--timeout", type=float, default=600.0, help="seconds per step")
     f.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model setting of the MOL/DEQ methods (e.g. architecture=orthogonal)")
-    f.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default="after_data",
+                   help="model setting of the MOL/DEQ methods (e.g. architecture=orthogonal); over --recipe")
+    f.add_argument("--recipe", action="append", default=[], metavar="NAME",
+                   help="the training recipe of the shipped model NAME (e.g. mol-sn-3d-4x) for its method: the "
+                   "model settings of its training config, the size excepted (repeatable, one per method)")
+    f.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default=None,
                    help="MOL-LR: the Lipschitz penalty's backward after the data term's (after_data, as every "
-                   "MOL-LR config trains) or with it (joint)")
+                   "MOL-LR config trains) or with it (joint); default: the MOL-LR recipe's, else after_data")
     f.set_defaults(func=run_fit)
 
     s = bsub.add_parser("speed", help="inference time, iterations to tol (plain vs Anderson), CNN share",
@@ -229,6 +236,7 @@ def run_memory(args: argparse.Namespace) -> int:
             sz["layers"] = args.layers
         sizes[dims] = sz
     model_settings = _settings(args.model_set, "--set")
+    method_settings, penalty_backward = _recipes(args, "bench memory", default_penalty_backward="joint")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
@@ -237,7 +245,8 @@ def run_memory(args: argparse.Namespace) -> int:
                 "allocated": not args.no_allocated,
                 "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step",
                 "data": "random complex target, simulated coil maps, default mask of the dims (mask_for)",
-                "model_set": model_settings, "penalty_backward": args.penalty_backward}
+                "model_set": model_settings, "recipes": args.recipe, "method_settings": method_settings,
+                "penalty_backward": penalty_backward}
 
     def save(rows: list[dict], final: bool = False) -> None:
         summary = summarize_memory(rows, args.budget_gib)
@@ -254,7 +263,7 @@ def run_memory(args: argparse.Namespace) -> int:
                             device=args.device, threads=args.threads, repeats=args.repeats,
                             force_iters=not args.no_force_iters, timeout=args.timeout, on_row=on_row,
                             model_settings=model_settings, allocated=not args.no_allocated,
-                            penalty_backward=args.penalty_backward)
+                            penalty_backward=penalty_backward, method_settings=method_settings)
     save(rows, final=True)
     return 0
 
@@ -319,11 +328,12 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.modl_k < 1 or args.mol_iters < 1:
         raise InputError("bench fit: --modl-k and --mol-iters must be >= 1")
     model_settings = _settings(args.model_set, "--set")
+    method_settings, penalty_backward = _recipes(args, "bench fit", default_penalty_backward="after_data")
     out = Path(args.out)
     iters = {m: (args.modl_k if m == "modl" else args.mol_iters) for m in args.methods}
     machine = machine_info()
-    settings = {"threads": args.threads, "model_set": model_settings, "iters": iters,
-                "penalty_backward": args.penalty_backward,
+    settings = {"threads": args.threads, "model_set": model_settings, "recipes": args.recipe,
+                "method_settings": method_settings, "iters": iters, "penalty_backward": penalty_backward,
                 "step": "forward + loss (+ MOL-LR Lipschitz penalty) + backward + Adam step"}
 
     def save(rows: list[dict], final: bool = False) -> None:
@@ -338,9 +348,17 @@ def run_fit(args: argparse.Namespace) -> int:
 
     rows = run_fit_sweep(args.methods, args.sizes, iters, coils=args.coils, channels=args.channels,
                          layers=args.layers, device=args.device, threads=args.threads, timeout=args.timeout,
-                         model_settings=model_settings, penalty_backward=args.penalty_backward, on_row=on_row)
+                         model_settings=model_settings, penalty_backward=penalty_backward, on_row=on_row,
+                         method_settings=method_settings)
     save(rows, final=True)
     return 0
+
+
+def _recipes(args: argparse.Namespace, what: str, default_penalty_backward: str) -> tuple[dict[str, dict], str]:
+    """``--recipe`` as model settings per method, and the penalty backward: ``--penalty-backward`` if given, else
+    the MOL-LR recipe's, else ``default_penalty_backward``."""
+    method_settings, recipe_backward = recipe_settings(args.recipe, list(args.methods), what)
+    return method_settings, args.penalty_backward or recipe_backward or default_penalty_backward
 
 
 def _settings(items: list[str], what: str) -> dict:
