@@ -44,6 +44,21 @@ def _positive_ints(values: list[str] | None) -> list[int] | None:
     return None if values is None else [int(v) for v in values]
 
 
+def _add_model_settings(parser: argparse.ArgumentParser, set_example: str, recipe_example: str,
+                        default_backward: str) -> None:
+    """``--set``, ``--recipe`` and ``--penalty-backward`` of the benchmarks that build a training step."""
+    parser.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"model setting of the MOL/DEQ methods (e.g. {set_example}); over --recipe")
+    parser.add_argument("--recipe", action="append", default=[], metavar="NAME",
+                        help=f"the training recipe of the shipped model NAME (e.g. {recipe_example}) for its "
+                        "method: the model settings of its training config, the size excepted (repeatable, one "
+                        "per method)")
+    parser.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default=None,
+                        help="MOL-LR: backpropagate the Lipschitz penalty with the data term (joint) or after it "
+                        f"(after_data, as train.penalty_backward); default: the MOL-LR recipe's, else "
+                        f"{default_backward}")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: training memory vs iterations, inference speed, quality table",
                        description="Reproducible benchmarks; each writes JSON (with the machine and the command), "
@@ -80,14 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement")
     m.add_argument("--no-allocated", action="store_true",
                    help="skip the exact allocated peak (on CPU a second, profiled child per point)")
-    m.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model setting of the MOL/DEQ methods (e.g. architecture=residual); over --recipe")
-    m.add_argument("--recipe", action="append", default=[], metavar="NAME",
-                   help="the training recipe of the shipped model NAME (e.g. mol-lr-2d-4x) for its method: the "
-                   "model settings of its training config, the size excepted (repeatable, one per method)")
-    m.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default=None,
-                   help="MOL-LR: backpropagate the Lipschitz penalty with the data term (joint) or after it "
-                   "(after_data, as train.penalty_backward; default: the MOL-LR recipe's, else joint)")
+    _add_model_settings(m, "architecture=residual", "mol-lr-2d-4x", "joint")
     m.set_defaults(func=run_memory)
 
     f = bsub.add_parser("fit", help="the largest 3D volume on which one training step fits on the device",
@@ -107,14 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--device", default="cpu")
     f.add_argument("--threads", type=int, default=1, help="torch threads in each child (default 1)")
     f.add_argument("--timeout", type=float, default=600.0, help="seconds per step")
-    f.add_argument("--set", dest="model_set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model setting of the MOL/DEQ methods (e.g. architecture=orthogonal); over --recipe")
-    f.add_argument("--recipe", action="append", default=[], metavar="NAME",
-                   help="the training recipe of the shipped model NAME (e.g. mol-sn-3d-4x) for its method: the "
-                   "model settings of its training config, the size excepted (repeatable, one per method)")
-    f.add_argument("--penalty-backward", choices=PENALTY_BACKWARDS, default=None,
-                   help="MOL-LR: the Lipschitz penalty's backward after the data term's (after_data, as every "
-                   "MOL-LR config trains) or with it (joint); default: the MOL-LR recipe's, else after_data")
+    _add_model_settings(f, "architecture=orthogonal", "mol-sn-3d-4x", "after_data")
     f.set_defaults(func=run_fit)
 
     s = bsub.add_parser("speed", help="inference time, iterations to tol (plain vs Anderson), CNN share",
