@@ -132,6 +132,31 @@ def test_corrupted_pretrained_weights_refused(tmp_path):
         load_pretrained("modl-2d-4x", root=tmp_path, verify=False)
 
 
+def test_models_command_shows_the_recorded_lipschitz_constant_at_test(tmp_path, monkeypatch, capsys):
+    from molrecon.weights.pretrained import record_lipschitz_at_test, save_pretrained
+
+    for name in ("mol-sn-2d-4x", "mol-sn-3d-4x", "mol-sn-2dt-4x"):
+        save_pretrained(tiny_model(dict(TINY_MOL_SN)), dict(TINY_MOL_SN), name, root=tmp_path)
+    save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
+    record = {"max_L": 1.52678, "items": 2, "not_monotone": 1, "certified": False, "kind": "3d",
+              "command": "python tools/lipschitz_at_test.py mol-sn-3d-4x --kind 3d --record", "date": "today"}
+    record_lipschitz_at_test("mol-sn-3d-4x", record, root=tmp_path)
+    record_lipschitz_at_test("mol-sn-2d-4x", {**record, "max_L": 0.995021, "not_monotone": 0, "certified": True},
+                             root=tmp_path)
+    with pytest.raises(InputError, match="lacks"):
+        record_lipschitz_at_test("mol-sn-2d-4x", {"max_L": 0.9}, root=tmp_path)
+    with pytest.raises(InputError, match="no such pretrained model"):
+        record_lipschitz_at_test("mol-lr-2d-4x", record, root=tmp_path)
+    monkeypatch.setenv("MOLRECON_PRETRAINED_DIR", str(tmp_path))
+    assert main(["models"]) == 0
+    lines = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("|")]
+    column = lines[0].index("Lip(H) at test")
+    cell = {cells[0]: cells[column] for cells in lines[2:]}
+    assert cell == {"mol-sn-2d-4x": "<= 0.9951 (proof)", "mol-sn-3d-4x": "1.5268 (estimate, >= 1 at 1 of 2)",
+                    "mol-sn-2dt-4x": "not measured", "modl-2d-4x": "-"}
+
+
 def test_models_command_lists_shipped(tmp_path, monkeypatch, capsys):
     from molrecon.weights import pretrained
 

@@ -4,10 +4,13 @@
     python tools/lipschitz_at_test.py runs/mol_lr_2d/best.pt --slices 4  # a training run's checkpoint
     python tools/lipschitz_at_test.py mol-lr-2d-4x --out lip.json
     python tools/lipschitz_at_test.py mol-lr-2d-4x --slices 4 --symmetric   # also the symmetric part's extremes
+    python tools/lipschitz_at_test.py mol-lr-3d-4x --kind 3d --record     # keep the summary in the sidecar
 
 For each slice: reconstruct, then ``model.certificate(physics)`` at that reconstruction (``L`` is the larger of
 the adversarial ratio and the converged Jacobian power iteration for MOL-LR, the proof for MOL-SN). MOL-LR is
 monotone by its own estimate at a slice when ``L < 1`` there; the summary line says at how many slices it is not.
+``--record`` (a shipped model, every test item) keeps that summary in the model's sidecar, where ``molrecon
+models`` shows it.
 
 ``--symmetric`` also reports the extreme eigenvalues of the symmetric part of ``H``'s Jacobian there (Lanczos,
 :func:`molrecon.models.lipschitz.jacobian_symmetric_extremes`): monotonicity of ``F = I - H`` needs only
@@ -17,6 +20,7 @@ monotone by its own estimate at a slice when ``L < 1`` there; the summary line s
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import sys
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from _slices import builtin_test_slices, load_mol_or_none, where_h_acts
 
 from molrecon.io import machine_info, write_json_atomic
 from molrecon.models.lipschitz import jacobian_symmetric_extremes
+from molrecon.weights.pretrained import available_names, record_lipschitz_at_test
 
 
 def main() -> int:
@@ -35,7 +40,13 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None, help="write the per-slice figures as JSON")
     p.add_argument("--symmetric", action="store_true",
                    help="also the largest and smallest eigenvalues of the Jacobian's symmetric part (40 Lanczos steps)")
+    p.add_argument("--record", action="store_true",
+                   help="keep the summary in the shipped model's sidecar (needs every test item: no --slices)")
     a = p.parse_args()
+    if a.record and (a.slices is not None or a.model not in available_names()):
+        print(f"error: --record needs a shipped model name and every test item, got {a.model!r}"
+              f"{' with --slices' if a.slices is not None else ''}", file=sys.stderr)
+        return 2
     model = load_mol_or_none(a.model)
     if model is None:
         return 2
@@ -60,6 +71,13 @@ def main() -> int:
         top = max(r["sym_lambda_max"] for r in rows)
         print(f"{a.model}: max lambda_max of the symmetric part = {top:.4f}; >= 1 at "
               f"{sum(r['sym_lambda_max'] >= 1 for r in rows)} of {n}")
+    if a.record:
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        path = record_lipschitz_at_test(a.model, {
+            "max_L": worst, "items": n, "not_monotone": above, "certified": all(r["certified"] for r in rows),
+            "kind": a.kind, "command": "python tools/lipschitz_at_test.py " + " ".join(sys.argv[1:]),
+            "date": stamp})
+        print(f"recorded in {path}")
     if a.out is not None:
         write_json_atomic(a.out, {"model": a.model, "kind": a.kind, "slices": rows, "max_L": worst,
                                   "slices_not_monotone": above, "command": " ".join(sys.argv),

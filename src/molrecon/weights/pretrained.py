@@ -319,3 +319,25 @@ def retune_pretrained(name: str, solver_overrides: dict[str, Any], note: str,
     meta["retuned"] = [*meta.get("retuned", []), {"date": stamp, "settings": dict(solver_overrides), "note": note}]
     write_json_atomic(json_path, meta)
     return json_path
+
+
+#: Keys of the record :func:`record_lipschitz_at_test` keeps in a sidecar.
+LIPSCHITZ_RECORD_KEYS = ("max_L", "items", "not_monotone", "certified", "kind", "command", "date")
+
+
+def record_lipschitz_at_test(name: str, record: dict[str, Any], root: str | os.PathLike | None = None) -> Path:
+    """Keep, in the sidecar of the shipped model ``name``, the Lipschitz constant of its ``H`` measured at its own
+    reconstructions of the built-in test items (``tools/lipschitz_at_test.py --record``): ``max_L`` over
+    ``items`` items, at ``not_monotone`` of which ``L >= 1``; ``certified``: ``L`` is a proof (MOL-SN) rather than
+    an estimate. ``molrecon models`` shows it. Returns the sidecar's path."""
+    missing = [k for k in LIPSCHITZ_RECORD_KEYS if k not in record]
+    if missing:
+        raise InputError(f"record_lipschitz_at_test: the record lacks {missing}")
+    json_path = _root(root) / f"{name}.json"
+    if not json_path.exists():
+        raise InputError(f"{json_path}: no such pretrained model")
+    meta = _read_meta(json_path)
+    meta["lipschitz_at_test"] = {k: record[k] for k in LIPSCHITZ_RECORD_KEYS}
+    write_json_atomic(json_path, meta)
+    return json_path
+
