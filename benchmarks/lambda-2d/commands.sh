@@ -10,3 +10,7 @@ molrecon robustness --models runs/RUN/best.pt --parts attack --attack-steps 24 -
     --threads 1 --out robstrong_RUN                                                                          # strong-robustness.*
 python tools/lipschitz_at_test.py runs/RUN/best.pt --out lipschitz_at_test.json                              # MOL-LR
 molrecon robustness --models modl-2d-4x --parts attack [--attack-steps 24 --attack-restarts 2] --threads 1   # modl/
+# 3D (sn3d_lamN, N = 30, 45, 60): the 3D MOL-SN with λ fixed, its test figures and its attack on the first test volume
+molrecon train configs/mol_sn_3d.yaml --set model.lam=N --set model.learn_lam=false --set out_dir=runs/sn3d_lamN
+molrecon evaluate --checkpoint runs/sn3d_lamN/best.pt --kind 3d --data builtin --methods zero-filled --out ev_sn3d_lamN
+molrecon robustness --kind 3d --models runs/sn3d_lamN/best.pt --slices 1 --parts attack --threads 1 --out rob_sn3d_lamN
