@@ -157,6 +157,22 @@ def test_models_command_shows_the_recorded_lipschitz_constant_at_test(tmp_path, 
                     "mol-sn-2dt-4x": "not measured", "modl-2d-4x": "-"}
 
 
+def test_every_shipped_mol_model_records_lip_h_at_test_measured_after_its_export():
+    from molrecon.weights.pretrained import LIPSCHITZ_RECORD_KEYS, list_pretrained
+
+    mol = [m for m in list_pretrained() if m["method"] in ("mol-sn", "mol-lr")]
+    assert mol
+    for meta in mol:
+        record = meta.get("lipschitz_at_test")
+        assert isinstance(record, dict), f"{meta['name']}: run tools/lipschitz_at_test.py {meta['name']} --record"
+        assert set(LIPSCHITZ_RECORD_KEYS) <= set(record)
+        # a re-export replaces the weights: the record must be of these weights, so measured after the export
+        assert record["date"] >= meta["exported"], meta["name"]
+        assert record["certified"] == (meta["method"] == "mol-sn")
+        if record["certified"]:
+            assert record["max_L"] <= meta["model_config"]["lipschitz_target"] * (1 + 1e-3)
+
+
 def test_models_command_lists_shipped(tmp_path, monkeypatch, capsys):
     from molrecon.weights import pretrained
 
