@@ -139,7 +139,7 @@ def test_models_command_shows_the_recorded_lipschitz_constant_at_test(tmp_path, 
         save_pretrained(tiny_model(dict(TINY_MOL_SN)), dict(TINY_MOL_SN), name, root=tmp_path)
     save_pretrained(tiny_model(), dict(TINY_MODL), "modl-2d-4x", root=tmp_path)
     record = {"max_L": 1.52678, "items": 2, "not_monotone": 1, "certified": False, "kind": "3d",
-              "command": "python tools/lipschitz_at_test.py mol-sn-3d-4x --kind 3d --record", "date": "today"}
+              "command": "python tools/lipschitz_at_test.py mol-sn-3d-4x --kind 3d --record"}
     record_lipschitz_at_test("mol-sn-3d-4x", record, root=tmp_path)
     record_lipschitz_at_test("mol-sn-2d-4x", {**record, "max_L": 0.995021, "not_monotone": 0, "certified": True},
                              root=tmp_path)

@@ -20,7 +20,6 @@ models`` shows it.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
 from pathlib import Path
 
@@ -72,11 +71,9 @@ def main() -> int:
         print(f"{a.model}: max lambda_max of the symmetric part = {top:.4f}; >= 1 at "
               f"{sum(r['sym_lambda_max'] >= 1 for r in rows)} of {n}")
     if a.record:
-        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         path = record_lipschitz_at_test(a.model, {
             "max_L": worst, "items": n, "not_monotone": above, "certified": all(r["certified"] for r in rows),
-            "kind": a.kind, "command": "python tools/lipschitz_at_test.py " + " ".join(sys.argv[1:]),
-            "date": stamp})
+            "kind": a.kind, "command": "python tools/lipschitz_at_test.py " + " ".join(sys.argv[1:])})
         print(f"recorded in {path}")
     if a.out is not None:
         write_json_atomic(a.out, {"model": a.model, "kind": a.kind, "slices": rows, "max_L": worst,

@@ -57,6 +57,7 @@ def _add_model_settings(parser: argparse.ArgumentParser, set_example: str, recip
                         help="MOL-LR: backpropagate the Lipschitz penalty with the data term (joint) or after it "
                         f"(after_data, as train.penalty_backward); default: the MOL-LR recipe's, else "
                         f"{default_backward}")
+    parser.set_defaults(default_penalty_backward=default_backward)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -237,7 +238,7 @@ def run_memory(args: argparse.Namespace) -> int:
             sz["layers"] = args.layers
         sizes[dims] = sz
     model_settings = _settings(args.model_set, "--set")
-    method_settings, penalty_backward = _recipes(args, "bench memory", default_penalty_backward="joint")
+    method_settings, penalty_backward = _recipes(args, "bench memory")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
@@ -329,7 +330,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.modl_k < 1 or args.mol_iters < 1:
         raise InputError("bench fit: --modl-k and --mol-iters must be >= 1")
     model_settings = _settings(args.model_set, "--set")
-    method_settings, penalty_backward = _recipes(args, "bench fit", default_penalty_backward="after_data")
+    method_settings, penalty_backward = _recipes(args, "bench fit")
     out = Path(args.out)
     iters = {m: (args.modl_k if m == "modl" else args.mol_iters) for m in args.methods}
     machine = machine_info()
@@ -355,11 +356,11 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipes(args: argparse.Namespace, what: str, default_penalty_backward: str) -> tuple[dict[str, dict], str]:
+def _recipes(args: argparse.Namespace, what: str) -> tuple[dict[str, dict], str]:
     """``--recipe`` as model settings per method, and the penalty backward: ``--penalty-backward`` if given, else
-    the MOL-LR recipe's, else ``default_penalty_backward``."""
+    the MOL-LR recipe's, else the benchmark's default (:func:`_add_model_settings`)."""
     method_settings, recipe_backward = recipe_settings(args.recipe, list(args.methods), what)
-    return method_settings, args.penalty_backward or recipe_backward or default_penalty_backward
+    return method_settings, args.penalty_backward or recipe_backward or args.default_penalty_backward
 
 
 def _settings(items: list[str], what: str) -> dict:

@@ -207,7 +207,7 @@ def save_pretrained(model: Any, model_config: dict[str, Any], name: str, meta: d
             "num_parameters": int(sum(v.numel() for v in state.values())),
         },
         "normalization": norm.to_dict(),
-        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "exported": _utc_stamp(),
         "export_machine": machine_info(),
     }
     for key, value in (meta or {}).items():
@@ -303,10 +303,7 @@ def retune_pretrained(name: str, solver_overrides: dict[str, Any], note: str,
     """
     if not note:
         raise InputError("retune_pretrained: say what was measured (note)")
-    json_path = _root(root) / f"{name}.json"
-    if not json_path.exists():
-        raise InputError(f"{json_path}: no such pretrained model")
-    meta = _read_meta(json_path)
+    json_path, meta = _sidecar_to_edit(name, root)
     config = meta["model_config"]
     _check_solver_overrides("retune_pretrained", solver_overrides, config)
     recorded = dict(meta.get("inference_overrides") or {})
@@ -315,13 +312,13 @@ def retune_pretrained(name: str, solver_overrides: dict[str, Any], note: str,
         recorded[key] = {"trained": trained, "shipped": value}
     meta["inference_overrides"] = recorded
     meta["model_config"] = {**config, **solver_overrides}
-    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    meta["retuned"] = [*meta.get("retuned", []), {"date": stamp, "settings": dict(solver_overrides), "note": note}]
+    meta["retuned"] = [*meta.get("retuned", []),
+                       {"date": _utc_stamp(), "settings": dict(solver_overrides), "note": note}]
     write_json_atomic(json_path, meta)
     return json_path
 
 
-#: Keys of the record :func:`record_lipschitz_at_test` keeps in a sidecar.
+#: Keys of the record :func:`record_lipschitz_at_test` keeps in a sidecar (``date`` is stamped there).
 LIPSCHITZ_RECORD_KEYS = ("max_L", "items", "not_monotone", "certified", "kind", "command", "date")
 
 
@@ -329,15 +326,26 @@ def record_lipschitz_at_test(name: str, record: dict[str, Any], root: str | os.P
     """Keep, in the sidecar of the shipped model ``name``, the Lipschitz constant of its ``H`` measured at its own
     reconstructions of the built-in test items (``tools/lipschitz_at_test.py --record``): ``max_L`` over
     ``items`` items, at ``not_monotone`` of which ``L >= 1``; ``certified``: ``L`` is a proof (MOL-SN) rather than
-    an estimate. ``molrecon models`` shows it. Returns the sidecar's path."""
-    missing = [k for k in LIPSCHITZ_RECORD_KEYS if k not in record]
+    an estimate; stamped with the date, so that a later export is seen to outdate it. ``molrecon models`` shows
+    it. Returns the sidecar's path."""
+    missing = [k for k in LIPSCHITZ_RECORD_KEYS if k != "date" and k not in record]
     if missing:
         raise InputError(f"record_lipschitz_at_test: the record lacks {missing}")
+    json_path, meta = _sidecar_to_edit(name, root)
+    meta["lipschitz_at_test"] = {**{k: record[k] for k in LIPSCHITZ_RECORD_KEYS if k != "date"},
+                                 "date": _utc_stamp()}
+    write_json_atomic(json_path, meta)
+    return json_path
+
+
+def _sidecar_to_edit(name: str, root: str | os.PathLike | None) -> tuple[Path, dict[str, Any]]:
+    """The path and contents of the shipped model ``name``'s sidecar, to change it in place."""
     json_path = _root(root) / f"{name}.json"
     if not json_path.exists():
         raise InputError(f"{json_path}: no such pretrained model")
-    meta = _read_meta(json_path)
-    meta["lipschitz_at_test"] = {k: record[k] for k in LIPSCHITZ_RECORD_KEYS}
-    write_json_atomic(json_path, meta)
-    return json_path
+    return json_path, _read_meta(json_path)
+
+
+def _utc_stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
