@@ -85,6 +85,31 @@ def test_in_place_cg_is_the_differentiable_one_and_leaves_its_inputs_alone():
     assert ref_info.iterations[2] == 0 and ref_info.iterations[0] != ref_info.iterations[1]
 
 
+@CG_PATHS
+def test_cg_forcing_stops_at_a_fraction_of_the_starting_residual(grad):
+    """With ``forcing`` an element stops once its residual is that fraction of its start's (or at ``tol``), on
+    both paths alike; a start that solves the system costs no step, as without forcing."""
+    M = random_hpd(40, 2, cond=1e3)
+    b = torch.randn(2, 40, dtype=torch.complex128)
+    ref = torch.linalg.solve(M, b)
+    start = ref.clone()
+    start[0] += 1e-3 * torch.randn(40, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+
+    def op(v):
+        return (M @ v[..., None])[..., 0]
+
+    with torch.set_grad_enabled(grad):
+        _, full = conjugate_gradient(op, b, x0=start, max_iter=100, tol=1e-12)
+        x, forced = conjugate_gradient(op, b, x0=start, max_iter=100, tol=1e-12, forcing=0.1)
+    r0 = (b - op(start)).abs().pow(2).sum(-1).sqrt()
+    r = (b - op(x)).abs().pow(2).sum(-1).sqrt()
+    assert float(r[0]) <= 0.1 * float(r0[0]) and forced.all_converged
+    assert 0 < int(forced.iterations[0]) < int(full.iterations[0])
+    assert int(forced.iterations[1]) == 0 == int(full.iterations[1])
+    with pytest.raises(ValueError, match="forcing"):
+        conjugate_gradient(op, b, forcing=1.0)
+
+
 def test_cg_differentiable_by_autograd():
     M = random_hpd(6, 1)
     b = torch.randn(1, 6, dtype=torch.complex128, requires_grad=True)

@@ -1,6 +1,8 @@
 """The weights layer: shipped pretrained models (safetensors + JSON sidecar), export from a checkpoint, safe loading."""
 
 
+import json
+
 import pytest
 import torch
 
@@ -115,6 +117,16 @@ def test_retune_changes_only_the_solver_settings_and_keeps_the_trained_values(tm
     assert loaded.pretrained_meta["inference_overrides"] == {"cg_iter": {"trained": 3, "shipped": 8},
                                                              "init_cg_iter": {"trained": 50, "shipped": 10}}
     assert loaded.pretrained_meta["retuned"][-1]["note"] == "same PSNR, 10 % faster"
+    _assert_same_fixed_point(model, loaded)
+    # a setting added after a model was stored (its config lacks the key) can still be set
+    sidecar = root / "mol-sn-2d-4x.json"
+    meta = json.loads(sidecar.read_text())
+    del meta["model_config"]["cg_forcing"]
+    sidecar.write_text(json.dumps(meta))
+    retune_pretrained("mol-sn-2d-4x", {"cg_forcing": 0.2}, "same answers, fewer CG steps", root=root)
+    loaded = load_pretrained("mol-sn-2d-4x", root=root)
+    assert loaded.cg_forcing == 0.2
+    assert loaded.pretrained_meta["inference_overrides"]["cg_forcing"] == {"trained": None, "shipped": 0.2}
     _assert_same_fixed_point(model, loaded)
 
 

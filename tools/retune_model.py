@@ -21,15 +21,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", help="shipped model name")
     p.add_argument("--cg-iter", type=int, default=None, help="CG steps per block")
+    p.add_argument("--cg-forcing", type=float, default=None,
+                   help="stop each block's CG at this fraction of its warm start's residual")
     p.add_argument("--init-cg-iter", type=int, default=None, help="CG steps of the CG-SENSE start")
     p.add_argument("--max-iter", type=int, default=None)
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--note", required=True, help="what was measured to justify the change")
     a = p.parse_args()
-    settings = {k: v for k, v in {"cg_iter": a.cg_iter, "init_cg_iter": a.init_cg_iter, "max_iter": a.max_iter,
-                                  "tol": a.tol}.items() if v is not None}
+    given = {"cg_iter": a.cg_iter, "cg_forcing": a.cg_forcing, "init_cg_iter": a.init_cg_iter,
+             "max_iter": a.max_iter, "tol": a.tol}
+    settings = {k: v for k, v in given.items() if v is not None}
     if not settings:
-        print("error: nothing to change (give --cg-iter, --init-cg-iter, --max-iter or --tol)", file=sys.stderr)
+        print("error: nothing to change (give --cg-iter, --cg-forcing, --init-cg-iter, --max-iter or --tol)",
+              file=sys.stderr)
         return 2
     try:
         path = retune_pretrained(a.name, settings, a.note)

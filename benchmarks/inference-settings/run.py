@@ -4,10 +4,13 @@ right after MoDL K = 10 on the same slice, so that a changing machine load falls
     OMP_NUM_THREADS=1 python benchmarks/inference-settings/run.py mol-lr-2d-4x,mol-sn-2d-4x 16 OUT.json [10/10,...]
 
 A setting is (CG steps of the CG-SENSE start, CG steps per block); the fixed point is the same at every setting.
-The optional fourth argument picks settings (``START/BLOCK`` or ``START/BLOCK/TOL``, comma-separated) instead of
-all of ``SETTINGS``; ``TOL`` overrides the forward tolerance (relative change), which moves the answer within the
-solver's error bound.
+The optional fourth argument picks settings (``START/BLOCK``, ``START/BLOCK/TOL`` or ``START/BLOCK/TOL/FORCING``,
+comma-separated) instead of all of ``SETTINGS``; ``TOL`` overrides the forward tolerance (relative change), which
+moves the answer within the solver's error bound (``-``: the model's); ``FORCING`` sets ``cg_forcing`` (each
+block's CG stops at that fraction of its warm start's residual; the fixed point is the same).
 PSNR: the magnitude inside the object (fastMRI style), per slice against the slice's own maximum, averaged.
+``normal_calls_mean``: applications of ``A^H A`` per slice (CG-SENSE start, blocks and the exact last block), a
+count of the work that the machine's load does not move.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ SETTINGS = [(50, 15), (10, 15), (10, 10), (50, 10), (10, 8)]
 
 
 def _setting(text: str) -> tuple:
-    """``START/BLOCK[/TOL]`` → ``(start, block)`` or ``(start, block, tol)``."""
+    """``START/BLOCK[/TOL[/FORCING]]`` → ``(start, block)``, ``(start, block, tol)`` or ``(start, block, tol,
+    forcing)``; a ``tol`` of ``-`` is the model's (``None``)."""
     parts = text.split("/")
-    return tuple(int(v) for v in parts[:2]) + tuple(float(v) for v in parts[2:3])
+    return tuple(int(v) for v in parts[:2]) + tuple(None if v == "-" else float(v) for v in parts[2:4])
 
 
 def _timed(fn):
@@ -58,6 +62,7 @@ def main() -> None:
     seconds = dict.fromkeys(keys, 0.0)
     scores: dict = {k: [] for k in keys}
     iterations: dict = {k: [] for k in keys}
+    normal_calls: dict = {k: [] for k in keys}
     modl_seconds, modl_scores = 0.0, []
     for _, batch, physics in builtin_test_slices("2d", count):
         target = batch["target"][0].numpy()
@@ -74,8 +79,18 @@ def main() -> None:
                 modl_scores.append(psnr(x[0].numpy(), target, peak, support))
             model = models[name]
             model.init_cg_iter = setting[0]
-            overrides = {"cg_iter": setting[1], **({"tol": setting[2]} if len(setting) > 2 else {})}
+            overrides = {"cg_iter": setting[1], **dict(zip(("tol", "cg_forcing"), setting[2:]))}
+            calls = [0]
+            normal = physics.normal
+
+            def counted(v, normal=normal, calls=calls):
+                calls[0] += 1
+                return normal(v)
+
+            physics.normal = counted
             (x, info), t = _timed(lambda m=model, o=overrides, y=y, p=physics: m.solve(y, p, **o))
+            physics.normal = normal
+            normal_calls[(name, setting)].append(calls[0])
             seconds[(name, setting)] += t
             scores[(name, setting)].append(psnr(x[0].numpy(), target, peak, support))
             iterations[(name, setting)].append(int(info.iterations[0]))
@@ -86,14 +101,18 @@ def main() -> None:
     for (name, setting) in keys:
         per_slice = seconds[(name, setting)] / n
         row = {"model": name, "init_cg_iter": setting[0], "cg_iter": setting[1], "seconds_per_slice": per_slice,
-               "tol": setting[2] if len(setting) > 2 else model_tol[name],
+               "tol": setting[2] if len(setting) > 2 and setting[2] is not None else model_tol[name],
+               "cg_forcing": setting[3] if len(setting) > 3 else None,
                "ratio_to_modl": per_slice / modl_per_slice, "psnr": float(np.mean(scores[(name, setting)])),
                "iterations_mean": float(np.mean(iterations[(name, setting)])),
-               "iterations_max": int(max(iterations[(name, setting)]))}
+               "iterations_max": int(max(iterations[(name, setting)])),
+               "normal_calls_mean": float(np.mean(normal_calls[(name, setting)]))}
         rows.append(row)
-        print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps, tol {row['tol']:.0e}: "
+        print(f"{name} start {setting[0]:2d} / block {setting[1]:2d} CG steps, tol {row['tol']:.0e}, "
+              f"forcing {row['cg_forcing']}: "
               f"{per_slice:.3f} s/slice ({row['ratio_to_modl']:.2f}x MoDL), PSNR {row['psnr']:.4f} dB, "
-              f"{row['iterations_mean']:.1f} iterations (max {row['iterations_max']})")
+              f"{row['iterations_mean']:.1f} iterations (max {row['iterations_max']}), "
+              f"{row['normal_calls_mean']:.1f} A^H A")
     out_path.write_text(json.dumps({"slices": n, "threads": 1, "machine": machine_info(), "rows": rows}, indent=1))
 
 

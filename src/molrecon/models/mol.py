@@ -17,9 +17,12 @@ their ~150 iterations. See ``docs/theory.md`` for the derivations.
 
 Forward: from the CG-SENSE start, plain or Anderson iterations under ``no_grad`` with per-sample stopping; the DC
 step is ``cg_iter`` CG iterations warm-started at :math:`x` (fixed points are unchanged: at a fixed point the
-warm start already solves the system). A last *exact* block (CG to ``cg_tol``) at the best iterate :math:`x_k`
-gives the output and the a-posteriori bound :math:`\|x_{out} - x^\star\| \le c/(1-c)\,\|x_{out} - x_k\|`
-(``docs/theory.md`` §4); the solver keeps :math:`H(x_k)`, so this block costs no CNN evaluation.
+warm start already solves the system), or fewer with ``cg_forcing`` (an inexact-Newton forcing term: the CG
+stops once its residual is that fraction of the one the warm start leaves, so late iterations, whose start is
+nearly the block's answer, cost few steps; the fixed points are again unchanged). A last *exact* block (CG to
+``cg_tol``) at the best iterate :math:`x_k` gives the output and the a-posteriori bound
+:math:`\|x_{out} - x^\star\| \le c/(1-c)\,\|x_{out} - x_k\|` (``docs/theory.md`` §4); the solver
+keeps :math:`H(x_k)`, so this block costs no CNN evaluation.
 
 Backward: implicit (:mod:`molrecon.solvers.implicit`) — one recorded exact block, an adjoint fixed-point solve
 with vector–Jacobian products, and an implicit CG backward of the DC solve. Memory does not depend on the
@@ -74,7 +77,7 @@ from .penalty import PenaltyMixin
 from .priors import build_prior, check_architecture
 
 #: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
-SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "strict")
+SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "cg_forcing", "strict")
 
 
 def _frozen(weights: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
@@ -105,7 +108,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
     lam: data-consistency weight λ (learnable when ``learn_lam``; stored as ``log_lam``).
     solver: ``"anderson"`` or ``"plain"`` (forward and adjoint).
     dims, channels, layers, kernel_size: the CNN built when ``denoiser`` is ``None``.
-    cg_iter: CG iterations of the DC step per forward iteration.
+    cg_iter: CG iterations of the DC step per forward iteration. cg_forcing: stop that CG earlier, once its
+        residual is this fraction of its warm start's (``None``: always ``cg_iter`` steps, or ``cg_tol``).
     strict: raise :class:`ConvergenceError` instead of warning when the forward does not converge.
     cg_tol, dc_exact_iter: tolerance/cap of the exact DC solves (output step, recorded step, backward).
     anderson_m: Anderson memory. min_iter: minimum forward iterations.
@@ -126,7 +130,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
     def __init__(self, denoiser: nn.Module | None = None, constraint: str | Constraint = "sn", max_iter: int = 100,
                  tol: float = 1e-4, alpha: float = 1.0, lam: float = 100.0, solver: str = "anderson",
                  dims: str | None = None, channels: int = 64, layers: int = 5,
-                 cg_iter: int = 5, strict: bool = False, learn_lam: bool = True, kernel_size: int = 3,
+                 cg_iter: int = 5, cg_forcing: float | None = None, strict: bool = False, learn_lam: bool = True,
+                 kernel_size: int = 3,
                  cg_tol: float = 1e-6, dc_exact_iter: int = 100, anderson_m: int = 5, min_iter: int = 2,
                  backward_max_iter: int | None = None, backward_tol: float | None = None,
                  backward_cg_iter: int | None = None, init_lam: float = 100.0, init_cg_iter: int = 50,
@@ -153,6 +158,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
             raise InputError(f"MOL: lam must be a positive number, got {lam}")
         if max_iter < 1 or cg_iter < 1:
             raise InputError(f"MOL: max_iter and cg_iter must be >= 1, got {max_iter}, {cg_iter}")
+        if cg_forcing is not None and not 0 < float(cg_forcing) < 1:
+            raise InputError(f"MOL: cg_forcing must be in (0, 1) or None, got {cg_forcing}")
         if backward_cg_iter is not None and int(backward_cg_iter) < 1:
             raise InputError(f"MOL: backward_cg_iter must be >= 1 or None, got {backward_cg_iter}")
         check_architecture(architecture, constraint)
@@ -165,6 +172,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         self.solver, self.dims, self.channels, self.layers = solver, dims, int(channels), int(layers)
         self.kernel_size = int(kernel_size)
         self.cg_iter, self.strict, self.learn_lam = int(cg_iter), bool(strict), bool(learn_lam)
+        self.cg_forcing = None if cg_forcing is None else float(cg_forcing)
         self.cg_tol, self.dc_exact_iter, self.anderson_m = float(cg_tol), int(dc_exact_iter), int(anderson_m)
         self.min_iter = int(min_iter)
         self.backward_max_iter = int(backward_max_iter) if backward_max_iter is not None else None
@@ -223,7 +231,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         cfg = {"constraint": self.constraint, "max_iter": self.max_iter, "tol": self.tol, "alpha": self.alpha,
                "lam": float(self.lam.detach()), "solver": self.solver, "dims": self.dims,
                "channels": self.channels, "layers": self.layers,
-               "cg_iter": self.cg_iter, "strict": self.strict, "learn_lam": self.learn_lam,
+               "cg_iter": self.cg_iter, "cg_forcing": self.cg_forcing, "strict": self.strict,
+               "learn_lam": self.learn_lam,
                "kernel_size": self.kernel_size, "cg_tol": self.cg_tol, "dc_exact_iter": self.dc_exact_iter,
                "anderson_m": self.anderson_m, "min_iter": self.min_iter,
                "backward_max_iter": self.backward_max_iter, "backward_tol": self.backward_tol,
@@ -275,9 +284,10 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
             return None
 
     def _block(self, x: torch.Tensor, weights, aty: torch.Tensor, physics: LinearPhysics, mu: torch.Tensor,
-               exact: bool, where: str = "", cg_iter: int | None = None) -> torch.Tensor:
+               exact: bool, where: str = "", cg_iter: int | None = None,
+               cg_forcing: float | None = None) -> torch.Tensor:
         """One MOL block ``x⁺ = (I + μN)^{-1}((1−α)x + αH(x) + μA^H b)`` with ``μ = αλ``."""
-        return self._data_step(x, self._checked_h(x, weights, where), aty, physics, mu, exact, cg_iter)
+        return self._data_step(x, self._checked_h(x, weights, where), aty, physics, mu, exact, cg_iter, cg_forcing)
 
     def _checked_h(self, x: torch.Tensor, weights, where: str) -> torch.Tensor:
         hx = self._h(x, weights)
@@ -291,22 +301,27 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         return hx + mu * aty if self.alpha == 1.0 else (1 - self.alpha) * x + self.alpha * hx + mu * aty
 
     def _data_step(self, x: torch.Tensor, hx: torch.Tensor, aty: torch.Tensor, physics: LinearPhysics,
-                   mu: torch.Tensor, exact: bool, cg_iter: int | None = None) -> torch.Tensor:
-        """The rest of the block once ``H(x)`` is known: the data-consistency solve."""
+                   mu: torch.Tensor, exact: bool, cg_iter: int | None = None,
+                   cg_forcing: float | None = None) -> torch.Tensor:
+        """The rest of the block once ``H(x)`` is known: the data-consistency solve (the inexact one: ``cg_iter``
+        warm-started CG steps, fewer with ``cg_forcing``)."""
         rhs = self._block_rhs(x, hx, aty, mu)
         if exact:
             return dc_solve(rhs, mu, physics.normal, x0=x, max_iter=self.dc_exact_iter, tol=self.cg_tol)
         mu_d = mu.detach()
         with region("cg"):
             out, _ = conjugate_gradient(shifted_normal(physics.normal, mu_d), rhs, x0=x,
-                                        max_iter=self.cg_iter if cg_iter is None else cg_iter, tol=self.cg_tol)
+                                        max_iter=self.cg_iter if cg_iter is None else cg_iter, tol=self.cg_tol,
+                                        forcing=cg_forcing)
         return out
 
     def fixed_point_map(self, y: torch.Tensor, physics: LinearPhysics,
-                        cg_iter: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                        cg_iter: int | None = None,
+                        cg_forcing: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """The map ``T(x) = (I + μN)^{-1}((1−α)x + αH(x) + μA^H y)`` that the forward solver iterates.
 
-        The data-consistency step is solved as in the solver (``cg_iter`` CG steps, the model's by default);
+        The data-consistency step is solved as in the solver (``cg_iter`` CG steps and ``cg_forcing``, the
+        model's by default);
         the CNN weights and ``μ = αλ`` are frozen (detached). The map is kept apart from the solvers, as
         torchdeq keeps ``func``: any iteration (plain, Anderson, a study of the iteration itself) can run it.
         Like :meth:`solve`, it works at the model's training scale: ``T(x) = T_{cy}(c x) / c`` with ``c`` the
@@ -325,7 +340,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
             c = c.reshape(c.shape[0], *([1] * (aty.ndim - 1)))
 
         def T(x: torch.Tensor) -> torch.Tensor:
-            return self._block(x * c, w_d, aty, physics, mu, exact=False, cg_iter=cg_iter) / c
+            return self._block(x * c, w_d, aty, physics, mu, exact=False, cg_iter=cg_iter,
+                               cg_forcing=self.cg_forcing if cg_forcing is None else cg_forcing) / c
 
         return T
 
@@ -366,7 +382,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
                 else:
                     ph, a = physics.subset(idx), aty[idx]
                 hx = self._checked_h(xs, w_d, f"at iteration {counter['k']}")
-                out = self._data_step(xs, hx, a, ph, mu, exact=False, cg_iter=s["cg_iter"])
+                out = self._data_step(xs, hx, a, ph, mu, exact=False, cg_iter=s["cg_iter"],
+                                      cg_forcing=s["cg_forcing"])
                 # for the exact last block, H(x) goes back with the block: the solver keeps it at the best iterate
                 return (out, hx) if exact_output else out
 

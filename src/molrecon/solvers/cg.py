@@ -9,6 +9,11 @@ differentiate through it (MoDL's unrolled training); MOL instead differentiates 
 and the step lengths are computed on the host from the two inner products per step, which the stopping test
 reads there anyway: the same iterates to the bit (for one batch element) with about half the bookkeeping of
 the differentiable loop (~90 instead of ~180 µs per step at 128², one thread; ``benchmarks/README.md``).
+
+``forcing`` (an inexact-Newton forcing term, Eisenstat & Walker, SIAM J. Sci. Comput. 1996) also stops an
+element once its residual is ``forcing`` times the one it started with: a warm-started solve inside an outer
+iteration then does only the work its start leaves, and an element whose start already solves the system
+does none.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def conjugate_gradient(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
                        x0: torch.Tensor | None = None, max_iter: int = 50,
-                       tol: float = 1e-6) -> tuple[torch.Tensor, SolverInfo]:
+                       tol: float = 1e-6, forcing: float | None = None) -> tuple[torch.Tensor, SolverInfo]:
     """Solve ``normal_op(x) = rhs`` by CG; return ``(x, info)``.
 
     Parameters
@@ -44,12 +49,15 @@ def conjugate_gradient(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: t
     rhs: right-hand side ``[B, ...]`` (complex or real).
     x0: warm start (zeros if ``None``).
     max_iter: iteration cap. tol: relative residual at which an element stops.
+    forcing: also stop an element at ``forcing`` times its starting residual (``None``: only ``tol``).
 
     Neither ``rhs`` nor ``x0`` is modified; under ``no_grad`` the solution is a new tensor, with gradients it
     may be ``x0`` itself when ``x0`` already solves the system.
     """
+    if forcing is not None and not 0 < forcing < 1:
+        raise ValueError(f"conjugate_gradient: forcing must be in (0, 1), got {forcing}")
     if not torch.is_grad_enabled():
-        return _conjugate_gradient_in_place(normal_op, rhs, x0, max_iter, tol)
+        return _conjugate_gradient_in_place(normal_op, rhs, x0, max_iter, tol, forcing)
     x = torch.zeros_like(rhs) if x0 is None else x0
     r = rhs - normal_op(x) if x0 is not None else rhs
     p = r
@@ -57,6 +65,8 @@ def conjugate_gradient(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: t
     rhs_norm = batch_dot(rhs, rhs).sqrt()
     safe_norm = torch.where(rhs_norm > 0, rhs_norm, torch.ones_like(rhs_norm))
     rel = torch.where(rhs_norm > 0, rs.sqrt() / safe_norm, torch.zeros_like(rs))
+    if forcing is not None:
+        tol = torch.clamp(forcing * rel, min=tol)
     active = rel > tol
     iterations = torch.zeros(rhs.shape[0], dtype=torch.long, device=rhs.device)
     residuals = [rel.detach()]
@@ -91,7 +101,8 @@ def _scale_rows(t: torch.Tensor, values: list[float]) -> torch.Tensor:
 
 
 def _conjugate_gradient_in_place(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-                                 x0: torch.Tensor | None, max_iter: int, tol: float) -> tuple[torch.Tensor, SolverInfo]:
+                                 x0: torch.Tensor | None, max_iter: int, tol: float,
+                                 forcing: float | None) -> tuple[torch.Tensor, SolverInfo]:
     """:func:`conjugate_gradient` without gradients: the same recurrences and stopping rule, the vectors updated in
     place and the per-element scalars kept on the host (module docstring)."""
     n = rhs.shape[0]
@@ -101,7 +112,8 @@ def _conjugate_gradient_in_place(normal_op: Callable[[torch.Tensor], torch.Tenso
     rs = batch_dot(r, r).tolist()
     norms = [math.sqrt(v) for v in batch_dot(rhs, rhs).tolist()]
     rel = _relative(rs, norms)
-    active = [v > tol for v in rel]
+    tols = [tol if forcing is None else max(tol, forcing * v) for v in rel]
+    active = [v > t for v, t in zip(rel, tols)]
     iterations = [0] * n
     history = [rel]
     for _ in range(max_iter):
@@ -125,8 +137,8 @@ def _conjugate_gradient_in_place(normal_op: Callable[[torch.Tensor], torch.Tenso
         iterations = [i + o for i, o in zip(iterations, ok)]
         rel = _relative(rs, norms)
         history.append(rel)
-        active = [o and v > tol for o, v in zip(ok, rel)]
+        active = [o and v > t for o, v, t in zip(ok, rel, tols)]
     device = rhs.device
     return x, SolverInfo(iterations=torch.tensor(iterations, dtype=torch.long, device=device),
-                         converged=torch.tensor([v <= tol for v in rel], device=device),
+                         converged=torch.tensor([v <= t for v, t in zip(rel, tols)], device=device),
                          residuals=[torch.tensor(h, dtype=torch.float32, device=device) for h in history])

@@ -249,7 +249,7 @@ def _read_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any], dict[str
 #: solver settings a shipped model may change from its training values: they move the path to the fixed point
 #: (the start, the inexact blocks' CG steps, the stopping rule), not the fixed point (``molrecon bench speed
 #: --cg-iters``)
-SOLVER_SETTINGS = ("cg_iter", "max_iter", "tol", "solver", "init_cg_iter")
+SOLVER_SETTINGS = ("cg_iter", "cg_forcing", "max_iter", "tol", "solver", "init_cg_iter")
 
 
 def export_pretrained(checkpoint_path: str | os.PathLike, name: str, extra_meta: dict[str, Any] | None = None,
@@ -288,7 +288,9 @@ def _check_solver_overrides(caller: str, overrides: dict[str, Any], model_config
     unknown = sorted(set(overrides) - set(SOLVER_SETTINGS))
     if unknown:
         raise InputError(f"{caller}: {unknown} are not solver settings ({', '.join(SOLVER_SETTINGS)})")
-    missing = sorted(set(overrides) - set(model_config))
+    # a setting added after the model was stored is missing from its config but known to the rebuilt model
+    known = set(model_config) | set(build_model(dict(model_config)).config())
+    missing = sorted(set(overrides) - known)
     if missing:
         raise InputError(f"{caller}: this {model_config.get('method')} model has no {missing}")
 
@@ -308,7 +310,7 @@ def retune_pretrained(name: str, solver_overrides: dict[str, Any], note: str,
     _check_solver_overrides("retune_pretrained", solver_overrides, config)
     recorded = dict(meta.get("inference_overrides") or {})
     for key, value in solver_overrides.items():
-        trained = recorded[key]["trained"] if key in recorded else config[key]
+        trained = recorded[key]["trained"] if key in recorded else config.get(key)
         recorded[key] = {"trained": trained, "shipped": value}
     meta["inference_overrides"] = recorded
     meta["model_config"] = {**config, **solver_overrides}
