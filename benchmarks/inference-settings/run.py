@@ -7,7 +7,8 @@ A setting is (CG steps of the CG-SENSE start, CG steps per block); the fixed poi
 The optional fourth argument picks settings (``START/BLOCK``, ``START/BLOCK/TOL`` or ``START/BLOCK/TOL/FORCING``,
 comma-separated) instead of all of ``SETTINGS``; ``TOL`` overrides the forward tolerance (relative change), which
 moves the answer within the solver's error bound (``-``: the model's); ``FORCING`` sets ``cg_forcing`` (each
-block's CG stops at that fraction of its warm start's residual; the fixed point is the same).
+block's CG stops at that fraction of its warm start's residual; the fixed point is the same; ``off``: none, whatever
+the model ships).
 PSNR: the magnitude inside the object (fastMRI style), per slice against the slice's own maximum, averaged.
 ``normal_calls_mean``: applications of ``A^H A`` per slice (CG-SENSE start, blocks and the exact last block), a
 count of the work that the machine's load does not move.
@@ -32,13 +33,15 @@ from molrecon.metrics import object_support, psnr  # noqa: E402
 from molrecon.weights.loading import resolve_model  # noqa: E402
 
 SETTINGS = [(50, 15), (10, 15), (10, 10), (50, 10), (10, 8)]
+OFF = "off"
 
 
 def _setting(text: str) -> tuple:
     """``START/BLOCK[/TOL[/FORCING]]`` → ``(start, block)``, ``(start, block, tol)`` or ``(start, block, tol,
     forcing)``; a ``tol`` of ``-`` is the model's (``None``)."""
     parts = text.split("/")
-    return tuple(int(v) for v in parts[:2]) + tuple(None if v == "-" else float(v) for v in parts[2:4])
+    return tuple(int(v) for v in parts[:2]) + tuple(
+        None if v == "-" else OFF if v == "off" else float(v) for v in parts[2:4])
 
 
 def _timed(fn):
@@ -58,6 +61,7 @@ def main() -> None:
     modl = resolve_model("modl-2d-4x").model.eval()
     models = {n: resolve_model(n).model.eval() for n in names}
     model_tol = {n: float(m.tol) for n, m in models.items()}
+    model_forcing = {n: m.cg_forcing for n, m in models.items()}
     keys = [(n, s) for n in names for s in settings]
     seconds = dict.fromkeys(keys, 0.0)
     scores: dict = {k: [] for k in keys}
@@ -80,6 +84,10 @@ def main() -> None:
             model = models[name]
             model.init_cg_iter = setting[0]
             overrides = {"cg_iter": setting[1], **dict(zip(("tol", "cg_forcing"), setting[2:]))}
+            shipped_forcing = model.cg_forcing
+            if overrides.get("cg_forcing") == OFF:
+                del overrides["cg_forcing"]
+                model.cg_forcing = None
             calls = [0]
             normal = physics.normal
 
@@ -89,7 +97,7 @@ def main() -> None:
 
             physics.normal = counted
             (x, info), t = _timed(lambda m=model, o=overrides, y=y, p=physics: m.solve(y, p, **o))
-            physics.normal = normal
+            physics.normal, model.cg_forcing = normal, shipped_forcing
             normal_calls[(name, setting)].append(calls[0])
             seconds[(name, setting)] += t
             scores[(name, setting)].append(psnr(x[0].numpy(), target, peak, support))
@@ -102,7 +110,7 @@ def main() -> None:
         per_slice = seconds[(name, setting)] / n
         row = {"model": name, "init_cg_iter": setting[0], "cg_iter": setting[1], "seconds_per_slice": per_slice,
                "tol": setting[2] if len(setting) > 2 and setting[2] is not None else model_tol[name],
-               "cg_forcing": setting[3] if len(setting) > 3 else None,
+               "cg_forcing": setting[3] if len(setting) > 3 and setting[3] is not None else model_forcing[name],
                "ratio_to_modl": per_slice / modl_per_slice, "psnr": float(np.mean(scores[(name, setting)])),
                "iterations_mean": float(np.mean(iterations[(name, setting)])),
                "iterations_max": int(max(iterations[(name, setting)])),
