@@ -180,7 +180,8 @@ def test_shipped_mol_sn_certificate_bounds_jacobian_at_real_images(name, kind):
     assert float(jac.max()) > 0.1 * cert["L"]
 
 
-@pytest.mark.parametrize("name,kind", [("mol-lr-2d-4x", "2d"), ("mol-lr-2d-radial", "radial")])
+@pytest.mark.parametrize("name,kind", [("mol-lr-2d-4x", "2d"), ("mol-lr-2d-radial", "radial"),
+                                       ("mol-lr-2dt-4x", "dynamic")])
 def test_shipped_mol_lr_is_monotone_by_its_own_estimate(name, kind):
     """The shipped MOL-LR's estimate of ``Lip(H)`` at its reconstruction of a real (built-in test) image is below 1,
     so ``F = I − H`` is monotone by its own estimate and the robustness constant is finite; an independent power
