@@ -328,6 +328,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         normalisation factor of ``y`` (:mod:`molrecon.normalization`), so it is the map the solver iterates,
         in the units of ``y``.
         """
+        s = self._settings({"cg_iter": cg_iter, "cg_forcing": cg_forcing})
         self._check_inputs(y, physics)
         self._ensure_denoiser(physics)
         with torch.no_grad():
@@ -340,8 +341,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
             c = c.reshape(c.shape[0], *([1] * (aty.ndim - 1)))
 
         def T(x: torch.Tensor) -> torch.Tensor:
-            return self._block(x * c, w_d, aty, physics, mu, exact=False, cg_iter=cg_iter,
-                               cg_forcing=self.cg_forcing if cg_forcing is None else cg_forcing) / c
+            return self._block(x * c, w_d, aty, physics, mu, exact=False, cg_iter=s["cg_iter"],
+                               cg_forcing=s["cg_forcing"]) / c
 
         return T
 
