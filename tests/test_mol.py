@@ -254,7 +254,16 @@ def test_cg_forcing_keeps_the_fixed_point_and_saves_data_consistency_work():
             T(near)
         work[forcing] = calls["n"]
     assert work[0.2] < 0.5 * work[None]
+    # a per-call 0 turns off the forcing a model ships with: the same work as a model without it
+    shipped = _model("sn", 3.0, tol=1e-5, max_iter=300, cg_iter=30, cg_tol=1e-8, cg_forcing=0.2)
+    shipped.load_state_dict(model.state_dict())
+    T = shipped.fixed_point_map(y, physics, cg_forcing=0)
+    calls["n"] = 0
+    with torch.no_grad():
+        T(near)
+    assert calls["n"] == work[None]
     assert model.cg_forcing is None and _model("sn", cg_forcing=0.2).config()["cg_forcing"] == 0.2
+    assert _model("sn", cg_forcing=0).cg_forcing is None
     with pytest.raises(InputError, match="cg_forcing"):
         _model("sn", cg_forcing=1.5)
 

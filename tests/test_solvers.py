@@ -101,6 +101,8 @@ def test_cg_forcing_stops_at_a_fraction_of_the_starting_residual(grad):
     with torch.set_grad_enabled(grad):
         _, full = conjugate_gradient(op, b, x0=start, max_iter=100, tol=1e-12)
         x, forced = conjugate_gradient(op, b, x0=start, max_iter=100, tol=1e-12, forcing=0.1)
+        _, none = conjugate_gradient(op, b, x0=start, max_iter=100, tol=1e-12, forcing=0)
+    assert torch.equal(none.iterations, full.iterations)  # 0: no forcing
     r0 = (b - op(start)).abs().pow(2).sum(-1).sqrt()
     r = (b - op(x)).abs().pow(2).sum(-1).sqrt()
     assert float(r[0]) <= 0.1 * float(r0[0]) and forced.all_converged

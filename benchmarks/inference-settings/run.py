@@ -7,8 +7,8 @@ A setting is (CG steps of the CG-SENSE start, CG steps per block); the fixed poi
 The optional fourth argument picks settings (``START/BLOCK``, ``START/BLOCK/TOL`` or ``START/BLOCK/TOL/FORCING``,
 comma-separated) instead of all of ``SETTINGS``; ``TOL`` overrides the forward tolerance (relative change), which
 moves the answer within the solver's error bound (``-``: the model's); ``FORCING`` sets ``cg_forcing`` (each
-block's CG stops at that fraction of its warm start's residual; the fixed point is the same; ``off``: none, whatever
-the model ships).
+block's CG stops at that fraction of its warm start's residual; the fixed point is the same; ``off`` or 0: none,
+whatever the model ships).
 PSNR: the magnitude inside the object (fastMRI style), per slice against the slice's own maximum, averaged.
 ``normal_calls_mean``: applications of ``A^H A`` per slice (CG-SENSE start, blocks and the exact last block), a
 count of the work that the machine's load does not move.
@@ -33,7 +33,6 @@ from molrecon.metrics import object_support, psnr  # noqa: E402
 from molrecon.weights.loading import resolve_model  # noqa: E402
 
 SETTINGS = [(50, 15), (10, 15), (10, 10), (50, 10), (10, 8)]
-OFF = "off"
 
 
 def _setting(text: str) -> tuple:
@@ -41,7 +40,7 @@ def _setting(text: str) -> tuple:
     forcing)``; a ``tol`` of ``-`` is the model's (``None``)."""
     parts = text.split("/")
     return tuple(int(v) for v in parts[:2]) + tuple(
-        None if v == "-" else OFF if v == "off" else float(v) for v in parts[2:4])
+        None if v == "-" else 0.0 if v == "off" else float(v) for v in parts[2:4])
 
 
 def _timed(fn):
@@ -84,10 +83,6 @@ def main() -> None:
             model = models[name]
             model.init_cg_iter = setting[0]
             overrides = {"cg_iter": setting[1], **dict(zip(("tol", "cg_forcing"), setting[2:]))}
-            shipped_forcing = model.cg_forcing
-            if overrides.get("cg_forcing") == OFF:
-                del overrides["cg_forcing"]
-                model.cg_forcing = None
             calls = [0]
             normal = physics.normal
 
@@ -97,7 +92,7 @@ def main() -> None:
 
             physics.normal = counted
             (x, info), t = _timed(lambda m=model, o=overrides, y=y, p=physics: m.solve(y, p, **o))
-            physics.normal, model.cg_forcing = normal, shipped_forcing
+            physics.normal = normal
             normal_calls[(name, setting)].append(calls[0])
             seconds[(name, setting)] += t
             scores[(name, setting)].append(psnr(x[0].numpy(), target, peak, support))

@@ -62,7 +62,6 @@ from ..errors import ConvergenceError, InputError
 from ..names import CONSTRAINT_METHOD as CONSTRAINTS
 from ..normalization import model_normalization, scale_invariant
 from ..physics.linear import LinearPhysics
-from ..physics.mri import check_finite
 from ..solvers.backward import BACKWARD_OPTIONS, attach_backward, check_backward_options
 from ..solvers.cg import conjugate_gradient, shifted_normal
 from ..solvers.fixed_point import fixed_point_solve
@@ -71,13 +70,10 @@ from ..solvers.info import SolverInfo
 from ..solvers.timing import region
 from ..tensor_utils import batch_norms, finite_per_sample
 from .certificate import WEIGHTED_PRIORS, CertificateMixin
-from .cnn import DIMS
 from .constraints import Constraint, make_constraint
+from .mol_settings import check_mol_arguments, check_solve_inputs, resolve_settings
 from .penalty import PenaltyMixin
-from .priors import build_prior, check_architecture
-
-#: Solver settings that :meth:`MOL.solve` and :meth:`MOL.forward` accept as per-call overrides.
-SOLVE_OVERRIDES = ("tol", "max_iter", "min_iter", "solver", "cg_iter", "cg_forcing", "strict")
+from .priors import build_prior
 
 
 def _frozen(weights: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
@@ -109,7 +105,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
     solver: ``"anderson"`` or ``"plain"`` (forward and adjoint).
     dims, channels, layers, kernel_size: the CNN built when ``denoiser`` is ``None``.
     cg_iter: CG iterations of the DC step per forward iteration. cg_forcing: stop that CG earlier, once its
-        residual is this fraction of its warm start's (``None``: always ``cg_iter`` steps, or ``cg_tol``).
+        residual is this fraction of its warm start's (``None`` or 0: always ``cg_iter`` steps, or ``cg_tol``;
+        a per-call 0 turns off the forcing a model ships with).
     strict: raise :class:`ConvergenceError` instead of warning when the forward does not converge.
     cg_tol, dc_exact_iter: tolerance/cap of the exact DC solves (output step, recorded step, backward).
     anderson_m: Anderson memory. min_iter: minimum forward iterations.
@@ -148,31 +145,17 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         else:
             strategy = make_constraint(constraint, constraint_options)
         constraint = strategy.name
-        if solver not in ("anderson", "plain"):
-            raise InputError(f"MOL: solver must be 'anderson' or 'plain', got {solver!r}")
-        if dims is not None and dims not in DIMS:
-            raise InputError(f"MOL: dims must be one of {DIMS} or None, got {dims!r}")
-        if not (alpha > 0):
-            raise InputError(f"MOL: alpha must be > 0, got {alpha}")
-        if not (lam > 0) or not math.isfinite(lam):
-            raise InputError(f"MOL: lam must be a positive number, got {lam}")
-        if max_iter < 1 or cg_iter < 1:
-            raise InputError(f"MOL: max_iter and cg_iter must be >= 1, got {max_iter}, {cg_iter}")
-        if cg_forcing is not None and not 0 < float(cg_forcing) < 1:
-            raise InputError(f"MOL: cg_forcing must be in (0, 1) or None, got {cg_forcing}")
-        if backward_cg_iter is not None and int(backward_cg_iter) < 1:
-            raise InputError(f"MOL: backward_cg_iter must be >= 1 or None, got {backward_cg_iter}")
-        check_architecture(architecture, constraint)
-        check_backward_options(backward, {}, where="MOL")
-        check_backward_options("phantom", {"steps": backward_steps, "damping": backward_damping}, where="MOL")
-        if not (0 < residual_scale < 1):
-            raise InputError(f"MOL: residual_scale must be in (0, 1), got {residual_scale}")
+        check_mol_arguments(constraint=constraint, solver=solver, dims=dims, alpha=alpha, lam=lam,
+                            max_iter=max_iter, cg_iter=cg_iter, cg_forcing=cg_forcing,
+                            backward_cg_iter=backward_cg_iter, architecture=architecture, backward=backward,
+                            backward_steps=backward_steps, backward_damping=backward_damping,
+                            residual_scale=residual_scale)
         self.constraint_strategy = strategy
         self.constraint, self.max_iter, self.tol, self.alpha = constraint, int(max_iter), float(tol), float(alpha)
         self.solver, self.dims, self.channels, self.layers = solver, dims, int(channels), int(layers)
         self.kernel_size = int(kernel_size)
         self.cg_iter, self.strict, self.learn_lam = int(cg_iter), bool(strict), bool(learn_lam)
-        self.cg_forcing = None if cg_forcing is None else float(cg_forcing)
+        self.cg_forcing = float(cg_forcing) if cg_forcing else None  # 0: no forcing term
         self.cg_tol, self.dc_exact_iter, self.anderson_m = float(cg_tol), int(dc_exact_iter), int(anderson_m)
         self.min_iter = int(min_iter)
         self.backward_max_iter = int(backward_max_iter) if backward_max_iter is not None else None
@@ -252,23 +235,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
 
     # -- checks ---------------------------------------------------------------------------------------------
     def _check_inputs(self, y: torch.Tensor, physics: LinearPhysics, x0: torch.Tensor | None = None) -> None:
-        if not isinstance(physics, LinearPhysics):
-            raise InputError(f"MOL: physics must be a LinearPhysics operator (e.g. MultiCoilMRI, NonCartesianMRI), "
-                             f"got {type(physics).__name__}")
-        if not isinstance(y, torch.Tensor):
-            raise InputError(f"MOL: k-space must be a torch tensor, got {type(y).__name__}")
-        physics.check_kspace(y, "MOL input k-space")
-        check_finite(y, "MOL input k-space")
-        if y.device != self.log_lam.device:
-            raise InputError(f"MOL: k-space is on {y.device} but the model is on {self.log_lam.device}")
-        if x0 is not None:
-            physics.check_image(x0, "MOL start image x0")
-            check_finite(x0, "MOL start image x0")
-            if x0.shape[0] != y.shape[0]:
-                raise InputError(f"MOL: start image batch {x0.shape[0]} != k-space batch {y.shape[0]}")
-        for name, p in self.named_parameters():
-            if not torch.isfinite(p).all():
-                raise InputError(f"MOL: parameter {name} contains NaN/Inf")
+        check_solve_inputs(self, y, physics, x0)
 
     # -- the block ------------------------------------------------------------------------------------------
     def _h(self, x: torch.Tensor, weights) -> torch.Tensor:
@@ -347,11 +314,8 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
         return T
 
     def _settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """The solver settings of one call: the model's, replaced by the non-``None`` ``overrides``."""
-        unknown = sorted(set(overrides) - set(SOLVE_OVERRIDES))
-        if unknown:
-            raise InputError(f"MOL: {unknown} are not solver settings ({', '.join(SOLVE_OVERRIDES)})")
-        return {k: getattr(self, k) if overrides.get(k) is None else overrides[k] for k in SOLVE_OVERRIDES}
+        """The solver settings of one call (:func:`~molrecon.models.mol_settings.resolve_settings`)."""
+        return resolve_settings(self, overrides)
 
     def initial_image(self, y: torch.Tensor, physics: LinearPhysics) -> torch.Tensor:
         """CG-SENSE start: ``argmin λ0‖Ax − b‖² + ‖x‖²`` (λ0 = ``init_lam``, ``init_cg_iter`` CG iterations)."""

@@ -49,13 +49,14 @@ def conjugate_gradient(normal_op: Callable[[torch.Tensor], torch.Tensor], rhs: t
     rhs: right-hand side ``[B, ...]`` (complex or real).
     x0: warm start (zeros if ``None``).
     max_iter: iteration cap. tol: relative residual at which an element stops.
-    forcing: also stop an element at ``forcing`` times its starting residual (``None``: only ``tol``).
+    forcing: also stop an element at ``forcing`` times its starting residual (``None`` or 0: only ``tol``).
 
     Neither ``rhs`` nor ``x0`` is modified; under ``no_grad`` the solution is a new tensor, with gradients it
     may be ``x0`` itself when ``x0`` already solves the system.
     """
-    if forcing is not None and not 0 < forcing < 1:
-        raise ValueError(f"conjugate_gradient: forcing must be in (0, 1), got {forcing}")
+    if forcing is not None and not 0 <= forcing < 1:
+        raise ValueError(f"conjugate_gradient: forcing must be in [0, 1), got {forcing}")
+    forcing = forcing or None  # 0 stops at ``tol`` alone: no forcing
     if not torch.is_grad_enabled():
         return _conjugate_gradient_in_place(normal_op, rhs, x0, max_iter, tol, forcing)
     x = torch.zeros_like(rhs) if x0 is None else x0

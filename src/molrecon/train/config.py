@@ -304,8 +304,9 @@ def _check_types(cfg: dict, where: str) -> None:
             raise InputError(f"{where}: model.{key} must be a positive number, got {m[key]!r}")
     _check_backward(m, where)
     forcing = m.get("cg_forcing")
-    if forcing is not None and not (_is_num(forcing) and 0 < forcing < 1):
-        raise InputError(f"{where}: model.cg_forcing must be a number in (0, 1) or null, got {forcing!r}")
+    if forcing is not None and not (_is_num(forcing) and 0 <= forcing < 1):
+        raise InputError(f"{where}: model.cg_forcing must be a number in [0, 1) or null (0: no forcing), "
+                         f"got {forcing!r}")
     if "dims" in m and m["dims"] is not None and m["dims"] not in DIMS:
         raise InputError(f"{where}: model.dims must be one of {', '.join(DIMS)}, got {m['dims']!r}")
     if not isinstance(cfg["device"], str):

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..models.factory import build_model
-from ..models.mol import SOLVE_OVERRIDES
+from ..models.mol_settings import SOLVE_OVERRIDES
 from ..names import FIXED_POINT_METHODS, LEARNED_METHODS
 from .checkpoint import load_model_from_checkpoint
 from .pretrained import load_pretrained, pretrained_name
