@@ -181,7 +181,8 @@ def test_shipped_mol_sn_certificate_bounds_jacobian_at_real_images(name, kind):
 
 
 @pytest.mark.parametrize("name,kind", [("mol-lr-2d-4x", "2d"), ("mol-lr-2d-radial", "radial"),
-                                       ("mol-lr-2dt-4x", "dynamic")])
+                                       ("mol-lr-2dt-4x", "dynamic"), ("mol-lr-3d-4x", "3d"),
+                                       ("mol-lr-2dt-radial", "radial-dynamic")])
 def test_shipped_mol_lr_is_monotone_by_its_own_estimate(name, kind):
     """The shipped MOL-LR's estimate of ``Lip(H)`` at its reconstruction of a real (built-in test) image is below 1,
     so ``F = I − H`` is monotone by its own estimate and the robustness constant is finite; an independent power

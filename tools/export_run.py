@@ -2,9 +2,9 @@
 
     python tools/export_run.py runs/mol_lr_2d mol-lr-2d-4x configs/mol_lr_2d.yaml [--note "..."] [--cg-iter 15]
 
-Takes ``best.pt`` (the checkpoint with the best validation PSNR), records the exact command, the machine, the
-wall time (sum of logged step times, validation included as logged) and the validation figures of that
-checkpoint from ``val_log.csv``.
+Takes ``best.pt`` (the checkpoint with the best validation PSNR; another with ``--checkpoint``), records the exact
+command, the machine, the wall time (sum of logged step times, validation included as logged) and the validation
+figures of that checkpoint: the ``val_log.csv`` row of its step.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from molrecon.data.builtin import default_root, load_manifest, normalize_kind
 from molrecon.io import machine_info
 from molrecon.metrics import PSNR_WHOLE_IMAGE
 from molrecon.train import load_config
+from molrecon.weights.checkpoint import load_checkpoint
 from molrecon.weights.pretrained import export_pretrained
 
 
@@ -37,7 +38,10 @@ def main() -> None:
         steps = list(csv.DictReader(f))
     with open(a.run / "val_log.csv") as f:
         vals = list(csv.DictReader(f))
-    best = max(vals, key=lambda r: float(r["val_psnr"])) if vals else {}
+    step = int(load_checkpoint(a.run / a.checkpoint).get("step", 0))
+    # the validation of the exported weights: best.pt's is the best row, another checkpoint's the row of its step
+    at_step = [r for r in vals if int(r["step"]) == step]
+    best = at_step[-1] if at_step else max(vals, key=lambda r: float(r["val_psnr"])) if vals else {}
     config = load_config(a.run / "config.yaml")
     kind = normalize_kind(config["data"]["kind"])
     # validation is logged per item (slice, volume or series): the built-in manifest says how many there were
