@@ -27,6 +27,7 @@ from molrecon.train import (
     validate_config,
 )
 from molrecon.train.health import HealthMonitor
+from molrecon.train.validation import becomes_best
 from molrecon.weights.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -394,3 +395,64 @@ def test_penalty_after_data_gives_the_joint_gradient(tmp_path):
         torch.testing.assert_close(g_after[name], g_joint[name], rtol=1e-4, atol=1e-7, msg=name)
     with pytest.raises(InputError, match="penalty_backward must be joint or after_data"):
         tiny_config(tmp_path / "bad", penalty_backward="later")
+
+
+# -- best.pt under train.best_requires_monotone ---------------------------------------------------------------------
+def _monotone_rule_config(out: Path, method: str, check: bool, **model) -> dict:
+    cfg = tiny_config(out, max_steps=4, checkpoint_every=2)
+    cfg["train"]["best_requires_monotone"] = check
+    cfg["model"] = {"method": method, "architecture": "residual", "dims": "2d", "channels": 4, "layers": 3,
+                    "max_iter": 8, "tol": 1e-3, "init_cg_iter": 5, "dc_exact_iter": 10, "lr_steps": 2, **model}
+    cfg["data"].update(shape=[24, 24], num_train=2, num_val=2)
+    cfg["train"]["val_every"] = 1
+    return validate_config(cfg)
+
+
+def _val_rows(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "val_log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_best_requires_monotone_leaves_training_alone_and_writes_best_only_below_one(tmp_path, capsys):
+    """The rule's certificates change nothing in training (the same weights to the bit), its ``val_lipschitz`` is
+    the certificate's figure where ``H`` acts at the validation items, and ``best.pt`` is written only where that
+    is below 1: a residual ``H`` starting at 0.9 x is, one whose N starts large is not."""
+    plain = Trainer(_monotone_rule_config(tmp_path / "plain", "mol-lr", False))
+    plain.fit()
+    checked = Trainer(_monotone_rule_config(tmp_path / "checked", "mol-lr", True))
+    checked.fit()
+    a, b = load_checkpoint(tmp_path / "plain" / "last.pt"), load_checkpoint(tmp_path / "checked" / "last.pt")
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+    rows_plain, rows = _val_rows(tmp_path / "plain"), _val_rows(tmp_path / "checked")
+    assert [r["val_psnr"] for r in rows] == [r["val_psnr"] for r in rows_plain]
+    assert rows_plain[-1]["val_lipschitz"] == "" and len(rows) >= 2
+    lips = [float(r["val_lipschitz"]) for r in rows]
+    assert all(0.5 < v < 1 for v in lips), lips
+    # the figure is the certificate's at the largest item, recomputed here from the final weights
+    model = checked.model.eval()
+    by_item = []
+    for i in range(len(checked.val_set)):
+        batch = collate([checked.val_set[i]])
+        physics = physics_from_batch(batch)
+        x = model(batch["kspace"], physics) * model.last_info.extra["kspace_scale"]
+        by_item.append(model.certificate(physics, x=x)["L"])
+    assert lips[-1] == pytest.approx(max(by_item), rel=1e-5)
+    assert (tmp_path / "checked" / "best.pt").exists()
+
+    loose = Trainer(_monotone_rule_config(tmp_path / "loose", "deq", True, residual_init_gain=3.0))
+    loose.fit()
+    assert all(float(r["val_lipschitz"]) > 1 for r in _val_rows(tmp_path / "loose"))
+    assert not (tmp_path / "loose" / "best.pt").exists() and (tmp_path / "loose" / "last.pt").exists()
+    assert "best.pt was not written" in capsys.readouterr().out
+    # a better PSNR above 1 keeps the earlier checkpoint under the rule, and replaces it without
+    assert not becomes_best({"val_psnr": 30.0, "val_lipschitz": 1.001}, 29.0, True)
+    assert becomes_best({"val_psnr": 30.0, "val_lipschitz": 1.001}, 29.0, False)
+    assert becomes_best({"val_psnr": 30.0, "val_lipschitz": 0.999}, 29.0, True)
+    assert not becomes_best({"val_psnr": 28.0, "val_lipschitz": 0.5}, 29.0, True)
+    with pytest.raises(InputError, match="best_requires_monotone needs a MOL model"):
+        tiny_config(tmp_path / "modl", best_requires_monotone=True)
+    with pytest.raises(InputError, match="best_requires_monotone must be true or false"):
+        _monotone_rule_config(tmp_path / "bad", "mol-lr", "yes")

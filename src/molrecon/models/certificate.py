@@ -29,6 +29,8 @@ CERTIFIED_PRIORS = {SLLDenoiser: "certified: L of 1-Lipschitz SLL layers",
 WEIGHTED_PRIORS = (ConvDenoiser, *CERTIFIED_PRIORS)
 #: ascent steps of the adversarial estimate in :meth:`CertificateMixin.certificate`, at the least (the authors')
 CERTIFICATE_ASCENT_STEPS = 10
+#: the estimator an uncertified network's ``L`` comes from (MOL-LR, the DEQ)
+ESTIMATED = "estimate: max(adversarial, Jacobian power iteration)"
 
 
 def contraction_factor(alpha: float, lipschitz: float) -> float:
@@ -73,6 +75,41 @@ class CertificateMixin:
             self._bound_lip_cache = {"key": key, "L": compute()}
         return self._bound_lip_cache["L"]
 
+    def lipschitz_at(self, physics: LinearPhysics, x: torch.Tensor | None = None,
+                     power_iterations: int = 300) -> tuple[float, bool, str]:
+        """``(L, certified, estimator)``: ``Lip(H)`` on this acquisition's image size, as :meth:`certificate`
+        reports it (the proof of a certified network; else the estimate at ``x``, see there), without changing
+        the model's state: the training loop may call it between steps and train on exactly as before."""
+        den = self.denoiser
+        if den is None:
+            self._build(physics.dims if self.dims is None else self.dims)
+            den = self.denoiser
+        spatial = tuple(physics.spatial_shape)
+        if self.constraint == "sn" and isinstance(den, WEIGHTED_PRIORS):
+            with torch.no_grad():
+                L = den.certified_lipschitz(spatial)
+            return L, L < 1, CERTIFIED_PRIORS.get(type(den), "certified: product of circular-embedding conv norms")
+        if x is None:
+            if self._last_x is not None and tuple(self._last_x.shape[1:]) == spatial:
+                x = self._last_x[:1]
+            else:
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn((1, *spatial), generator=g, dtype=torch.complex64).to(self.log_lam.device)
+        weights = self._weights(spatial)
+        h = lambda v: self._h(v, weights)  # noqa: E731
+        with torch.enable_grad():
+            # run to convergence: the top of the spectrum is crowded, so a fixed 30 steps read 0.985 where 100 read
+            # 1.001 on the model shipped before the Jacobian penalty (jacobian_spectral_norm's docstring)
+            jac = float(jacobian_spectral_norm(h, x, n_iter=power_iterations, tol=1e-4,
+                                               generator=torch.Generator().manual_seed(0)).max())
+            settings = getattr(self.constraint_strategy, "estimate_kwargs", dict)()
+            # at least as many ascent steps as the authors' estimator, whatever the training used (lr_steps can
+            # be fewer, or 0 when only the Jacobian term trains the constraint)
+            settings["steps"] = max(int(settings.get("steps", 0)), CERTIFICATE_ASCENT_STEPS)
+            adv = float(adversarial_lipschitz(h, x, **settings,
+                                              generator=torch.Generator().manual_seed(0)).detach().max())
+        return max(jac, adv), False, ESTIMATED
+
     def certificate(self, physics: LinearPhysics, x: torch.Tensor | None = None,
                     power_iterations: int = 300) -> dict:
         """The theorems' constants for this model on this acquisition (see ``docs/theory.md``).
@@ -85,44 +122,13 @@ class CertificateMixin:
         (default: the last reconstruction of matching shape, else the CG-SENSE-free random image); the power
         iteration runs until it rises by less than 1e-4 over 10 steps, at most ``power_iterations`` steps, and
         the ascent takes ``max(lr_steps, CERTIFICATE_ASCENT_STEPS)`` steps, so that a model trained with a
-        cheaper estimate is not certified with it.
+        cheaper estimate is not certified with it. An estimate is remembered for the bounds of later solves in
+        training mode.
         """
-        den = self.denoiser if self.denoiser is not None else None
-        if den is None:
-            if self.dims is None:
-                self._build(physics.dims)
-            else:
-                self._build(self.dims)
-            den = self.denoiser
-        spatial = tuple(physics.spatial_shape)
-        if self.constraint == "sn" and isinstance(den, WEIGHTED_PRIORS):
-            with torch.no_grad():
-                L = den.certified_lipschitz(spatial)
-            estimator = CERTIFIED_PRIORS.get(type(den), "certified: product of circular-embedding conv norms")
-            certified = L < 1
-        else:
-            if x is None:
-                if self._last_x is not None and tuple(self._last_x.shape[1:]) == spatial:
-                    x = self._last_x[:1]
-                else:
-                    g = torch.Generator().manual_seed(0)
-                    x = torch.randn((1, *spatial), generator=g, dtype=torch.complex64).to(self.log_lam.device)
-            weights = self._weights(spatial)
-            h = lambda v: self._h(v, weights)  # noqa: E731
-            # run to convergence: the top of the spectrum is crowded, so a fixed 30 steps read 0.985 where 100 read
-            # 1.001 on the model shipped before the Jacobian penalty (jacobian_spectral_norm's docstring)
-            jac = float(jacobian_spectral_norm(h, x, n_iter=power_iterations, tol=1e-4,
-                                               generator=torch.Generator().manual_seed(0)).max())
-            settings = getattr(self.constraint_strategy, "estimate_kwargs", dict)()
-            # at least as many ascent steps as the authors' estimator, whatever the training used (lr_steps can
-            # be fewer, or 0 when only the Jacobian term trains the constraint)
-            settings["steps"] = max(int(settings.get("steps", 0)), CERTIFICATE_ASCENT_STEPS)
-            adv = float(adversarial_lipschitz(h, x, **settings,
-                                              generator=torch.Generator().manual_seed(0)).detach().max())
-            L = max(jac, adv)
+        L, certified, estimator = self.lipschitz_at(physics, x, power_iterations)
+        if estimator == ESTIMATED:
             self._lip_estimate = L
-            estimator = "estimate: max(adversarial, Jacobian power iteration)"
-            certified = False
+        spatial = tuple(physics.spatial_shape)
         lam = float(self.lam.detach())
         m = 1.0 - L
         norm_a = physics.norm_bound()  # certified, from the operator itself (LinearPhysics)
@@ -152,5 +158,5 @@ class CertificateMixin:
                            "method": self.method_name, "final_step": step, "init": "cg-sense" if from_start else "x0"})
 
 
-__all__ = ["CertificateMixin", "CERTIFICATE_ASCENT_STEPS", "CERTIFIED_PRIORS", "WEIGHTED_PRIORS", "contraction_factor",
-           "robustness_constant"]
+__all__ = ["CertificateMixin", "CERTIFICATE_ASCENT_STEPS", "CERTIFIED_PRIORS", "ESTIMATED", "WEIGHTED_PRIORS",
+           "contraction_factor", "robustness_constant"]

@@ -85,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
         "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point
         "penalty_backward": "joint",  # joint | after_data: the penalty's backward after the data term's (less memory)
         "init_from": None,            # start from these weights (checkpoint path or shipped model name)
+        "best_requires_monotone": False,  # MOL: best.pt only where Lip(H) < 1 at every validation item
     },
 }
 
@@ -193,6 +194,9 @@ def validate_config(config: dict, where: str = "config") -> dict:
         raise InputError(f"{where}: train.amp=true is not supported (fixed-point solvers need float32)")
     if not isinstance(t["fixed_point_cache"], bool):
         raise InputError(f"{where}: train.fixed_point_cache must be true or false, got {t['fixed_point_cache']!r}")
+    if t["best_requires_monotone"] is True and method not in FIXED_POINT_METHODS:
+        raise InputError(f"{where}: train.best_requires_monotone needs a MOL model with a Lipschitz figure "
+                         f"({', '.join(FIXED_POINT_METHODS)}); {method} has none")
     if not isinstance(t["checkpoint_every"], int) or t["checkpoint_every"] < 1:
         raise InputError(f"{where}: train.checkpoint_every must be a positive integer")
     if t["init_from"] is not None and (not isinstance(t["init_from"], str) or not t["init_from"].strip()):
@@ -267,6 +271,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
     ("train", "deterministic"): (_BOOL, "true or false", False),
     ("train", "tensorboard"): (_BOOL, "true or false", False),
     ("train", "progress"): (_BOOL, "true or false", False),
+    ("train", "best_requires_monotone"): (_BOOL, "true or false", False),
     ("train", "rollback_lr_factor"): (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", False),
     ("train", "max_rollbacks"): (_NONNEG_INT, "an integer >= 0", False),
     ("train", "lipschitz_limit"): (_POS_NUM, "a positive number", False),

@@ -15,7 +15,8 @@ from ..io import atomic_write
 TRAIN_COLUMNS = ["step", "epoch", "loss", "mse", "extra_loss", "lr", "lam", "grad_norm", "fwd_iterations",
                  "converged_frac", "final_residual", "lipschitz", "lipschitz_scale", "lipschitz_adversarial",
                  "lipschitz_jacobian", "lipschitz_zero", "step_time"]
-VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterations", "val_time_per_slice"]
+VAL_COLUMNS = ["step", "epoch", "val_psnr", "val_ssim", "val_nmse", "val_iterations", "val_time_per_slice",
+               "val_lipschitz"]
 PRETRAIN_COLUMNS = ["step", "mse", "psnr", "lipschitz", "lipschitz_scale"]
 
 

@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -62,7 +61,7 @@ from ..distributed import (
 )
 from ..errors import ConvergenceError, InputError
 from ..io import atomic_write
-from ..metrics import PSNR_WHOLE_IMAGE, nmse, psnr, ssim
+from ..metrics import PSNR_WHOLE_IMAGE
 from ..models.factory import build_model, model_config
 from .checkpoints import CheckpointingMixin
 from .config import validate_config
@@ -72,6 +71,7 @@ from .health import HealthMonitor
 from .logs import PRETRAIN_COLUMNS, TRAIN_COLUMNS, VAL_COLUMNS, CSVLog, info_logs, lam_of
 from .losses import penalty_loss, training_loss
 from .pretrain import pretrain_prior
+from .validation import becomes_best, validate_model
 
 
 class TrainingDivergedError(ConvergenceError):
@@ -146,7 +146,8 @@ class Trainer(CheckpointingMixin):
     def _reduce(self, values: dict[str, float], count: int) -> dict[str, float]:
         """Combine per-rank validation means, weighted by the ``count`` slices each rank validated."""
 
-        return all_reduce_weighted_mean(values, count, [c for c in VAL_COLUMNS if c not in ("step", "epoch")])
+        means = [c for c in VAL_COLUMNS if c not in ("step", "epoch", "val_lipschitz")]  # that one: the max
+        return all_reduce_weighted_mean(values, count, means)
 
     # -- setup ------------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -315,35 +316,20 @@ class Trainer(CheckpointingMixin):
         return self.health.check(logs)
 
     # -- validation -------------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean PSNR / SSIM / NMSE over the validation slices (magnitude, data range = ``max_value``)."""
+        """Mean PSNR / SSIM / NMSE over the validation slices (magnitude, data range = ``max_value``), and with
+        ``train.best_requires_monotone`` the largest ``Lip(H)`` at them (:mod:`molrecon.train.validation`)."""
         if self.val_set is None or len(self.val_set) == 0:
             return {}
         self.model.eval()
         # each rank validates the slices rank, rank+W, ...; _reduce weights the means by the slice counts
         val_set = self.val_set if self.world_size == 1 else \
             Subset(self.val_set, range(self.rank, len(self.val_set), self.world_size))
-        loader = DataLoader(val_set, batch_size=1, shuffle=False, collate_fn=collate, num_workers=0)
-        vals: dict[str, list[float]] = {"val_psnr": [], "val_ssim": [], "val_nmse": [], "val_iterations": []}
-        t0 = time.perf_counter()
-        for batch in loader:
-            batch = to_device(batch, self.device)
-            x_hat = self.model(batch["kspace"], physics_from_batch(batch))
-            for i in range(x_hat.shape[0]):
-                pred, tgt = x_hat[i].abs().cpu().numpy(), batch["target"][i].abs().cpu().numpy()
-                dr = float(batch["max_value"][i])
-                vals["val_psnr"].append(psnr(pred, tgt, data_range=dr))
-                vals["val_ssim"].append(ssim(pred, tgt, data_range=dr))
-                vals["val_nmse"].append(nmse(pred, tgt))
-            info = info_logs(self.model)
-            if "fwd_iterations" in info:
-                vals["val_iterations"].append(info["fwd_iterations"])
-        n = len(vals["val_psnr"])
-        out = {k: float(np.mean(v)) for k, v in vals.items() if v}
-        out["val_time_per_slice"] = (time.perf_counter() - t0) / max(1, n)
-        self.model.train()
-        return self._reduce(out, n)
+        try:
+            return validate_model(self.model, val_set, self.device, self._reduce,
+                                  self.tcfg["best_requires_monotone"])
+        finally:
+            self.model.train()
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def _rollback(self, reason: str) -> None:
@@ -434,6 +420,9 @@ class Trainer(CheckpointingMixin):
                     bar.refresh()
                 elif consumed == 0:
                     raise InputError(f"the training loader yielded no batch in epoch {self.epoch}")
+            if self.is_main and self.tcfg["best_requires_monotone"] and self.best_psnr == -math.inf:
+                print(f"warning: no validated checkpoint had Lip(H) < 1 at every validation item; "
+                      f"{self.out_dir / 'best.pt'} was not written (train.best_requires_monotone)")
             if self.world_size > 1:
                 barrier()  # every rank returns once rank 0 has written the final checkpoint
         finally:
@@ -481,7 +470,8 @@ class Trainer(CheckpointingMixin):
             if self.tb is not None:
                 for k, v in val.items():
                     self.tb.add_scalar(f"val/{k[4:]}", v, self.step)
-        if val["val_psnr"] > self.best_psnr:  # same reduced numbers on every rank: best_psnr stays in sync
+        # the same reduced numbers on every rank: best_psnr stays in sync
+        if becomes_best(val, self.best_psnr, self.tcfg["best_requires_monotone"]):
             self.best_psnr = val["val_psnr"]
             self.save("best.pt")  # rank 0 only
 
