@@ -452,6 +452,16 @@ def test_best_requires_monotone_leaves_training_alone_and_writes_best_only_below
     assert becomes_best({"val_psnr": 30.0, "val_lipschitz": 1.001}, 29.0, False)
     assert becomes_best({"val_psnr": 30.0, "val_lipschitz": 0.999}, 29.0, True)
     assert not becomes_best({"val_psnr": 28.0, "val_lipschitz": 0.5}, 29.0, True)
+    assert not becomes_best({"val_psnr": 30.0, "val_lipschitz": 0.985}, 29.0, True, below=0.98)  # a margin
+    cfg = _monotone_rule_config(tmp_path / "margin", "mol-lr", True)
+    cfg["train"]["best_lipschitz_below"] = 0.5  # the tiny model starts at 0.9: no checkpoint qualifies
+    Trainer(validate_config(cfg)).fit()
+    assert not (tmp_path / "margin" / "best.pt").exists() and "Lip(H) < 0.5" in capsys.readouterr().out
+    with pytest.raises(InputError, match="best_lipschitz_below is the threshold"):
+        tiny_config(tmp_path / "alone", best_lipschitz_below=0.9)
+    with pytest.raises(InputError, match=r"best_lipschitz_below must be a number in \(0, 1\]"):
+        cfg["train"]["best_lipschitz_below"] = 1.5
+        validate_config(cfg)
     with pytest.raises(InputError, match="best_requires_monotone needs a MOL model"):
         tiny_config(tmp_path / "modl", best_requires_monotone=True)
     with pytest.raises(InputError, match="best_requires_monotone must be true or false"):

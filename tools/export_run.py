@@ -4,7 +4,8 @@
 
 Takes ``best.pt`` (the checkpoint with the best validation PSNR; another with ``--checkpoint``), records the exact
 command, the machine, the wall time (sum of logged step times, validation included as logged) and the validation
-figures of that checkpoint: the ``val_log.csv`` row of its step.
+figures of that checkpoint: the ``val_log.csv`` row of its step (with ``train.best_requires_monotone``, also the
+largest ``Lip(H)`` at the validation items).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main() -> None:
                        "split": f"built-in {kind} val ({num_val} items), whole image",
                        "psnr_definition": PSNR_WHOLE_IMAGE},
     }
+    if best.get("val_lipschitz"):  # a run with train.best_requires_monotone: the largest Lip(H) at the val items
+        meta["validation"]["lipschitz_max"] = float(best["val_lipschitz"])
     overrides = {"cg_iter": a.cg_iter} if a.cg_iter is not None else None
     out = export_pretrained(a.run / a.checkpoint, a.name, meta, solver_overrides=overrides)
     print(f"exported {a.run / a.checkpoint} -> {out}  (val PSNR {meta['validation']['psnr']:.2f} dB)")

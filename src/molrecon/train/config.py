@@ -85,7 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "fixed_point_cache": False,   # MOL/DEQ: warm-start each slice from its last fixed point
         "penalty_backward": "joint",  # joint | after_data: the penalty's backward after the data term's (less memory)
         "init_from": None,            # start from these weights (checkpoint path or shipped model name)
-        "best_requires_monotone": False,  # MOL: best.pt only where Lip(H) < 1 at every validation item
+        "best_requires_monotone": False,  # MOL: best.pt only where Lip(H) < 1 at every validation item ...
+        "best_lipschitz_below": 1.0,  # ... or below this margin (validation items are not other images)
     },
 }
 
@@ -197,6 +198,9 @@ def validate_config(config: dict, where: str = "config") -> dict:
     if t["best_requires_monotone"] is True and method not in FIXED_POINT_METHODS:
         raise InputError(f"{where}: train.best_requires_monotone needs a MOL model with a Lipschitz figure "
                          f"({', '.join(FIXED_POINT_METHODS)}); {method} has none")
+    if t["best_lipschitz_below"] != 1.0 and t["best_requires_monotone"] is not True:
+        raise InputError(f"{where}: train.best_lipschitz_below is the threshold of train.best_requires_monotone; "
+                         f"set that to true as well")
     if not isinstance(t["checkpoint_every"], int) or t["checkpoint_every"] < 1:
         raise InputError(f"{where}: train.checkpoint_every must be a positive integer")
     if t["init_from"] is not None and (not isinstance(t["init_from"], str) or not t["init_from"].strip()):
@@ -272,6 +276,7 @@ _RULES: dict[tuple[str, str], tuple[Any, str, bool]] = {
     ("train", "tensorboard"): (_BOOL, "true or false", False),
     ("train", "progress"): (_BOOL, "true or false", False),
     ("train", "best_requires_monotone"): (_BOOL, "true or false", False),
+    ("train", "best_lipschitz_below"): (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", False),
     ("train", "rollback_lr_factor"): (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", False),
     ("train", "max_rollbacks"): (_NONNEG_INT, "an integer >= 0", False),
     ("train", "lipschitz_limit"): (_POS_NUM, "a positive number", False),

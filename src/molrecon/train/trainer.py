@@ -4,7 +4,8 @@ Loop: for each batch, ``x̂ = model(y, physics)``; loss = MSE of magnitudes (+ `
 MOL-LR Lipschitz barrier); AdamW step with its own learning rate for λ; cosine schedule; gradient clipping.
 Validation (PSNR/SSIM on magnitudes, data range = ``max_value``, fastMRI style) every ``val_every`` epochs;
 checkpoints (``last.pt`` every ``checkpoint_every`` steps and at the end, ``best.pt`` at the best validation
-PSNR) are written atomically and hold everything an exact resume needs.
+PSNR, among the checkpoints monotone at every validation item with ``best_requires_monotone``:
+:mod:`molrecon.train.validation`) are written atomically and hold everything an exact resume needs.
 
 Exact resume. The batch order comes from :class:`ResumableSampler`: a permutation drawn from a generator seeded
 by ``(seed, epoch)``, so the position inside an epoch is fully described by ``(epoch, epoch_samples)`` (global
@@ -421,8 +422,8 @@ class Trainer(CheckpointingMixin):
                 elif consumed == 0:
                     raise InputError(f"the training loader yielded no batch in epoch {self.epoch}")
             if self.is_main and self.tcfg["best_requires_monotone"] and self.best_psnr == -math.inf:
-                print(f"warning: no validated checkpoint had Lip(H) < 1 at every validation item; "
-                      f"{self.out_dir / 'best.pt'} was not written (train.best_requires_monotone)")
+                print(f"warning: no validated checkpoint had Lip(H) < {self.tcfg['best_lipschitz_below']:g} at every "
+                      f"validation item; {self.out_dir / 'best.pt'} was not written (train.best_requires_monotone)")
             if self.world_size > 1:
                 barrier()  # every rank returns once rank 0 has written the final checkpoint
         finally:
@@ -471,7 +472,7 @@ class Trainer(CheckpointingMixin):
                 for k, v in val.items():
                     self.tb.add_scalar(f"val/{k[4:]}", v, self.step)
         # the same reduced numbers on every rank: best_psnr stays in sync
-        if becomes_best(val, self.best_psnr, self.tcfg["best_requires_monotone"]):
+        if becomes_best(val, self.best_psnr, self.tcfg["best_requires_monotone"], self.tcfg["best_lipschitz_below"]):
             self.best_psnr = val["val_psnr"]
             self.save("best.pt")  # rank 0 only
 

@@ -7,11 +7,14 @@ With ``train.best_requires_monotone`` a MOL model also reports ``val_lipschitz``
 validation items, each taken where ``H`` acts in that item's reconstruction (the image in the normalised k-space's
 units), as ``model.certificate`` reports it: the proof of a certified network (MOL-SN), the converged estimate
 otherwise (MOL-LR, the DEQ). A checkpoint then becomes ``best.pt`` only when, beside a better PSNR,
-``val_lipschitz < 1``: ``F = I − H`` is monotone by that figure at every validation item. Without the rule the
-best PSNR can fall on a step where a MOL-LR is not monotone at some items, while later, slightly worse steps are
-(``benchmarks/README.md``, "Lip(H) at the test reconstructions"). The check costs a certificate per validation item
-(a Jacobian power iteration and an adversarial ascent: a few seconds per 2D slice on one CPU thread), draws from
-its own seeded generators and leaves the model as it was, so training takes the same steps with and without it.
+``val_lipschitz < 1``: ``F = I − H`` is monotone by that figure at every validation item
+(``train.best_lipschitz_below`` < 1 asks for a margin). Without the rule the best PSNR can fall on a step where a
+MOL-LR is not monotone at some items, while later, slightly worse steps are. The validation items are not the
+images the model will see: a checkpoint below 1 at all of them can be above 1 elsewhere, which a margin guards
+against (``benchmarks/README.md``, "Choosing best.pt by the monotone rule"). The check costs a certificate per
+validation item (a Jacobian power iteration and an adversarial ascent: a few seconds per 2D slice on one CPU
+thread), draws from its own seeded generators and leaves the model as it was, so training takes the same steps
+with and without it.
 """
 
 from __future__ import annotations
@@ -83,11 +86,13 @@ def validate_model(model: torch.nn.Module, val_set: Dataset, device: torch.devic
     return out
 
 
-def becomes_best(val: dict[str, float], best_psnr: float, require_monotone: bool) -> bool:
-    """Whether the checkpoint just validated replaces ``best.pt`` (module docstring)."""
+def becomes_best(val: dict[str, float], best_psnr: float, require_monotone: bool,
+                 below: float = MONOTONE_BELOW) -> bool:
+    """Whether the checkpoint just validated replaces ``best.pt``: a better PSNR and, with ``require_monotone``,
+    ``val_lipschitz < below`` (module docstring)."""
     if not val or val["val_psnr"] <= best_psnr:
         return False
-    return not require_monotone or val.get("val_lipschitz", math.inf) < MONOTONE_BELOW
+    return not require_monotone or val.get("val_lipschitz", math.inf) < below
 
 
 __all__ = ["MONOTONE_BELOW", "becomes_best", "lipschitz_where_h_acts", "validate_model"]
