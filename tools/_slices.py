@@ -34,10 +34,12 @@ def load_mol_or_none(spec: str) -> torch.nn.Module | None:
     return model
 
 
-def builtin_test_slices(kind: str = "2d", first: int | None = None) -> Iterator[tuple[int, dict[str, Any], Any]]:
-    """``(index, batch, physics)`` of the built-in test slices with their stored masks, as ``make demo``."""
+def builtin_test_slices(kind: str = "2d", first: int | None = None,
+                        split: str = "test") -> Iterator[tuple[int, dict[str, Any], Any]]:
+    """``(index, batch, physics)`` of the built-in test slices (or another ``split``'s) with their stored masks,
+    as ``make demo``."""
     ensure_builtin(kind)
-    dataset = builtin_dataset(kind, "test", mask_func=None)
+    dataset = builtin_dataset(kind, split, mask_func=None)
     n = len(dataset) if first is None else min(first, len(dataset))
     for i in range(n):
         batch = collate([dataset[i]])

@@ -5,6 +5,7 @@
     python tools/lipschitz_at_test.py mol-lr-2d-4x --out lip.json
     python tools/lipschitz_at_test.py mol-lr-2d-4x --slices 4 --symmetric   # also the symmetric part's extremes
     python tools/lipschitz_at_test.py mol-lr-3d-4x --kind 3d --record     # keep the summary in the sidecar
+    python tools/lipschitz_at_test.py mol-lr-2d-4x --split val            # the validation slices instead
 
 For each slice: reconstruct, then ``model.certificate(physics)`` at that reconstruction (``L`` is the larger of
 the adversarial ratio and the converged Jacobian power iteration for MOL-LR, the proof for MOL-SN). MOL-LR is
@@ -36,21 +37,24 @@ def main() -> int:
     p.add_argument("model", help="shipped model name, learned method name or checkpoint path")
     p.add_argument("--kind", default="2d")
     p.add_argument("--slices", type=int, default=None, help="the first N test slices (default: all)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="the built-in split whose items to take (default: test; --record needs test)")
     p.add_argument("--out", type=Path, default=None, help="write the per-slice figures as JSON")
     p.add_argument("--symmetric", action="store_true",
                    help="also the largest and smallest eigenvalues of the Jacobian's symmetric part (40 Lanczos steps)")
     p.add_argument("--record", action="store_true",
                    help="keep the summary in the shipped model's sidecar (needs every test item: no --slices)")
     a = p.parse_args()
-    if a.record and (a.slices is not None or a.model not in available_names()):
+    if a.record and (a.slices is not None or a.split != "test" or a.model not in available_names()):
         print(f"error: --record needs a shipped model name and every test item, got {a.model!r}"
-              f"{' with --slices' if a.slices is not None else ''}", file=sys.stderr)
+              f"{' with --slices' if a.slices is not None else ''}"
+              f"{f' with --split {a.split}' if a.split != 'test' else ''}", file=sys.stderr)
         return 2
     model = load_mol_or_none(a.model)
     if model is None:
         return 2
     rows = []
-    for i, batch, physics in builtin_test_slices(a.kind, a.slices):
+    for i, batch, physics in builtin_test_slices(a.kind, a.slices, a.split):
         at = where_h_acts(model, batch, physics)
         cert = model.certificate(physics, x=at)
         row = {"slice": i, "file": str(batch["fname"][0]), "L": cert["L"], "certified": cert["certified"],
@@ -65,7 +69,7 @@ def main() -> int:
     n = len(rows)
     worst = max(r["L"] for r in rows)
     above = sum(r["L"] >= 1 for r in rows)
-    print(f"{a.model}: max L = {worst:.4f} over {n} test slices; L >= 1 at {above} of them")
+    print(f"{a.model}: max L = {worst:.4f} over {n} {a.split} slices; L >= 1 at {above} of them")
     if a.symmetric:
         top = max(r["sym_lambda_max"] for r in rows)
         print(f"{a.model}: max lambda_max of the symmetric part = {top:.4f}; >= 1 at "
@@ -76,7 +80,7 @@ def main() -> int:
             "kind": a.kind, "command": "python tools/lipschitz_at_test.py " + " ".join(sys.argv[1:])})
         print(f"recorded in {path}")
     if a.out is not None:
-        write_json_atomic(a.out, {"model": a.model, "kind": a.kind, "slices": rows, "max_L": worst,
+        write_json_atomic(a.out, {"model": a.model, "kind": a.kind, "split": a.split, "slices": rows, "max_L": worst,
                                   "slices_not_monotone": above, "command": " ".join(sys.argv),
                                   "machine": machine_info()})
     return 0
