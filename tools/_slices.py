@@ -17,6 +17,7 @@ import torch
 from molrecon.data.builtin import builtin_dataset, ensure_builtin
 from molrecon.data.slice_dataset import collate, physics_from_batch
 from molrecon.errors import MolreconError
+from molrecon.normalization import where_the_network_acted
 from molrecon.weights.loading import resolve_model
 
 
@@ -50,5 +51,4 @@ def where_h_acts(model: torch.nn.Module, batch: dict[str, Any], physics: Any) ->
     """Reconstruct with ``model.solve`` and return the image at which ``H`` acts (the normalised one)."""
     with torch.no_grad():
         x, info = model.solve(batch["kspace"], physics)
-    c = info.extra.get("kspace_scale")
-    return x if c is None else x * c.reshape(-1, *([1] * (x.ndim - 1)))
+    return where_the_network_acted(x, info)

@@ -155,6 +155,15 @@ def _unscale(out: Any, c: torch.Tensor) -> Any:
     return out
 
 
+def where_the_network_acted(x: torch.Tensor, info: Any) -> torch.Tensor:
+    """The image ``c · x`` on which the model's network acted, from its reconstruction ``x`` (returned in the
+    k-space's units) and the factor ``c`` its solve recorded in ``info.extra["kspace_scale"]`` (``x`` itself
+    when there is none): where a Jacobian of ``model.prior`` belongs."""
+    extra = getattr(info, "extra", None)
+    c = extra.get("kspace_scale") if isinstance(extra, dict) else None
+    return x.detach() if c is None else x.detach() * _bcast(c, x.ndim).to(x.device)
+
+
 def scale_invariant(method: Callable) -> Callable:
     """Decorate a model's ``forward(y, physics, x0=None, ...)`` / ``solve``: normalise, reconstruct, scale back.
 
@@ -189,4 +198,4 @@ def scale_invariant(method: Callable) -> Callable:
 
 __all__ = ["STATISTICS", "DEFAULT_REFERENCE", "DEFAULT_STATISTIC", "Normalization", "register_statistic",
            "default_normalization", "model_normalization", "scale_invariant", "p99_zero_filled",
-           "max_zero_filled"]
+           "max_zero_filled", "where_the_network_acted"]

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import collate, physics_from_batch
 from ..distributed import all_reduce_logs
 from ..metrics import nmse, psnr, ssim
+from ..normalization import where_the_network_acted
 from .datasets import to_device
 from .logs import info_logs
 
@@ -39,15 +40,9 @@ MONOTONE_BELOW = 1.0
 
 
 def lipschitz_where_h_acts(model: torch.nn.Module, x_hat: torch.Tensor, physics: Any) -> float:
-    """``Lip(H)`` of a MOL model at its reconstruction ``x_hat`` of one item (batch of 1), in ``H``'s units.
-
-    The model normalises the k-space by ``c`` (``last_info.extra["kspace_scale"]``) and returns the image scaled
-    back; ``H`` acted on ``x_hat · c``, so the certificate is taken there.
-    """
-    info = getattr(model, "last_info", None)
-    c = info.extra.get("kspace_scale") if info is not None and isinstance(info.extra, dict) else None
-    at = x_hat.detach() if c is None else x_hat.detach() * c.reshape(-1, *([1] * (x_hat.ndim - 1)))
-    lipschitz, _, _ = model.lipschitz_at(physics, x=at)
+    """``Lip(H)`` of a MOL model where ``H`` acted in its last reconstruction ``x_hat`` (one item), as its
+    certificate reports it."""
+    lipschitz, _, _ = model.lipschitz_at(physics, x=where_the_network_acted(x_hat, model.last_info))
     return float(lipschitz)
 
 
