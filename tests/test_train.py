@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import pickle
@@ -409,8 +410,6 @@ def _monotone_rule_config(out: Path, method: str, check: bool, **model) -> dict:
 
 
 def _val_rows(out: Path) -> list[dict]:
-    import csv
-
     with open(out / "val_log.csv", newline="") as fh:
         return list(csv.DictReader(fh))
 
