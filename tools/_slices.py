@@ -1,5 +1,5 @@
-"""What the tools share: a MOL model from a name or checkpoint, the built-in test slices, and the image at which
-the model's ``H`` acts.
+"""What the tools share: a MOL model from a name or checkpoint, the built-in test (or validation) items, and the
+image at which the model's ``H`` acts.
 
 ``H`` acts on the reconstruction *before* the output is scaled back to the k-space's units (the model normalises
 the k-space by ``c``, ``info.extra["kspace_scale"]``; ``src/molrecon/normalization.py``), so a Jacobian of
@@ -35,10 +35,10 @@ def load_mol_or_none(spec: str) -> torch.nn.Module | None:
     return model
 
 
-def builtin_test_slices(kind: str = "2d", first: int | None = None,
-                        split: str = "test") -> Iterator[tuple[int, dict[str, Any], Any]]:
-    """``(index, batch, physics)`` of the built-in test slices (or another ``split``'s) with their stored masks,
-    as ``make demo``."""
+def builtin_slices(kind: str = "2d", first: int | None = None,
+                   split: str = "test") -> Iterator[tuple[int, dict[str, Any], Any]]:
+    """``(index, batch, physics)`` of the built-in items of ``split`` (the test slices by default) with their
+    stored masks, as ``make demo``."""
     ensure_builtin(kind)
     dataset = builtin_dataset(kind, split, mask_func=None)
     n = len(dataset) if first is None else min(first, len(dataset))

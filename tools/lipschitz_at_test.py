@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _slices import builtin_test_slices, load_mol_or_none, where_h_acts
+from _slices import builtin_slices, load_mol_or_none, where_h_acts
 
 from molrecon.io import machine_info, write_json_atomic
 from molrecon.models.lipschitz import jacobian_symmetric_extremes
@@ -54,7 +54,7 @@ def main() -> int:
     if model is None:
         return 2
     rows = []
-    for i, batch, physics in builtin_test_slices(a.kind, a.slices, a.split):
+    for i, batch, physics in builtin_slices(a.kind, a.slices, a.split):
         at = where_h_acts(model, batch, physics)
         cert = model.certificate(physics, x=at)
         row = {"slice": i, "file": str(batch["fname"][0]), "L": cert["L"], "certified": cert["certified"],

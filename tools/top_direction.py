@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _slices import builtin_test_slices, load_mol_or_none, where_h_acts
+from _slices import builtin_slices, load_mol_or_none, where_h_acts
 
 from molrecon.io import machine_info, write_json_atomic
 from molrecon.models.lipschitz import jacobian_spectral_norm
@@ -47,7 +47,7 @@ def main() -> int:
     if a.slice < 0:
         print(f"error: --slice must be >= 0, got {a.slice}", file=sys.stderr)
         return 2
-    slices = list(builtin_test_slices("2d", a.slice + 1))
+    slices = list(builtin_slices("2d", a.slice + 1))
     if slices[-1][0] != a.slice:
         print(f"error: --slice must be in [0, {len(slices)}), got {a.slice}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from _slices import builtin_test_slices  # noqa: E402
+from _slices import builtin_slices  # noqa: E402
 
 from molrecon.io import machine_info  # noqa: E402
 from molrecon.metrics import object_support, psnr  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
     iterations: dict = {k: [] for k in keys}
     normal_calls: dict = {k: [] for k in keys}
     modl_seconds, modl_scores = 0.0, []
-    for _, batch, physics in builtin_test_slices("2d", count):
+    for _, batch, physics in builtin_slices("2d", count):
         target = batch["target"][0].numpy()
         support, peak = object_support(target), float(np.abs(target).max())
         y = (physics.sampling_weights() * batch["kspace"]).to(torch.complex64)

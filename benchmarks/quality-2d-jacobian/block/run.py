@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))
-from _slices import builtin_test_slices, where_h_acts  # noqa: E402
+from _slices import builtin_slices, where_h_acts  # noqa: E402
 
 from molrecon.io import machine_info  # noqa: E402
 from molrecon.models.lipschitz import jacobian_spectral_norm  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
     model = resolve_model(name).model.eval()
     mu = float(model.alpha * model.lam)
     rows = []
-    for i, batch, physics in builtin_test_slices("2d", count):
+    for i, batch, physics in builtin_slices("2d", count):
         x = where_h_acts(model, batch, physics)
         jac_h = model.denoiser.jacobian_at(x, model.denoiser.effective_weights(tuple(x.shape[1:])))
 
