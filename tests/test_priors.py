@@ -121,6 +121,50 @@ def test_mol_trains_and_rebuilds_with_each_architecture(constraint, architecture
     assert torch.allclose(rebuilt.solve(y, physics)[0], model.solve(y, physics)[0], atol=1e-5)
 
 
+def test_orthogonal_h_under_the_penalty_trains_and_is_certified_by_its_estimate_above_one():
+    """MOL-LR with an orthogonal ``H`` scaled to L = 1.05: the penalty trains it (with its Jacobian term), the model
+    rebuilds from its config, and since the proof (1.05) says nothing its certificate and bound are the estimate,
+    which lies between an independent power iteration and the proof; scaled to 0.9 the proof certifies it."""
+    physics, y = _problem()
+    torch.manual_seed(0)
+    kw = dict(constraint="lr", architecture="orthogonal", dims="2d", channels=6, layers=2, state_channels=4,
+              lam=10.0, max_iter=60, tol=1e-5, lr_clip=None, lr_jacobian_steps=2)
+    model = MOL(lipschitz_target=1.05, **kw)
+    out = model(y, physics)
+    penalty, logs = model.extra_loss(out.detach())
+    assert float(penalty.detach()) > 0 and 0 < logs["lipschitz"] < 1.05
+    (out.abs().pow(2).sum() + penalty).backward()
+    grads = [p.grad for p in model.denoiser.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(float(g.abs().max()) > 0
+                                                                                  for g in grads)
+    cfg = model.config()
+    assert cfg["lipschitz_target"] == 1.05 and cfg["architecture"] == "orthogonal"
+    rebuilt = build_model({"method": "mol-lr", **cfg})
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval()
+    rebuilt.eval()
+    x, info = model.solve(y, physics)
+    assert torch.allclose(rebuilt.solve(y, physics)[0], x, atol=1e-5)
+    assert not info.extra["bound_certified"] and math.isfinite(float(info.extra["error_bound"][0]))
+    cert = model.certificate(physics)
+    assert not cert["certified"] and cert["estimator"].startswith("estimate")
+    proof = model.denoiser.certified_lipschitz(tuple(physics.spatial_shape))
+    jac = jacobian_spectral_norm(model.prior, model._last_x[:1], n_iter=30, generator=torch.Generator().manual_seed(1))
+    assert float(jac.max()) <= cert["L"] * (1 + 1e-4) and cert["L"] <= proof * (1 + 1e-4) and proof > 1
+
+    below = MOL(lipschitz_target=0.9, **kw).eval()
+    _, info = below.solve(y, physics)
+    cert = below.certificate(physics)
+    assert cert["certified"] and cert["L"] == pytest.approx(0.9, abs=1e-4) and info.extra["bound_certified"]
+
+    with pytest.raises(InputError, match="needs lipschitz_target"):
+        MOL(**kw)
+    with pytest.raises(InputError, match="lr_clip"):
+        MOL(lipschitz_target=1.05, **{**kw, "lr_clip": 0.97})
+    with pytest.raises(InputError, match="> 0"):
+        MOL(lipschitz_target=0.0, **kw)
+
+
 def test_mol_sn_sll_certificate_and_bound():
     physics, y = _problem()
     model = MOL(constraint="sn", architecture="sll", dims="2d", channels=6, layers=2, state_channels=4,
@@ -133,7 +177,7 @@ def test_mol_sn_sll_certificate_and_bound():
 
 
 @pytest.mark.parametrize("constraint,architecture", [("sn", "residual"), ("lr", "sll"), ("none", "sll"),
-                                                         ("lr", "orthogonal")])
+                                                         ("none", "orthogonal")])
 def test_architecture_constraint_mismatch_refused(constraint, architecture):
     with pytest.raises(InputError, match="architecture"):
         MOL(constraint=constraint, architecture=architecture, dims="2d")

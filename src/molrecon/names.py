@@ -117,10 +117,10 @@ CONSTRAINT_METHOD: dict[str, str] = {c: n for c in CONSTRAINTS for n, m in MOL_C
 #: Constraints whose Lipschitz bound is an estimate, not a certificate (training watches it for divergence).
 ESTIMATED_CONSTRAINTS: tuple[str, ...] = ("lr",)
 #: MOL's parametrisations of H (``model.architecture``, :mod:`molrecon.models.priors`) and the constraints each
-#: serves: ``plain`` every one, ``residual`` the estimated and unconstrained ones, ``sll`` and ``orthogonal`` the
-#: certified one.
+#: serves: ``plain`` every one, ``residual`` the estimated and unconstrained ones, ``sll`` the certified one and
+#: ``orthogonal`` the certified and the estimated ones (under MOL-LR its proven bound may exceed 1).
 ARCHITECTURES: dict[str, tuple[str, ...]] = {"plain": CONSTRAINTS, "residual": ESTIMATED_CONSTRAINTS + ("none",),
-                                             "sll": ("sn",), "orthogonal": ("sn",)}
+                                             "sll": ("sn",), "orthogonal": ("sn",) + ESTIMATED_CONSTRAINTS}
 ESTIMATED_LIPSCHITZ_METHODS = MethodNames(lambda s: s.constraint in ESTIMATED_CONSTRAINTS)
 
 

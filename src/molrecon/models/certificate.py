@@ -53,7 +53,9 @@ class CertificateMixin:
         den = self.denoiser
         spatial = tuple(x.shape[1:])
         if isinstance(den, tuple(CERTIFIED_PRIORS)):  # read from this solve's weights, in every mode
-            return self._per_weights(spatial, lambda: den.certified_lipschitz(spatial, weights)), True
+            proof = self._per_weights(spatial, lambda: den.certified_lipschitz(spatial, weights), "proof")
+            if self.constraint == "sn" or proof < 1:  # under MOL-LR a proof >= 1 says nothing: the estimate does
+                return proof, True
         if self.constraint == "sn" and isinstance(den, ConvDenoiser):
             t = den.per_layer_target
             L = 1.0
@@ -68,12 +70,15 @@ class CertificateMixin:
         return self._per_weights(spatial, lambda: float(jacobian_spectral_norm(
             lambda v: self._h(v, weights), x[:1], n_iter=10, generator=torch.Generator().manual_seed(0)).max())), False
 
-    def _per_weights(self, spatial: tuple[int, ...], compute) -> float:
-        """``compute()``, once per image size and set of parameter values (``_bound_lip_cache``)."""
+    def _per_weights(self, spatial: tuple[int, ...], compute, what: str = "estimate") -> float:
+        """``compute()`` of the figure ``what``, once per image size and set of parameter values
+        (``_bound_lip_cache``)."""
         key = (spatial, tuple((p.data_ptr(), p._version) for p in self.denoiser.parameters()))
         if self._bound_lip_cache.get("key") != key:
-            self._bound_lip_cache = {"key": key, "L": compute()}
-        return self._bound_lip_cache["L"]
+            self._bound_lip_cache = {"key": key}
+        if what not in self._bound_lip_cache:
+            self._bound_lip_cache[what] = compute()
+        return self._bound_lip_cache[what]
 
     def lipschitz_at(self, physics: LinearPhysics, x: torch.Tensor | None = None,
                      power_iterations: int = 300) -> tuple[float, bool, str]:
@@ -85,10 +90,11 @@ class CertificateMixin:
             self._build(physics.dims if self.dims is None else self.dims)
             den = self.denoiser
         spatial = tuple(physics.spatial_shape)
-        if self.constraint == "sn" and isinstance(den, WEIGHTED_PRIORS):
+        if (self.constraint == "sn" and isinstance(den, WEIGHTED_PRIORS)) or isinstance(den, tuple(CERTIFIED_PRIORS)):
             with torch.no_grad():
                 L = den.certified_lipschitz(spatial)
-            return L, L < 1, CERTIFIED_PRIORS.get(type(den), "certified: product of circular-embedding conv norms")
+            if self.constraint == "sn" or L < 1:  # under MOL-LR a proof >= 1 says nothing: the estimate below does
+                return L, L < 1, CERTIFIED_PRIORS.get(type(den), "certified: product of circular-embedding conv norms")
         if x is None:
             if self._last_x is not None and tuple(self._last_x.shape[1:]) == spatial:
                 x = self._last_x[:1]
@@ -117,7 +123,8 @@ class CertificateMixin:
         Keys: ``m`` (monotonicity of F = I − H), ``L`` (Lipschitz bound of H), ``alpha_range`` (steps with a
         contractive block), ``alpha``, ``contraction`` (factor of the block at ``alpha``),
         ``robustness_constant`` (C in ‖x*(b1) − x*(b2)‖ ≤ C‖b1 − b2‖), ``certified`` (True only when L is a
-        proven bound < 1: MOL-SN), ``estimator``, ``lam``, ``norm_A_bound``, ``method``.
+        proven bound < 1: MOL-SN, or an orthogonal ``H`` scaled below 1 under MOL-LR), ``estimator``, ``lam``,
+        ``norm_A_bound``, ``method``.
         For MOL-LR / DEQ, L is the larger of the adversarial and Jacobian power-iteration estimates at ``x``
         (default: the last reconstruction of matching shape, else the CG-SENSE-free random image); the power
         iteration runs until it rises by less than 1e-4 over 10 steps, at most ``power_iterations`` steps, and

@@ -50,6 +50,7 @@ constraints in :mod:`molrecon.models.constraints` and the networks in :mod:`molr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -150,6 +151,12 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
                             backward_cg_iter=backward_cg_iter, architecture=architecture, backward=backward,
                             backward_steps=backward_steps, backward_damping=backward_damping,
                             residual_scale=residual_scale)
+        if constraint != "sn" and architecture != "orthogonal" and getattr(strategy, "lipschitz_target", None):
+            # only an orthogonal H has a scale under MOL-LR; configs stored before it had one carry the key anyway
+            strategy = dataclasses.replace(strategy, lipschitz_target=None)
+        if architecture == "orthogonal" and getattr(strategy, "lr_clip", None) is not None:
+            raise InputError("MOL-LR: the rescaling safeguard (lr_clip) cannot shrink an orthogonal H, whose kernels "
+                             "stay orthogonal; set lr_clip to null and let the penalty hold the estimate")
         self.constraint_strategy = strategy
         self.constraint, self.max_iter, self.tol, self.alpha = constraint, int(max_iter), float(tol), float(alpha)
         self.solver, self.dims, self.channels, self.layers = solver, dims, int(channels), int(layers)
@@ -182,7 +189,7 @@ class MOL(CertificateMixin, PenaltyMixin, nn.Module):
     # -- construction ---------------------------------------------------------------------------------------
     @property
     def lipschitz_target(self) -> float | None:
-        """``L`` of a certified constraint (MOL-SN), else ``None``."""
+        """The scale ``L`` of a certified-form ``H`` (MOL-SN's bound; MOL-LR's orthogonal ``H``), else ``None``."""
         return getattr(self.constraint_strategy, "lipschitz_target", None)
 
     def _build(self, dims: str) -> None:
