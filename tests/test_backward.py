@@ -193,10 +193,11 @@ def test_backward_config_key_and_old_configs():
     assert old.backward == "implicit"
     from molrecon.weights.pretrained import load_pretrained
 
-    shipped = load_pretrained("mol-lr-2d-4x")  # stored before the key existed
+    shipped = load_pretrained("mol-lr-2d-radial")  # trained with the implicit backward
     assert shipped.backward == "implicit" and shipped.config()["backward"] == "implicit"
     assert shipped.backward_cg_iter is None  # DC backwards solved to the tolerance, as before the key
     assert load_pretrained("mol-sn-2d-4x").backward == "jfb"  # trained and stored with the key
+    assert load_pretrained("mol-lr-2d-4x").backward == "jfb"
     for bad, match in [({"backward": "exact"}, "model.backward"), ({"backward_steps": 0}, "backward_steps"),
                        ({"backward_damping": 1.5}, "backward_damping"), ({"backward_cg_iter": 0}, "backward_cg_iter")]:
         with pytest.raises(InputError, match=match):

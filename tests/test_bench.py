@@ -50,7 +50,7 @@ def test_memory_sweep_rows_follow_the_json_contract(tmp_path):
     data = json.loads((tmp_path / "memory.json").read_text())
     assert data["complete"] is True and "platform" in data["machine"]
     # the shipped MOL-LR recipe's model settings and its penalty backward, at the benchmark's size
-    assert data["settings"]["method_settings"]["mol-lr"]["architecture"] == "residual"
+    assert data["settings"]["method_settings"]["mol-lr"]["architecture"] == "orthogonal"
     assert {r["penalty_backward"] for r in data["rows"]} == {"after_data"}
     assert [(r["method"], r["iters"]) for r in data["rows"]] == [("modl", 1), ("modl", 2), ("mol-lr", 1),
                                                                  ("mol-lr", 3)]
@@ -375,7 +375,7 @@ def test_shipped_recipe_entries_follow_the_shipped_models_training_configs():
     from molrecon.bench.train import _model_section
     from molrecon.weights.pretrained import pretrained_info
 
-    for name, shipped, changed in (("mol-lr-residual", "mol-lr-2d-4x", {}),
+    for name, shipped, changed in (("mol-lr-orthogonal", "mol-lr-2d-4x", {}),
                                    ("mol-sn-orthogonal", "mol-sn-2d-4x", {"cg_iter": 15})):
         config = pretrained_info(shipped)["training"]["config"]
         model, train = _model_section(name, "2d", None, None, None)
@@ -383,12 +383,17 @@ def test_shipped_recipe_entries_follow_the_shipped_models_training_configs():
         assert train == {"fixed_point_cache": True}
     model, _ = _model_section("mol-lr-residual@lr_jacobian_steps=null", "2d", None, None, None)
     assert model["lr_jacobian_steps"] is None and model["lr_threshold"] == 0.9
-    # the SLL MOL-SN shipped before is its config file's model section, at 15 CG steps with the cache
+    # the SLL MOL-SN and the residual MOL-LR shipped before are their config files' model sections (the SLL one at
+    # 15 CG steps), with the cache
     from molrecon.train import load_config
 
-    sll = load_config(Path(__file__).resolve().parents[1] / "configs" / "mol_sn_2d_sll.yaml")["model"]
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    sll = load_config(configs / "mol_sn_2d_sll.yaml")["model"]
     model, train = _model_section("mol-sn-sll", "2d", None, None, None)
     assert model == {**sll, "cg_iter": 15} and train == {"fixed_point_cache": True}
+    residual = load_config(configs / "mol_lr_2d.yaml")["model"]
+    model, train = _model_section("mol-lr-residual", "2d", None, None, None)
+    assert model == residual and train == {"fixed_point_cache": True}
 
 
 def test_time_to_psnr_first_crossing():

@@ -66,7 +66,7 @@ for p in $PARTS; do
       part memory-mol-lr 120 "$PY" -m molrecon bench memory --device "$DEVICE" --dims 2d --methods mol-lr \
         --mol-iters 5 50 --recipe mol-lr-2d-4x --threads 4 --out "$RES/memory-mol-lr" ;;
     train) part train 240 "$PY" -m molrecon bench train --device "$DEVICE" --dims 2d --steps 30 --val-every 15 \
-             --limit-train 20 --limit-val 2 --threads 4 --methods modl-k10 mol-sn-orthogonal mol-lr-residual \
+             --limit-train 20 --limit-val 2 --threads 4 --methods modl-k10 mol-sn-orthogonal mol-lr-orthogonal \
              --out "$RES/train" ;;
     fit) part fit-modl-mol-lr 240 "$PY" -m molrecon bench fit --device "$DEVICE" --methods modl mol-lr \
            --recipe mol-lr-2d-4x --threads 4 --out "$RES/fit-modl-mol-lr"

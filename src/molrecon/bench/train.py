@@ -4,9 +4,10 @@ Every method trains with the project's own :class:`~molrecon.train.trainer.Train
 model's penalty, backward, clipping, AdamW, the MOL-LR safeguard) on the same data, batch, CNN (``channels`` ×
 ``layers``), seed and thread count; only the model section differs. Methods come from :data:`TRAIN_METHODS`
 (``"modl-k1"``, ``"modl-k5"``, ``"modl-k10"``, ``"deq"``, ``"mol-sn"``, ``"mol-lr"``, and the ``*-cached``
-variants with the training-speed levers on, ``"mol-lr-residual"`` / ``"mol-sn-orthogonal"``, the shipped 2D
-recipes, and ``"mol-sn-sll"``, the SLL MOL-SN shipped before; ``"mol-lr@cg_iter=15"`` gives a method settings of
-its own); add one with :func:`register_train_method` (a ``"_train"`` key holds train-section settings of that method).
+variants with the training-speed levers on, ``"mol-lr-orthogonal"`` / ``"mol-sn-orthogonal"``, the shipped 2D
+recipes, and ``"mol-lr-residual"`` / ``"mol-sn-sll"``, the residual MOL-LR and the SLL MOL-SN shipped before;
+``"mol-lr@cg_iter=15"`` gives a method settings of its own); add one with :func:`register_train_method` (a
+``"_train"`` key holds train-section settings of that method).
 
 Interleaved. The methods of one dims train *side by side*: their trainers are built first and then take one
 step each in turn, so that a load that changes over time (a shared machine) falls on every method alike and the
@@ -57,6 +58,11 @@ TRAIN_METHODS: dict[str, dict[str, Any]] = {
                       "_train": {"fixed_point_cache": True}},
     "mol-lr-cached": {"method": "mol-lr", "max_iter": 50, "tol": 1e-4, "cg_iter": 5, "lr_clip": 0.97,
                       "lr_warm_steps": 2, "_train": {"fixed_point_cache": True}},
+    # the residual MOL-LR shipped until 2026-12-07 (configs/mol_lr_2d.yaml), with its cache
+    "mol-lr-residual": {"method": "mol-lr", "architecture": "residual", "residual_scale": 0.9, "solver": "anderson",
+                        "anderson_m": 8, "max_iter": 50, "tol": 1e-4, "alpha": 1.0, "lam": 30.0, "learn_lam": False,
+                        "cg_iter": 15, "lr_weight": 1e-5, "lr_threshold": 0.9, "lr_clip": None,
+                        "lr_jacobian_steps": 3, "lr_jacobian_threshold": 0.95, "_train": {"fixed_point_cache": True}},
     # the SLL MOL-SN shipped until 2026-12-06 (configs/mol_sn_2d_sll.yaml), at 15 CG steps with the cache
     "mol-sn-sll": {"method": "mol-sn", "architecture": "sll", "state_channels": 16, "solver": "anderson",
                    "anderson_m": 8, "max_iter": 80, "tol": 1e-4, "alpha": 1.0, "lipschitz_target": 0.99,
@@ -65,7 +71,7 @@ TRAIN_METHODS: dict[str, dict[str, Any]] = {
 #: The shipped 2D recipes: name -> (shipped model, changes). Each is the training config stored with that model
 #: (so the entry follows whatever is shipped), MOL-SN at the 15 CG steps per block it trained with, with the cache.
 SHIPPED_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "mol-lr-residual": ("mol-lr-2d-4x", {}),
+    "mol-lr-orthogonal": ("mol-lr-2d-4x", {}),
     "mol-sn-orthogonal": ("mol-sn-2d-4x", {"cg_iter": 15, "_train": {"fixed_point_cache": True}}),
 }
 #: The reference of the step-time ratios (the unrolled network MOL replaces).

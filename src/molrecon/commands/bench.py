@@ -160,8 +160,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    metavar="METHOD",
                    help="methods, trained side by side (interleaved steps): modl-k1 modl-k5 modl-k10 deq mol-sn "
                    "mol-lr mol-sn-cached mol-lr-cached (*-cached: the per-slice fixed-point cache and, for "
-                   "MOL-LR, the amortised Lipschitz estimate) mol-lr-residual mol-sn-orthogonal (the shipped 2D "
-                   "recipes) mol-sn-sll (the SLL MOL-SN shipped before); METHOD@KEY=VALUE,... gives one its own model "
+                   "MOL-LR, the amortised Lipschitz estimate) mol-lr-orthogonal mol-sn-orthogonal (the shipped 2D "
+                   "recipes) mol-lr-residual mol-sn-sll (the residual MOL-LR and the SLL MOL-SN shipped before); "
+                   "METHOD@KEY=VALUE,... gives one its own model "
                    "settings, e.g. mol-lr@cg_iter=15")
     t.add_argument("--dims", nargs="+", default=["2d"], choices=DIMS)
     t.add_argument("--steps", type=int, default=40, help="training steps per method (default 40)")
