@@ -48,13 +48,19 @@ def robustness_constant(lam: float, m: float, norm_a: float = 1.0) -> float:
 class CertificateMixin:
     """The certificate and the a-posteriori bound of a MOL model (module docstring)."""
 
+    def _proof_decides(self, proof: float) -> bool:
+        """Whether a network's proven bound is its certificate: always under MOL-SN; under MOL-LR (an orthogonal
+        ``H`` scaled to ``L``) only below 1, since a bound >= 1 says nothing about monotonicity and the estimate
+        speaks instead."""
+        return self.constraint == "sn" or proof < 1
+
     def _lipschitz_for_bound(self, x: torch.Tensor, weights) -> tuple[float, bool]:
         """``(L, certified)`` used for the a-posteriori bound of a solve."""
         den = self.denoiser
         spatial = tuple(x.shape[1:])
         if isinstance(den, tuple(CERTIFIED_PRIORS)):  # read from this solve's weights, in every mode
             proof = self._per_weights(spatial, lambda: den.certified_lipschitz(spatial, weights), "proof")
-            if self.constraint == "sn" or proof < 1:  # under MOL-LR a proof >= 1 says nothing: the estimate does
+            if self._proof_decides(proof):
                 return proof, True
         if self.constraint == "sn" and isinstance(den, ConvDenoiser):
             t = den.per_layer_target
@@ -93,7 +99,7 @@ class CertificateMixin:
         if (self.constraint == "sn" and isinstance(den, WEIGHTED_PRIORS)) or isinstance(den, tuple(CERTIFIED_PRIORS)):
             with torch.no_grad():
                 L = den.certified_lipschitz(spatial)
-            if self.constraint == "sn" or L < 1:  # under MOL-LR a proof >= 1 says nothing: the estimate below does
+            if self._proof_decides(L):
                 return L, L < 1, CERTIFIED_PRIORS.get(type(den), "certified: product of circular-embedding conv norms")
         if x is None:
             if self._last_x is not None and tuple(self._last_x.shape[1:]) == spatial:
