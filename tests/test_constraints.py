@@ -316,20 +316,23 @@ def test_power_iteration_stops_once_it_no_longer_rises():
     assert float(early) == pytest.approx(float(full), rel=2e-3) and float(full) == pytest.approx(0.8, rel=1e-3)
 
 
-@pytest.mark.parametrize("architecture", ["plain", "residual"])
+@pytest.mark.parametrize("architecture", ["plain", "residual", "orthogonal"])
 @pytest.mark.parametrize("dims,shape", [("2d", (2, 14, 12)), ("3d", (1, 5, 6, 7)), ("2d+t", (1, 4, 6, 8))])
-def test_relu_jacobian_is_the_autograd_jacobian_and_its_adjoint(architecture, dims, shape):
-    """``jacobian_at``: the ReLU CNN's Jacobian as masked convolutions equals forward- and reverse-mode autograd,
-    its ``vjp`` is the adjoint of its ``jvp``, and the penalty's differentiable norm along a direction has the
-    same value and weight gradient either way."""
+def test_linearised_jacobian_is_the_autograd_jacobian_and_its_adjoint(architecture, dims, shape):
+    """``jacobian_at``: the Jacobian of a ReLU CNN (masked convolutions) and of the orthogonal network (MaxMin's
+    pair swaps between the kernels) equals forward- and reverse-mode autograd, its ``vjp`` is the adjoint of its
+    ``jvp``, and the penalty's differentiable norm along a direction has the same value and weight gradient
+    either way."""
     from torch.autograd import forward_ad
 
     from molrecon.models.cnn import ConvDenoiser
-    from molrecon.models.priors import ResidualDenoiser
+    from molrecon.models.priors import OrthogonalDenoiser, ResidualDenoiser
 
     torch.manual_seed(0)
-    net = (ResidualDenoiser(dims=dims, channels=6, layers=4, residual_init_gain=1.0) if architecture == "residual"
-           else ConvDenoiser(dims=dims, channels=6, layers=4))
+    net = {"residual": lambda: ResidualDenoiser(dims=dims, channels=6, layers=4, residual_init_gain=1.0),
+           "orthogonal": lambda: OrthogonalDenoiser(dims=dims, channels=6, layers=3, state_channels=4,
+                                                    lipschitz_target=1.05),
+           "plain": lambda: ConvDenoiser(dims=dims, channels=6, layers=4)}[architecture]()
     weights = net.effective_weights(shape[1:])
     x, v, u = (torch.randn(shape, dtype=torch.complex64) for _ in range(3))
     jac = net.jacobian_at(x, weights)
@@ -344,14 +347,17 @@ def test_relu_jacobian_is_the_autograd_jacobian_and_its_adjoint(architecture, di
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-5)
     h = lambda t: net.apply(t, weights)  # noqa: E731
     grads = []
-    for linearize in (None, lambda t: net.jacobian_at(t, weights)):
+    for linearised in (False, True):
         net.zero_grad()
-        value = jacobian_norm_along(h, x, v, recompute=True, linearize=linearize)
+        # a fresh map from the parameters each time: the orthogonal kernels are computed from them
+        kernels = net.effective_weights(shape[1:])
+        linearize = (lambda t: net.jacobian_at(t, kernels)) if linearised else None  # noqa: E731
+        value = jacobian_norm_along(lambda t: net.apply(t, kernels), x, v, recompute=True, linearize=linearize)
         value.sum().backward()
         grads.append((value.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone()
                                         for p in net.parameters()]))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-7)
-    # the biases only move the masks: a ReLU network's Jacobian has no gradient w.r.t. them (None or zeros)
+    # the biases only move the masks (or pair orders): the Jacobian has no gradient w.r.t. them (None or zeros)
     assert any(float(g.abs().sum()) > 0 for g in grads[1][1])
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -291,7 +291,7 @@ def test_sll_layer_is_its_formula_and_keeps_one_hidden_activation_for_backward(d
 
 @pytest.mark.parametrize("dims,shape", [("2d+t", (2, 4, 10, 12)), ("3d", (1, 5, 9, 7)), ("2d+t", (1, 4, 64, 48))])
 def test_3d_convolutions_run_longest_axes_first_and_give_the_same_map(dims, shape, monkeypatch):
-    """On CPU the 3-D convolutions of every prior (and the Jacobian of the ReLU CNNs) run on the spatial axes
+    """On CPU the 3-D convolutions of every prior (and their linearised Jacobians) run on the spatial axes
     sorted longest first, and a thin input gets zero channels, where PyTorch takes oneDNN instead of its im2col
     kernel: the same map as the plain convolutions on the axes as given, output and kernel gradients, in the
     caller's axis order."""
@@ -328,7 +328,7 @@ def test_3d_convolutions_run_longest_axes_first_and_give_the_same_map(dims, shap
         weights = [w.detach().requires_grad_() for w in net.effective_weights(shape[1:])]
         out = net.apply(x, weights)
         torch.view_as_real(out).pow(2).sum().backward()
-        jac = None if isinstance(net, (SLLDenoiser, OrthogonalDenoiser)) else net.jacobian_at(x, weights)
+        jac = None if isinstance(net, SLLDenoiser) else net.jacobian_at(x, weights)
         with torch.no_grad():
             extra = [] if jac is None else [jac.jvp(v), jac.vjp(v)]
         grads = [w.grad for w in weights] + [p.grad for p in net.parameters() if p.grad is not None]

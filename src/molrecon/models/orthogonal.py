@@ -171,6 +171,12 @@ class _MaxMin(torch.autograd.Function):
         return _MaxMin._route(first, tangent)
 
 
+def swap_pairs(first: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """MaxMin's derivative where it left the channel pairs of ``first`` (``a >= b``) in order and swapped the
+    others, applied to ``t``: a permutation, its own transpose; differentiable in ``t``."""
+    return _MaxMin._route(first, t)
+
+
 def max_min(z: torch.Tensor) -> torch.Tensor:
     """MaxMin (GroupSort of size 2) over the channel axis: channel pairs ``(i, i + C/2)`` become their maximum and
     minimum. A permutation at every point, so 1-Lipschitz and norm-preserving. For backward it keeps one boolean
@@ -251,4 +257,4 @@ def orthogonal_block(z: torch.Tensor, q1: torch.Tensor, b1: torch.Tensor, q2: to
 
 
 __all__ = ["orthonormal", "compose_kernels", "orthogonal_kernel", "orthogonal_kernels", "conv_norm_bound", "max_min",
-           "orthogonal_block"]
+           "swap_pairs", "orthogonal_block"]

@@ -49,7 +49,7 @@ from torch import nn
 from ..errors import InputError
 from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
-from .orthogonal import conv_norm_bound, orthogonal_block, orthogonal_kernels
+from .orthogonal import conv_norm_bound, max_min, orthogonal_block, orthogonal_kernels, swap_pairs
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -319,15 +319,46 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
     def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """``H(x)`` with the given kernels."""
         pad = self.kernel_size // 2
-        z = complex_to_channels(x)
-        perm = conv_axes(z)
-        z = permute_axes(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)), perm)  # E: zero channels
-        if self.nd == 2 and z.device.type == "cpu" and CHANNELS_LAST_2D_CPU:
-            z = z.contiguous(memory_format=torch.channels_last)
+        z = self._embed(x)
+        perm = conv_axes(complex_to_channels(x))
         for i in range(self.layers):
             z = orthogonal_block(z, permute_axes(weights[2 * i], perm), self.biases[2 * i],
                                  permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], pad)
-        return self.lipschitz_target * channels_to_complex(permute_axes(z[:, :2], perm, inverse=True))  # P
+        return self._project(z, perm)
+
+    def jacobian_at(self, x: torch.Tensor, weights: list[torch.Tensor]) -> OrthogonalJacobian:
+        """The Jacobian of :meth:`apply` at ``x`` as a linear operator (:class:`OrthogonalJacobian`): the same
+        convolutions without bias, with MaxMin's pair order at ``x`` in between."""
+        pad = self.kernel_size // 2
+        z = self._embed(x)
+        perm = conv_axes(complex_to_channels(x))
+        orders: list[torch.Tensor] = []
+        with torch.no_grad():
+            for i in range(self.layers):
+                u = self._conv(z, permute_axes(weights[2 * i], perm), self.biases[2 * i], padding=pad)
+                first, second = u.chunk(2, dim=1)
+                orders.append(first >= second)
+                z = self._conv(max_min(u), permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1],
+                               padding=pad)
+        return OrthogonalJacobian(self, weights, orders, perm)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``E x``: the complex image as real and imaginary channels, zero channels appended up to the state, in
+        the convolutions' axis order and memory format."""
+        z = complex_to_channels(x)
+        perm = conv_axes(z)
+        z = permute_axes(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)), perm)
+        if self.nd == 2 and z.device.type == "cpu" and CHANNELS_LAST_2D_CPU:
+            z = z.contiguous(memory_format=torch.channels_last)
+        return z
+
+    def _project(self, z: torch.Tensor, perm: tuple[int, ...] | None) -> torch.Tensor:
+        """``L·P z``: the first two channels as a complex image, scaled by ``L``."""
+        return self.lipschitz_target * channels_to_complex(permute_axes(z[:, :2], perm, inverse=True))
+
+    @property
+    def _conv(self):
+        return F.conv2d if self.nd == 2 else F.conv3d
 
     @torch.no_grad()
     def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
@@ -335,6 +366,46 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
         isometry, P a projection, MaxMin and the biases do not add to a Lipschitz constant. Valid on every grid."""
         kernels = weights if weights is not None else self.effective_weights(spatial)
         return self.lipschitz_target * math.prod(conv_norm_bound(k) for k in kernels)
+
+
+class OrthogonalJacobian:
+    r"""The Jacobian :math:`J = L\,P\,Q_{2,n} S_n Q_{1,n} \cdots Q_{2,1} S_1 Q_{1,1}\,E` of an
+    :class:`OrthogonalDenoiser` at a point, ``S_l`` MaxMin's derivative there: the swap of the channel pairs that
+    it reordered, a permutation (the derivative at a tie is taken as the identity, as autograd's).
+
+    Exact (the biases only choose the ``S_l``), and lighter than autograd, as
+    :class:`~molrecon.models.cnn.ReLUJacobian` is for a ReLU CNN: :meth:`jvp` is one pass of the convolutions
+    without bias, differentiable w.r.t. the kernels, whose graph keeps the tangent activations and one boolean per
+    pair; :meth:`vjp`, the adjoint, is one pass of transposed convolutions, :math:`S_l` being its own transpose.
+    """
+
+    def __init__(self, net: OrthogonalDenoiser, weights: list[torch.Tensor], orders: list[torch.Tensor],
+                 perm: tuple[int, ...] | None) -> None:
+        self.net, self.weights, self.orders, self.perm = net, weights, orders, perm
+        self.padding = net.kernel_size // 2
+        self.conv_t = F.conv_transpose2d if net.nd == 2 else F.conv_transpose3d
+
+    def _kernel(self, i: int) -> torch.Tensor:
+        return permute_axes(self.weights[i], self.perm)
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """:math:`J v` for a complex image batch ``v``."""
+        t = self.net._embed(v)
+        for i, order in enumerate(self.orders):
+            t = self.net._conv(t, self._kernel(2 * i), None, padding=self.padding)
+            t = swap_pairs(order, t)
+            t = self.net._conv(t, self._kernel(2 * i + 1), None, padding=self.padding)
+        return self.net._project(t, self.perm)
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        r""":math:`J^T u` in the real inner product :math:`\mathrm{Re}\langle a, b\rangle` of complex images:
+        ``Pᵀ`` embeds as ``E`` does and ``Eᵀ`` projects as ``P`` does."""
+        g = self.net._embed(u)
+        for i in reversed(range(len(self.orders))):
+            g = self.conv_t(g, self._kernel(2 * i + 1), None, padding=self.padding)
+            g = swap_pairs(self.orders[i], g)
+            g = self.conv_t(g, self._kernel(2 * i), None, padding=self.padding)
+        return self.net._project(g, self.perm)
 
 
 def build_prior(architecture: str, constraint: str, dims: str, channels: int, layers: int, kernel_size: int,
@@ -369,4 +440,5 @@ def check_architecture(architecture: str, constraint: str) -> None:
                          f"serves {', '.join(ARCHITECTURES[architecture])})")
 
 
-__all__ = ["ResidualDenoiser", "SLLDenoiser", "OrthogonalDenoiser", "sll_scaling", "build_prior", "check_architecture"]
+__all__ = ["ResidualDenoiser", "SLLDenoiser", "OrthogonalDenoiser", "OrthogonalJacobian", "sll_scaling", "build_prior",
+           "check_architecture"]
