@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -351,8 +353,8 @@ def test_linearised_jacobian_is_the_autograd_jacobian_and_its_adjoint(architectu
         net.zero_grad()
         # a fresh map from the parameters each time: the orthogonal kernels are computed from them
         kernels = net.effective_weights(shape[1:])
-        linearize = (lambda t: net.jacobian_at(t, kernels)) if linearised else None  # noqa: E731
-        value = jacobian_norm_along(lambda t: net.apply(t, kernels), x, v, recompute=True, linearize=linearize)
+        linearize = partial(net.jacobian_at, weights=kernels) if linearised else None
+        value = jacobian_norm_along(partial(net.apply, weights=kernels), x, v, recompute=True, linearize=linearize)
         value.sum().backward()
         grads.append((value.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone()
                                         for p in net.parameters()]))
