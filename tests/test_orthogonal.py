@@ -138,6 +138,42 @@ def test_orthogonal_block_is_its_formula_and_keeps_no_hidden_floats(nd):
     del out
 
 
+@pytest.mark.parametrize("nd", [2, 3])
+def test_block_jacobian_is_the_blocks_derivative_and_keeps_its_input_tangent_only(nd):
+    """``orthogonal_block_jacobian`` at the block's pair order is the forward-mode derivative of the block; its
+    value and gradients are those of the plain composition ``Q_2 S Q_1 t``; for backward it keeps the tangent and
+    one boolean per pair, not the swapped hidden tangent."""
+    from torch.autograd import forward_ad
+
+    from molrecon.bench.saved import SavedTensorMeter
+    from molrecon.models.orthogonal import orthogonal_block_jacobian, swap_pairs
+
+    g = torch.Generator().manual_seed(0)
+    z, q1, b1, q2, b2, t = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in
+                            [(2, 4) + (5,) * nd, (8, 4) + (3,) * nd, (8,), (4, 8) + (3,) * nd, (4,), (2, 4) + (5,) * nd])
+    conv = F.conv2d if nd == 2 else F.conv3d
+    u = conv(z, q1, b1, padding=1)
+    order = u[:, :4] >= u[:, 4:]
+    with forward_ad.dual_level():
+        derivative = forward_ad.unpack_dual(orthogonal_block(forward_ad.make_dual(z, t), q1, b1, q2, b2, 1)).tangent
+    torch.testing.assert_close(orthogonal_block_jacobian(order, t, q1, q2, 1), derivative)
+    args = [a.clone().requires_grad_(True) for a in (t, q1, q2)]
+    out = orthogonal_block_jacobian(order, *args, 1)
+    assert torch.autograd.gradcheck(lambda *a: orthogonal_block_jacobian(order, *a, 1), tuple(args))
+    v = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    reference = conv(swap_pairs(order, conv(args[0], args[1], padding=1)), args[2], padding=1)
+    for got, want in zip(torch.autograd.grad(out, args, v), torch.autograd.grad(reference, args, v)):
+        torch.testing.assert_close(got, want)
+    x = torch.randn((1, 16) + (8,) * nd, requires_grad=True)
+    kernels = [torch.randn(shape, requires_grad=True) for shape in [(32, 16) + (3,) * nd, (16, 32) + (3,) * nd]]
+    pairs = torch.rand((1, 16) + (8,) * nd) > 0.5
+    with SavedTensorMeter() as meter:
+        out = orthogonal_block_jacobian(pairs, 2.0 * x, *kernels, 1)
+    saved_kernels = 4 * kernels[0].numel() + 4 * kernels[1].numel()
+    assert meter.live_bytes == 4 * 16 * 8 ** nd + 16 * 8 ** nd + saved_kernels  # the tangent, one byte per pair
+    del out
+
+
 @pytest.mark.parametrize("dims,shape", [("2d", (2, 16, 16)), ("3d", (1, 8, 8, 8)), ("2d+t", (1, 4, 12, 12))])
 def test_orthogonal_denoiser_jacobian_norm_below_certificate(dims, shape):
     torch.manual_seed(0)

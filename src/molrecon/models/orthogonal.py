@@ -205,16 +205,22 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 
 class _OrthogonalBlock(torch.autograd.Function):
     """``Q_2 MaxMin(Q_1 z + b_1) + b_2`` keeping the input ``z`` and one boolean per pair for backward: the
-    MaxMin output, which ``Q_2``'s kernel gradient needs, is recomputed from them when that gradient is wanted."""
+    MaxMin output, which ``Q_2``'s kernel gradient needs, is recomputed from them when that gradient is wanted.
+    With a given pair ``order`` (and no biases) it is the block's Jacobian ``Q_2 S Q_1`` at the point where MaxMin
+    ordered the pairs so."""
 
     @staticmethod
-    def forward(ctx, z, q1, b1, q2, b2, padding: int):
+    def forward(ctx, z, q1, b1, q2, b2, padding: int, order):
         conv = _conv(q1.ndim - 2)
         u = conv(z, q1, b1, padding=padding)
-        a, b = u.chunk(2, dim=1)
-        first = a >= b
-        out = conv(_sorted_pairs(u), q2, b2, padding=padding)
-        ctx.padding = padding
+        if order is None:
+            a, b = u.chunk(2, dim=1)
+            first = a >= b
+            out = conv(_sorted_pairs(u), q2, b2, padding=padding)
+        else:
+            first = order
+            out = conv(_MaxMin._route(first, u), q2, b2, padding=padding)
+        ctx.padding, ctx.fixed_order = padding, order is not None
         ctx.save_for_backward(z, q1, b1, q2, first)
         return out
 
@@ -223,7 +229,8 @@ class _OrthogonalBlock(torch.autograd.Function):
         z, q1, b1, q2, first = ctx.saved_tensors
         pad = ctx.padding
         wants = ctx.needs_input_grad
-        parameters = any(wants[1:5]) and not state_gradients_only()
+        state_only = state_gradients_only()
+        kernel_1, bias_1, kernel_2, bias_2 = (w and not state_only for w in wants[1:5])
         # the input gradient needs the hidden input's shape and layout only: an uninitialised one (an expanded
         # placeholder is copied into that layout first, 3x slower on CPU; a transposed convolution 1.4x)
         hidden = torch.empty((grad.shape[0], q2.shape[1], *grad.shape[2:]), dtype=grad.dtype, device=grad.device,
@@ -232,12 +239,28 @@ class _OrthogonalBlock(torch.autograd.Function):
         del hidden
         grad_u = _MaxMin._route(first, grad_h)
         del grad_h
-        grad_z, grad_q1, grad_b1 = _conv_backward(grad_u, z, q1, pad, (wants[0], parameters, parameters))
+        grad_z, grad_q1, grad_b1 = _conv_backward(grad_u, z, q1, pad, (wants[0], kernel_1, bias_1))
         grad_q2 = grad_b2 = None
-        if parameters:
-            h = _sorted_pairs(_conv(q1.ndim - 2)(z, q1, b1, padding=pad).detach())
-            _, grad_q2, grad_b2 = _conv_backward(grad, h, q2, pad, (False, True, True))
-        return grad_z, grad_q1, grad_b1, grad_q2, grad_b2, None
+        if kernel_2 or bias_2:
+            u = _conv(q1.ndim - 2)(z, q1, b1, padding=pad).detach()
+            h = _MaxMin._route(first, u) if ctx.fixed_order else _sorted_pairs(u)
+            del u
+            _, grad_q2, grad_b2 = _conv_backward(grad, h, q2, pad, (False, kernel_2, bias_2))
+        return grad_z, grad_q1, grad_b1, grad_q2, grad_b2, None, None
+
+
+def _plain_block(z, q1, b1, q2, b2, padding: int, order) -> torch.Tensor:
+    conv = _conv(q1.ndim - 2)
+    u = conv(z, q1, b1, padding=padding)
+    return conv(max_min(u) if order is None else swap_pairs(order, u), q2, b2, padding=padding)
+
+
+def _block(z, q1, b1, q2, b2, padding: int, order) -> torch.Tensor:
+    tensors = [t for t in (z, q1, b1, q2, b2) if t is not None]
+    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if tracked and all(forward_ad.unpack_dual(t).tangent is None for t in tensors):
+        return _OrthogonalBlock.apply(z, q1, b1, q2, b2, padding, order)
+    return _plain_block(z, q1, b1, q2, b2, padding, order)
 
 
 def orthogonal_block(z: torch.Tensor, q1: torch.Tensor, b1: torch.Tensor, q2: torch.Tensor, b2: torch.Tensor,
@@ -249,12 +272,16 @@ def orthogonal_block(z: torch.Tensor, q1: torch.Tensor, b1: torch.Tensor, q2: to
     which wants gradients with respect to the state only (:func:`molrecon.solvers.implicit.state_gradients_only`).
     Forward-mode derivatives and a call without any derivative take the plain composition.
     """
-    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in (z, q1, b1, q2, b2))
-    if tracked and all(forward_ad.unpack_dual(t).tangent is None for t in (z, q1, b1, q2, b2)):
-        return _OrthogonalBlock.apply(z, q1, b1, q2, b2, padding)
-    conv = _conv(q1.ndim - 2)
-    return conv(max_min(conv(z, q1, b1, padding=padding)), q2, b2, padding=padding)
+    return _block(z, q1, b1, q2, b2, padding, None)
+
+
+def orthogonal_block_jacobian(order: torch.Tensor, t: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
+                              padding: int) -> torch.Tensor:
+    """``Q_2 S Q_1 t``: the Jacobian of :func:`orthogonal_block` applied to ``t`` at a point where MaxMin left the
+    pairs of ``order`` (``a >= b``, one boolean per pair) in order, differentiable in ``t`` and the kernels.
+    Under autograd it keeps, as the block does, ``t`` and the booleans, not the swapped hidden tangent."""
+    return _block(t, q1, None, q2, None, padding, order)
 
 
 __all__ = ["orthonormal", "compose_kernels", "orthogonal_kernel", "orthogonal_kernels", "conv_norm_bound", "max_min",
-           "swap_pairs", "orthogonal_block"]
+           "swap_pairs", "orthogonal_block", "orthogonal_block_jacobian"]

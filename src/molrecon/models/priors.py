@@ -49,7 +49,8 @@ from torch import nn
 from ..errors import InputError
 from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
-from .orthogonal import conv_norm_bound, max_min, orthogonal_block, orthogonal_kernels, swap_pairs
+from .orthogonal import (conv_norm_bound, max_min, orthogonal_block, orthogonal_block_jacobian, orthogonal_kernels,
+                         swap_pairs)
 
 
 class ResidualDenoiser(ConvDenoiser):
@@ -375,8 +376,9 @@ class OrthogonalJacobian:
 
     Exact (the biases only choose the ``S_l``), and lighter than autograd, as
     :class:`~molrecon.models.cnn.ReLUJacobian` is for a ReLU CNN: :meth:`jvp` is one pass of the convolutions
-    without bias, differentiable w.r.t. the kernels, whose graph keeps the tangent activations and one boolean per
-    pair; :meth:`vjp`, the adjoint, is one pass of transposed convolutions, :math:`S_l` being its own transpose.
+    without bias, differentiable w.r.t. the kernels, whose graph keeps each block's input tangent and one boolean
+    per pair (:func:`~molrecon.models.orthogonal.orthogonal_block_jacobian`); :meth:`vjp`, the adjoint, is one
+    pass of transposed convolutions, :math:`S_l` being its own transpose.
     """
 
     def __init__(self, net: OrthogonalDenoiser, weights: list[torch.Tensor], orders: list[torch.Tensor],
@@ -392,9 +394,7 @@ class OrthogonalJacobian:
         """:math:`J v` for a complex image batch ``v``."""
         t = self.net._embed(v)
         for i, order in enumerate(self.orders):
-            t = self.net._conv(t, self._kernel(2 * i), None, padding=self.padding)
-            t = swap_pairs(order, t)
-            t = self.net._conv(t, self._kernel(2 * i + 1), None, padding=self.padding)
+            t = orthogonal_block_jacobian(order, t, self._kernel(2 * i), self._kernel(2 * i + 1), self.padding)
         return self.net._project(t, self.perm)
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
