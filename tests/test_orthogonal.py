@@ -149,8 +149,8 @@ def test_block_jacobian_is_the_blocks_derivative_and_keeps_its_input_tangent_onl
     from molrecon.models.orthogonal import orthogonal_block_jacobian, swap_pairs
 
     g = torch.Generator().manual_seed(0)
-    z, q1, b1, q2, b2, t = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in
-                            [(2, 4) + (5,) * nd, (8, 4) + (3,) * nd, (8,), (4, 8) + (3,) * nd, (4,), (2, 4) + (5,) * nd])
+    shapes = [(2, 4) + (5,) * nd, (8, 4) + (3,) * nd, (8,), (4, 8) + (3,) * nd, (4,), (2, 4) + (5,) * nd]
+    z, q1, b1, q2, b2, t = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in shapes)
     conv = F.conv2d if nd == 2 else F.conv3d
     u = conv(z, q1, b1, padding=1)
     order = u[:, :4] >= u[:, 4:]

@@ -49,8 +49,14 @@ from torch import nn
 from ..errors import InputError
 from ..names import ARCHITECTURES
 from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
-from .orthogonal import (conv_norm_bound, max_min, orthogonal_block, orthogonal_block_jacobian, orthogonal_kernels,
-                         swap_pairs)
+from .orthogonal import (
+    conv_norm_bound,
+    max_min,
+    orthogonal_block,
+    orthogonal_block_jacobian,
+    orthogonal_kernels,
+    swap_pairs,
+)
 
 
 class ResidualDenoiser(ConvDenoiser):
