@@ -106,7 +106,7 @@ def test_orthogonal_block_is_its_formula_and_keeps_no_hidden_floats(nd):
     returns the state's gradient only; for backward it keeps its input and one boolean per pair, not the
     MaxMin output."""
     from molrecon.bench.saved import SavedTensorMeter
-    from molrecon.solvers.implicit import _STATE_GRADIENTS_ONLY
+    from molrecon.solvers.implicit import gradients_of_the_state_only
 
     g = torch.Generator().manual_seed(0)
     args = [torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
@@ -121,11 +121,8 @@ def test_orthogonal_block_is_its_formula_and_keeps_no_hidden_floats(nd):
     wanted = torch.autograd.grad(reference, args, v)
     for got, want in zip(torch.autograd.grad(out, args, v), wanted):
         torch.testing.assert_close(got, want)
-    token = _STATE_GRADIENTS_ONLY.set(True)
-    try:
+    with gradients_of_the_state_only():
         orthogonal_block(*args, 1).backward(v)
-    finally:
-        _STATE_GRADIENTS_ONLY.reset(token)
     torch.testing.assert_close(z.grad, wanted[0])
     assert all(t.grad is None for t in args[1:])
     x = torch.randn((1, 16) + (8,) * nd, requires_grad=True)
@@ -245,3 +242,30 @@ def test_orthogonal_denoiser_on_channels_last_is_the_same_map(batch, monkeypatch
     monkeypatch.setattr(priors, "CHANNELS_LAST_2D_CPU", False)
     for a, b in zip(fast, run(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_adversarial_ascent_skips_the_kernel_gradients_of_the_orthogonal_blocks(monkeypatch):
+    """The adversarial Lipschitz ascent differentiates w.r.t. its point only: the orthogonal blocks' backward takes
+    no kernel gradient (nor the recomputation it needs) during the ascent, and the returned ratio still carries
+    the kernels' gradients for the penalty."""
+    import molrecon.models.orthogonal as orthogonal
+    from molrecon.models.lipschitz import adversarial_lipschitz
+
+    masks = []
+    plain = orthogonal._conv_backward
+
+    def spy(grad, inputs, weight, padding, mask):
+        masks.append(mask)
+        return plain(grad, inputs, weight, padding, mask)
+
+    monkeypatch.setattr(orthogonal, "_conv_backward", spy)
+    torch.manual_seed(0)
+    h = OrthogonalDenoiser(dims="2d", channels=8, layers=2, state_channels=4, lipschitz_target=1.05)
+    weights = h.effective_weights((12, 12))
+    x = torch.randn(1, 12, 12, dtype=torch.complex64)
+    lip = adversarial_lipschitz(lambda t: h.apply(t, weights), x, steps=3, generator=torch.Generator().manual_seed(1))
+    assert masks and not any(mask[1] or mask[2] for mask in masks)  # input gradients only
+    masks.clear()
+    lip.sum().backward()
+    assert any(mask[1] for mask in masks)
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in h.rotations)

@@ -37,6 +37,7 @@ import torch
 from torch.autograd import forward_ad
 from torch.utils.checkpoint import checkpoint
 
+from ..solvers.implicit import gradients_of_the_state_only
 from ..tensor_utils import batch_norms
 
 
@@ -97,7 +98,9 @@ def adversarial_lipschitz(h: Callable[[torch.Tensor], torch.Tensor], u: torch.Te
         else:
             xi = torch.complex(torch.rand_like(real), torch.rand_like(real))
         v = u + noise * xi
-    with torch.enable_grad():
+    # the ascent wants the gradient w.r.t. v only: a network's custom backward (the orthogonal blocks') skips the
+    # kernels' gradients, which autograd cannot prune for it
+    with torch.enable_grad(), gradients_of_the_state_only():
         hu = h(u).detach()
         for _ in range(steps):
             v = v.detach().requires_grad_(True)

@@ -46,7 +46,8 @@ runs to ``tol`` again.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
@@ -84,6 +85,17 @@ def state_gradients_only() -> bool:
     False, and the parameter gradients are computed and discarded as before.
     """
     return _STATE_GRADIENTS_ONLY.get()
+
+
+@contextmanager
+def gradients_of_the_state_only() -> Iterator[None]:
+    """Within this block every backward wants gradients with respect to the state only
+    (:func:`state_gradients_only` reads True): an adjoint solve, or an ascent on the network's input."""
+    token = _STATE_GRADIENTS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _STATE_GRADIENTS_ONLY.reset(token)
 
 
 class DCSolve(torch.autograd.Function):
@@ -189,16 +201,12 @@ def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str 
             (jtg,) = torch.autograd.grad(out, x_in, g, retain_graph=True)
             return v + jtg
 
-        token = _STATE_GRADIENTS_ONLY.set(True)
-        try:
-            with torch.enable_grad():
-                if inner_cg_iter is None:
-                    g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter,
-                                                tol=tol, m=m)
-                else:
-                    g, info = _solve_adjoint_pairs(adjoint_step, v, int(inner_cg_iter), solver, max_iter, tol, m)
-        finally:
-            _STATE_GRADIENTS_ONLY.reset(token)
+        with gradients_of_the_state_only(), torch.enable_grad():
+            if inner_cg_iter is None:
+                g, info = fixed_point_solve(indexed(adjoint_step, v), v, solver=solver, max_iter=max_iter,
+                                            tol=tol, m=m)
+            else:
+                g, info = _solve_adjoint_pairs(adjoint_step, v, int(inner_cg_iter), solver, max_iter, tol, m)
         fallback = "none"
         bad = ~info.converged
         if bool(bad.any()):
@@ -225,4 +233,5 @@ def attach_implicit_backward(out: torch.Tensor, x_in: torch.Tensor, solver: str 
     return out
 
 
-__all__ = ["DCSolve", "dc_solve", "attach_implicit_backward", "state_gradients_only"]
+__all__ = ["DCSolve", "dc_solve", "attach_implicit_backward", "state_gradients_only",
+           "gradients_of_the_state_only"]
