@@ -49,7 +49,8 @@ POWER_ITERATION_GRID = 48
 """Most points per axis of the training-mode power iteration's vectors (module docstring)."""
 
 
-def _conv_fns(nd: int):
+def conv_functions(nd: int):
+    """``(convolution, transposed convolution)`` of ``nd`` spatial dimensions (2 or 3)."""
     return (F.conv2d, F.conv_transpose2d) if nd == 2 else (F.conv3d, F.conv_transpose3d)
 
 
@@ -119,7 +120,7 @@ def conv_power_iteration(weight: torch.Tensor, u: torch.Tensor, n_iter: int = 1)
     (``u`` is treated as a constant, as in Miyato et al.'s spectral normalisation).
     """
     nd = weight.ndim - 2
-    conv, convt = _conv_fns(nd)
+    conv, convt = conv_functions(nd)
     pad = tuple(k // 2 for k in weight.shape[2:])
     with torch.no_grad():
         w = weight.detach()
@@ -349,7 +350,7 @@ class ReLUJacobian:
     def __init__(self, weights: list[torch.Tensor], masks: list[torch.Tensor], nd: int, padding: int,
                  scale: float = 1.0, identity: bool = False, perm: tuple[int, ...] | None = None) -> None:
         self.weights, self.masks, self.padding, self.perm = weights, masks, padding, perm
-        self.conv, self.conv_t = _conv_fns(nd)
+        self.conv, self.conv_t = conv_functions(nd)
         self.scale, self.identity = float(scale), bool(identity)
 
     def _outer(self, v: torch.Tensor, body: torch.Tensor) -> torch.Tensor:

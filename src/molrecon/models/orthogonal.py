@@ -134,6 +134,13 @@ def _into_halves(z: torch.Tensor, top_fn, bottom_fn) -> torch.Tensor:
     return out
 
 
+def pair_order(z: torch.Tensor) -> torch.Tensor:
+    """One boolean per channel pair ``(i, i + C/2)`` of ``z``: True where MaxMin leaves the pair in order
+    (``a >= b``), False where it swaps it."""
+    a, b = z.chunk(2, dim=1)
+    return a >= b
+
+
 def _sorted_pairs(z: torch.Tensor) -> torch.Tensor:
     a, b = z.chunk(2, dim=1)
     return _into_halves(z, lambda **o: torch.maximum(a, b, **o), lambda **o: torch.minimum(a, b, **o))
@@ -144,8 +151,7 @@ class _MaxMin(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor) -> torch.Tensor:
-        a, b = z.chunk(2, dim=1)
-        first = a >= b
+        first = pair_order(z)
         ctx.save_for_backward(first)
         ctx.save_for_forward(first)
         return _sorted_pairs(z)
@@ -214,8 +220,7 @@ class _OrthogonalBlock(torch.autograd.Function):
         conv = _conv(q1.ndim - 2)
         u = conv(z, q1, b1, padding=padding)
         if order is None:
-            a, b = u.chunk(2, dim=1)
-            first = a >= b
+            first = pair_order(u)
             out = conv(_sorted_pairs(u), q2, b2, padding=padding)
         else:
             first = order
@@ -284,4 +289,4 @@ def orthogonal_block_jacobian(order: torch.Tensor, t: torch.Tensor, q1: torch.Te
 
 
 __all__ = ["orthonormal", "compose_kernels", "orthogonal_kernel", "orthogonal_kernels", "conv_norm_bound", "max_min",
-           "swap_pairs", "orthogonal_block", "orthogonal_block_jacobian"]
+           "pair_order", "swap_pairs", "orthogonal_block", "orthogonal_block_jacobian"]

@@ -48,13 +48,23 @@ from torch import nn
 
 from ..errors import InputError
 from ..names import ARCHITECTURES
-from .cnn import DIMS, ConvDenoiser, ReLUJacobian, channels_to_complex, complex_to_channels, conv_axes, permute_axes
+from .cnn import (
+    DIMS,
+    ConvDenoiser,
+    ReLUJacobian,
+    channels_to_complex,
+    complex_to_channels,
+    conv_axes,
+    conv_functions,
+    permute_axes,
+)
 from .orthogonal import (
     conv_norm_bound,
     max_min,
     orthogonal_block,
     orthogonal_block_jacobian,
     orthogonal_kernels,
+    pair_order,
     swap_pairs,
 )
 
@@ -128,10 +138,6 @@ class ResidualDenoiser(ConvDenoiser):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, residual_scale={self.residual_scale}"
-
-
-def _conv_pair(nd: int):
-    return (F.conv2d, F.conv_transpose2d) if nd == 2 else (F.conv3d, F.conv_transpose3d)
 
 
 def sll_scaling(weight: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -248,7 +254,7 @@ class SLLDenoiser(_CertifiedStateNetwork):
 
     def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """``H(x)`` with the given effective weights."""
-        conv, convt = _conv_pair(self.nd)
+        conv, convt = conv_functions(self.nd)
         pad = self.kernel_size // 2
         view = (-1,) + (1,) * (self.nd + 1)
         z = complex_to_channels(x)
@@ -326,8 +332,7 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
     def apply(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """``H(x)`` with the given kernels."""
         pad = self.kernel_size // 2
-        z = self._embed(x)
-        perm = conv_axes(complex_to_channels(x))
+        z, perm = self._embed(x)
         for i in range(self.layers):
             z = orthogonal_block(z, permute_axes(weights[2 * i], perm), self.biases[2 * i],
                                  permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], pad)
@@ -337,35 +342,29 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
         """The Jacobian of :meth:`apply` at ``x`` as a linear operator (:class:`OrthogonalJacobian`): the same
         convolutions without bias, with MaxMin's pair order at ``x`` in between."""
         pad = self.kernel_size // 2
-        z = self._embed(x)
-        perm = conv_axes(complex_to_channels(x))
+        conv, _ = conv_functions(self.nd)
+        z, perm = self._embed(x)
         orders: list[torch.Tensor] = []
         with torch.no_grad():
             for i in range(self.layers):
-                u = self._conv(z, permute_axes(weights[2 * i], perm), self.biases[2 * i], padding=pad)
-                first, second = u.chunk(2, dim=1)
-                orders.append(first >= second)
-                z = self._conv(max_min(u), permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1],
-                               padding=pad)
+                u = conv(z, permute_axes(weights[2 * i], perm), self.biases[2 * i], padding=pad)
+                orders.append(pair_order(u))
+                z = conv(max_min(u), permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], padding=pad)
         return OrthogonalJacobian(self, weights, orders, perm)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``E x``: the complex image as real and imaginary channels, zero channels appended up to the state, in
-        the convolutions' axis order and memory format."""
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+        """``(E x, axis order)``: the complex image as real and imaginary channels, zero channels appended up to the
+        state, in the convolutions' axis order (returned for :meth:`_project`) and memory format."""
         z = complex_to_channels(x)
         perm = conv_axes(z)
         z = permute_axes(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)), perm)
         if self.nd == 2 and z.device.type == "cpu" and CHANNELS_LAST_2D_CPU:
             z = z.contiguous(memory_format=torch.channels_last)
-        return z
+        return z, perm
 
     def _project(self, z: torch.Tensor, perm: tuple[int, ...] | None) -> torch.Tensor:
         """``L·P z``: the first two channels as a complex image, scaled by ``L``."""
         return self.lipschitz_target * channels_to_complex(permute_axes(z[:, :2], perm, inverse=True))
-
-    @property
-    def _conv(self):
-        return F.conv2d if self.nd == 2 else F.conv3d
 
     @torch.no_grad()
     def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
@@ -391,14 +390,14 @@ class OrthogonalJacobian:
                  perm: tuple[int, ...] | None) -> None:
         self.net, self.weights, self.orders, self.perm = net, weights, orders, perm
         self.padding = net.kernel_size // 2
-        self.conv_t = F.conv_transpose2d if net.nd == 2 else F.conv_transpose3d
+        _, self.conv_t = conv_functions(net.nd)
 
     def _kernel(self, i: int) -> torch.Tensor:
         return permute_axes(self.weights[i], self.perm)
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """:math:`J v` for a complex image batch ``v``."""
-        t = self.net._embed(v)
+        t, _ = self.net._embed(v)
         for i, order in enumerate(self.orders):
             t = orthogonal_block_jacobian(order, t, self._kernel(2 * i), self._kernel(2 * i + 1), self.padding)
         return self.net._project(t, self.perm)
@@ -406,7 +405,7 @@ class OrthogonalJacobian:
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         r""":math:`J^T u` in the real inner product :math:`\mathrm{Re}\langle a, b\rangle` of complex images:
         ``Pᵀ`` embeds as ``E`` does and ``Eᵀ`` projects as ``P`` does."""
-        g = self.net._embed(u)
+        g, _ = self.net._embed(u)
         for i in reversed(range(len(self.orders))):
             g = self.conv_t(g, self._kernel(2 * i + 1), None, padding=self.padding)
             g = swap_pairs(self.orders[i], g)
