@@ -34,10 +34,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch.autograd import forward_ad
 
 from ..solvers.implicit import state_gradients_only
+from .cnn import conv_functions
 
 
 def orthonormal(a: torch.Tensor, iterations: int = 15) -> torch.Tensor:
@@ -56,7 +56,8 @@ def orthonormal(a: torch.Tensor, iterations: int = 15) -> torch.Tensor:
 
 
 def _conv(nd: int):
-    return F.conv2d if nd == 2 else F.conv3d
+    """The convolution of ``nd`` spatial dimensions."""
+    return conv_functions(nd)[0]
 
 
 def compose_kernels(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
