@@ -8,7 +8,14 @@ import torch.nn.functional as F
 
 from molrecon.models import MOL
 from molrecon.models.lipschitz import jacobian_spectral_norm
-from molrecon.models.orthogonal import compose_kernels, conv_norm_bound, max_min, orthogonal_block, orthogonal_kernel
+from molrecon.models.orthogonal import (
+    compose_kernels,
+    conv_norm_bound,
+    max_min,
+    orthogonal_block,
+    orthogonal_kernel,
+    orthogonal_kernels,
+)
 from molrecon.models.priors import OrthogonalDenoiser
 from molrecon.physics import MultiCoilMRI, RandomMask, simulate_coil_maps
 
@@ -183,6 +190,29 @@ def test_orthogonal_denoiser_jacobian_norm_below_certificate(dims, shape):
     assert 0.3 * cert < float(jac.max()) <= cert * (1 + 1e-4)
     x2 = x + 0.1 * torch.randn(shape, generator=g, dtype=torch.complex64)
     assert float((h(x) - h(x2)).abs().norm()) <= cert * float((x - x2).abs().norm()) * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("dims,shape,layers", [("2d", (2, 12, 10), 3), ("3d", (1, 6, 7, 5), 2), ("2d", (1, 8, 8), 1)])
+def test_orthogonal_denoiser_is_its_formula_with_e_and_p_folded_into_the_end_kernels(dims, shape, layers):
+    """``H = L·P∘G_n∘…∘G_1∘E`` written out with the state's zero channels and the full orthogonal kernels is the
+    network's map, whose first kernel reads only the image's two channels and whose last computes only two."""
+    torch.manual_seed(0)
+    h = OrthogonalDenoiser(dims=dims, channels=8, layers=layers, state_channels=6, lipschitz_target=0.9)
+    nd = h.nd
+    conv = F.conv2d if nd == 2 else F.conv3d
+    full = orthogonal_kernels(torch.stack(list(h.rotations)), torch.stack(list(h.frames)), nd, 3,
+                              [(8, 6), (6, 8)] * layers)
+    folded = h.effective_weights(shape[1:])
+    assert folded[0].shape[1] == 2 and folded[-1].shape[0] == 2
+    x = torch.randn(shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(2))
+    z = torch.movedim(torch.view_as_real(x), -1, 1)
+    z = F.pad(z, (0, 0) * nd + (0, 4))  # E: the state's zero channels
+    for i in range(layers):
+        z = conv(max_min(conv(z, full[2 * i], h.biases[2 * i], padding=1)), full[2 * i + 1], h.biases[2 * i + 1],
+                 padding=1)
+    expected = 0.9 * torch.complex(z[:, 0], z[:, 1])  # P: the first two channels
+    with torch.no_grad():
+        torch.testing.assert_close(h(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_orthogonal_certificate_is_computed_from_the_kernels():

@@ -324,8 +324,14 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
                 self.biases.append(nn.Parameter(torch.empty(width).uniform_(-bound, bound)))
 
     def effective_weights(self, spatial: tuple[int, ...]) -> list[torch.Tensor]:
-        """``[Q_1 of layer 1, Q_2 of layer 1, …]``, the orthogonal kernels, computed once per reconstruction."""
+        """``[Q_1 of layer 1, Q_2 of layer 1, …]``, the orthogonal kernels, computed once per reconstruction.
+
+        ``E`` and ``P`` are folded into the first and last kernel: ``E`` appends channels that are zero, so the
+        first convolution reads only the image's two input channels; ``P`` keeps two channels, so the last one
+        computes only those. Two of the network's ``2·layers`` convolutions then cost ``2/state_channels`` of
+        the others, and the map is the same."""
         widths = [(self.channels, self.state_channels), (self.state_channels, self.channels)] * self.layers
+        widths[0], widths[-1] = (self.channels, 2), (2, self.channels)
         return orthogonal_kernels(torch.stack(list(self.rotations)), torch.stack(list(self.frames)), self.nd,
                                   self.kernel_size, widths)
 
@@ -335,8 +341,13 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
         z, perm = self._embed(x)
         for i in range(self.layers):
             z = orthogonal_block(z, permute_axes(weights[2 * i], perm), self.biases[2 * i],
-                                 permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], pad)
+                                 permute_axes(weights[2 * i + 1], perm), self._output_bias(i), pad)
         return self._project(z, perm)
+
+    def _output_bias(self, i: int) -> torch.Tensor:
+        """``b_2`` of layer ``i``; the last layer's restricted, as its kernel is, to the two channels ``P`` keeps."""
+        bias = self.biases[2 * i + 1]
+        return bias[:2] if i == self.layers - 1 else bias
 
     def jacobian_at(self, x: torch.Tensor, weights: list[torch.Tensor]) -> OrthogonalJacobian:
         """The Jacobian of :meth:`apply` at ``x`` as a linear operator (:class:`OrthogonalJacobian`): the same
@@ -349,27 +360,29 @@ class OrthogonalDenoiser(_CertifiedStateNetwork):
             for i in range(self.layers):
                 u = conv(z, permute_axes(weights[2 * i], perm), self.biases[2 * i], padding=pad)
                 orders.append(pair_order(u))
-                z = conv(max_min(u), permute_axes(weights[2 * i + 1], perm), self.biases[2 * i + 1], padding=pad)
+                z = conv(max_min(u), permute_axes(weights[2 * i + 1], perm), self._output_bias(i), padding=pad)
         return OrthogonalJacobian(self, weights, orders, perm)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
-        """``(E x, axis order)``: the complex image as real and imaginary channels, zero channels appended up to the
-        state, in the convolutions' axis order (returned for :meth:`_project`) and memory format."""
+        """``(x as channels, axis order)``: the complex image as real and imaginary channels, in the convolutions'
+        axis order (returned for :meth:`_project`) and memory format. ``E``'s zero channels are not materialised:
+        the first kernel reads these two (:meth:`effective_weights`)."""
         z = complex_to_channels(x)
         perm = conv_axes(z)
-        z = permute_axes(F.pad(z, (0, 0) * self.nd + (0, self.state_channels - 2)), perm)
+        z = permute_axes(z, perm)
         if self.nd == 2 and z.device.type == "cpu" and CHANNELS_LAST_2D_CPU:
             z = z.contiguous(memory_format=torch.channels_last)
         return z, perm
 
     def _project(self, z: torch.Tensor, perm: tuple[int, ...] | None) -> torch.Tensor:
-        """``L·P z``: the first two channels as a complex image, scaled by ``L``."""
-        return self.lipschitz_target * channels_to_complex(permute_axes(z[:, :2], perm, inverse=True))
+        """``L·z``, the last layer's two channels (``P`` folded into its kernel), as a complex image."""
+        return self.lipschitz_target * channels_to_complex(permute_axes(z, perm, inverse=True))
 
     @torch.no_grad()
     def certified_lipschitz(self, spatial: tuple[int, ...], weights: list[torch.Tensor] | None = None) -> float:
-        """``L·Π‖Q‖``, each ``‖Q‖`` bounded from its kernel (``weights``, else the parameters' own): E is an
-        isometry, P a projection, MaxMin and the biases do not add to a Lipschitz constant. Valid on every grid."""
+        """``L·Π‖Q‖``, each ``‖Q‖`` bounded from its kernel (``weights``, else the parameters' own; the first
+        is ``Q_1 E`` and the last ``P Q_2``, sub-blocks of orthogonal convolutions), MaxMin and the biases do not
+        add to a Lipschitz constant. Valid on every grid."""
         kernels = weights if weights is not None else self.effective_weights(spatial)
         return self.lipschitz_target * math.prod(conv_norm_bound(k) for k in kernels)
 
@@ -404,7 +417,8 @@ class OrthogonalJacobian:
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         r""":math:`J^T u` in the real inner product :math:`\mathrm{Re}\langle a, b\rangle` of complex images:
-        ``Pᵀ`` embeds as ``E`` does and ``Eᵀ`` projects as ``P`` does."""
+        the kernels hold ``E`` and ``P`` (:meth:`OrthogonalDenoiser.effective_weights`), so ``u``'s two channels go
+        straight into the last kernel's transpose."""
         g, _ = self.net._embed(u)
         for i in reversed(range(len(self.orders))):
             g = self.conv_t(g, self._kernel(2 * i + 1), None, padding=self.padding)
