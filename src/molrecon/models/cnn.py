@@ -277,7 +277,7 @@ class ConvDenoiser(nn.Module):
               masks: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``H(x)`` with the given effective weights; given a list ``masks``, the hidden ReLUs' pass masks at ``x``
         are appended to it (bool, in the axis order of :func:`conv_axes`)."""
-        conv = F.conv2d if self.nd == 2 else F.conv3d
+        conv, _ = conv_functions(self.nd)
         pad = self.kernel_size // 2
         h = complex_to_channels(x)
         perm = conv_axes(h)

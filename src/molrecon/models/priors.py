@@ -149,7 +149,7 @@ def sll_scaling(weight: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     weighted row sums bound it, so the same ``t`` serves every grid size.
     """
     nd = weight.ndim - 2
-    conv = F.conv2d if nd == 2 else F.conv3d
+    conv, _ = conv_functions(nd)
     k = weight.shape[2:]
     gram = conv(weight, weight, padding=tuple(s - 1 for s in k))  # [hidden, hidden, *(2k-1)]
     a = gram.abs().flatten(2).sum(-1)  # [hidden, hidden]
